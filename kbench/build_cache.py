@@ -1,0 +1,40 @@
+"""Where ``load_inline`` builds: one folder per (solution source, torch, CUDA, target arch, Python).
+
+An unchanged solution on an unchanged toolchain finds its built extension there and is never rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+
+def default_cache_root() -> Path:
+    if os.environ.get("KBENCH_CACHE_DIR"):
+        return Path(os.environ["KBENCH_CACHE_DIR"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "kbench"
+
+
+def target_arch(device: str) -> str:
+    if not device.startswith("cuda"):
+        return "cpu"
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return os.environ["TORCH_CUDA_ARCH_LIST"]
+    major, minor = torch.cuda.get_device_capability()
+    return f"{major}.{minor}"
+
+
+def extension_dir(root: Path, source: str, device: str) -> Path:
+    key = "\0".join(
+        [source, torch.__version__, str(torch.version.cuda), target_arch(device), sys.version.split()[0]]
+    )
+    return root / "extensions" / hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def has_built_extension(directory: Path) -> bool:
+    return directory.is_dir() and any(directory.rglob("*.so"))

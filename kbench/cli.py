@@ -1,0 +1,225 @@
+"""The ``kbench`` command line: parses arguments, calls the library, prints. Exit codes:
+
+0 every verdict correct / the gate passed; 1 a verdict or the gate failed; 2 usage error or bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from kbench import catalog, display, report, session
+from kbench.catalog import CatalogError, Problem
+from kbench.config import ConfigError, KbenchConfig, load_config
+from kbench.gate import GateCheck, evaluate, load_gate
+from kbench.results import JobResult, Verdict
+from kbench.runs import RunNotFound, find_run, new_run
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+app = typer.Typer(
+    help="Verify and time custom kernels (ModelNew) against PyTorch reference problems.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+DeviceOpt = Annotated[str, typer.Option("--device", help="cuda, cpu, or auto (cuda when available).")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Run configuration YAML (default: built in).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a problem's module-level constant, e.g. --set batch_size=8. Repeatable."),
+]
+ResultsDirOpt = Annotated[Path, typer.Option("--results-dir", help="Folder holding run directories.")]
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested not in catalog.DEVICES:
+        raise fail(f"--device must be cuda, cpu or auto, not '{requested}'")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise fail("--device cuda, but this torch sees no CUDA device (use --device cpu)")
+    return requested
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    return dict(catalog.parse_override(item) for item in items or [])
+
+
+def _run(
+    problems: list[Problem],
+    device: str,
+    config: KbenchConfig,
+    overrides: dict[str, Any],
+    solution_paths: list[Path] | None,
+    recorder: session.Recorder | None,
+    quiet: bool,
+) -> session.SessionOutcome:
+    planned = session.plan(problems, device, overrides, solution_paths)
+    if not planned.jobs and not planned.reference_only:
+        raise fail("nothing to run")
+    progress_console = errors if quiet else console
+    with display.job_progress(progress_console, len(planned.jobs)) as (progress, task):
+        def on_start(job: Any) -> None:
+            progress.update(task, description=f"{job.problem.name} / {job.solution.name}")
+
+        def on_result(result: JobResult) -> None:
+            progress.advance(task)
+
+        return session.execute(planned, config, device, recorder, on_start, on_result)
+
+
+def _exit_for(results: list[JobResult], references: list[session.ReferenceCheck]) -> int:
+    failed = any(r.verdict != Verdict.CORRECT for r in results) or any(ref.error for ref in references)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _print_references(references: list[session.ReferenceCheck], device: str) -> None:
+    for ref in references:
+        if ref.error:
+            console.print(f"[red]reference of {ref.problem} failed:[/] {ref.error}", highlight=False)
+        else:
+            console.print(
+                f"[dim]{ref.problem}: no solution for {device}; reference ran in {ref.ref_ms:.4g} ms[/]",
+                highlight=False,
+            )
+
+
+@app.command("list")
+def list_command() -> None:
+    """List the problems and the solutions registered for each."""
+    try:
+        entries = [(p, catalog.registered_solutions(p)) for p in catalog.list_problems()]
+    except CatalogError as exc:
+        raise fail(str(exc)) from None
+    console.print(display.catalog_table(entries))
+
+
+@app.command()
+def verify(
+    problem: Annotated[str, typer.Argument(help="Problem name (kbench list) or path to a KernelBench file.")],
+    solution: Annotated[
+        list[Path] | None, typer.Option("--solution", "-s", help="Solution file (default: the registered ones).")
+    ] = None,
+    device: DeviceOpt = "auto",
+    overrides: SetOpt = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per job on stdout.")] = False,
+) -> None:
+    """Check that solutions give the reference's answers, and time both."""
+    try:
+        cfg = load_config(config)
+        dev = resolve_device(device)
+        target = catalog.resolve_problem(problem)
+        sizes = parse_overrides(overrides)
+        if not solution and not [s for s in catalog.registered_solutions(target) if dev in s.devices]:
+            raise fail(f"no solution registered for {target.name} on {dev}; pass one with --solution PATH")
+        outcome = _run([target], dev, cfg, sizes, solution, None, quiet=as_json)
+    except (CatalogError, ConfigError) as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        for result in outcome.results:
+            print(json.dumps(result.to_dict(), default=str))
+    else:
+        console.print(display.results_table(outcome.results, title=f"kbench verify {target.name} ({dev})"))
+        display.print_reasons(console, outcome.results)
+    raise typer.Exit(_exit_for(outcome.results, outcome.references))
+
+
+@app.command()
+def bench(
+    problems: Annotated[list[str] | None, typer.Argument(help="Problems to run (names or paths).")] = None,
+    run_all: Annotated[bool, typer.Option("--all", help="Run every problem under kbench/problems/.")] = False,
+    device: DeviceOpt = "auto",
+    overrides: SetOpt = None,
+    config: ConfigOpt = None,
+    results_dir: ResultsDirOpt = Path("results"),
+    gate: Annotated[Path | None, typer.Option("--gate", help="Also apply this gate file to the run.")] = None,
+) -> None:
+    """Verify and time every problem x solution; record the run under results/<run-id>/."""
+    if run_all == bool(problems):
+        raise fail("name the problems to run, or pass --all (not both)")
+    try:
+        cfg = load_config(config)
+        gate_cfg = load_gate(gate) if gate else None
+        dev = resolve_device(device)
+        targets = catalog.list_problems() if run_all else [catalog.resolve_problem(p) for p in problems or []]
+        sizes = parse_overrides(overrides)
+        session.plan(targets, dev, sizes)  # bad --set names fail here, before a run directory exists
+        run_dir = new_run(results_dir)
+        recorder = session.Recorder(run_dir, dev, cfg, sys.argv)
+        outcome = _run(targets, dev, cfg, sizes, None, recorder, quiet=False)
+    except (CatalogError, ConfigError) as exc:
+        raise fail(str(exc)) from None
+    except session.RecordError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"cannot create a run under {results_dir}: {exc.strerror}") from None
+    console.print(display.results_table(outcome.results, title=f"kbench bench ({dev}) — {run_dir.run_id}"))
+    display.print_reasons(console, outcome.results)
+    _print_references(outcome.references, dev)
+    console.print(f"results: {run_dir.path}", highlight=False)
+    code = _exit_for(outcome.results, outcome.references)
+    if gate_cfg is not None:
+        code = max(code, _print_gate(evaluate(outcome.results, gate_cfg)))
+    raise typer.Exit(code)
+
+
+def _print_gate(checks: list[GateCheck]) -> int:
+    console.print(display.gate_table(checks))
+    return EXIT_OK if checks and all(c.passed for c in checks) else EXIT_FAILED
+
+
+@app.command("report")
+def report_command(
+    run: Annotated[str | None, typer.Argument(help="Run id or directory (default: the newest run).")] = None,
+    results_dir: ResultsDirOpt = Path("results"),
+    csv: Annotated[Path | None, typer.Option("--csv", help="Write the table as CSV here.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the table as JSON here.")] = None,
+) -> None:
+    """Print a run as a Markdown table; optionally write it as CSV or JSON."""
+    try:
+        run_dir = find_run(results_dir, run)
+        frame = report.results_frame(run_dir.results.read())
+        if csv:
+            report.write_csv(frame, csv)
+        if json_path:
+            report.write_json(frame, json_path)
+    except RunNotFound as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"cannot write the report: {exc}") from None
+    print(f"run {run_dir.run_id}\n")
+    print(report.to_markdown(frame))
+
+
+@app.command("gate")
+def gate_command(
+    run: Annotated[str | None, typer.Argument(help="Run id or directory (default: the newest run).")] = None,
+    config: Annotated[Path, typer.Option("--config", help="Gate file (YAML), e.g. configs/ci.yaml.")] = Path(
+        "configs/ci.yaml"
+    ),
+    results_dir: ResultsDirOpt = Path("results"),
+) -> None:
+    """Exit 0 only if every problem in the run is correct and meets its minimum speedup."""
+    try:
+        gate_cfg = load_gate(config)
+        results = find_run(results_dir, run).results.read()
+    except (ConfigError, RunNotFound) as exc:
+        raise fail(str(exc)) from None
+    raise typer.Exit(_print_gate(evaluate(results, gate_cfg)))

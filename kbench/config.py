@@ -1,0 +1,104 @@
+"""Run configuration (trials, tolerances, timeouts, timing), loaded from YAML and validated strictly.
+
+The field defaults are the embedded default configuration; ``configs/default.yaml`` spells them out and a
+test keeps the two identical.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DType = Literal["float64", "float32", "float16", "bfloat16"]
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Tolerance(_Strict):
+    atol: float = Field(ge=0)
+    rtol: float = Field(ge=0)
+
+
+def _default_tolerances() -> dict[str, Tolerance]:
+    return {
+        "float64": Tolerance(atol=1e-8, rtol=1e-8),
+        "float32": Tolerance(atol=1e-4, rtol=1e-4),
+        "float16": Tolerance(atol=1e-2, rtol=1e-2),
+        "bfloat16": Tolerance(atol=1e-2, rtol=1e-2),
+    }
+
+
+class Timeouts(_Strict):
+    reference_s: float = Field(default=300.0, gt=0)  # reference outputs + reference timing
+    build_s: float = Field(default=900.0, gt=0)  # importing the solution, which compiles it
+    run_s: float = Field(default=300.0, gt=0)  # weights, trials and timing of the solution
+
+
+class TimingConfig(_Strict):
+    warmup: int = Field(default=5, ge=0)
+    repeats: int = Field(default=30, ge=1)
+    input_sets: int = Field(default=3, ge=1)  # rotated, so inputs that fit in cache are not timed hot
+    flush_l2: bool = True
+
+
+class KbenchConfig(_Strict):
+    seed: int = 0
+    trials: int = Field(default=5, ge=1)
+    tolerances: dict[DType, Tolerance] = Field(default_factory=_default_tolerances)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    timing: TimingConfig = Field(default_factory=TimingConfig)
+
+    @field_validator("tolerances", mode="after")
+    @classmethod
+    def _keep_unlisted_defaults(cls, value: dict[str, Tolerance]) -> dict[str, Tolerance]:
+        # Overriding float32 alone must not silently drop the half-precision tolerances.
+        return {**_default_tolerances(), **value}
+
+    def tolerance_for(self, dtype_name: str) -> Tolerance:
+        # Integer and boolean outputs have no rounding error to allow for: they must match exactly.
+        return self.tolerances.get(dtype_name, Tolerance(atol=0.0, rtol=0.0))
+
+
+def read_yaml(path: Path) -> object:
+    """Parse a YAML file, turning every way it can fail into a ConfigError that names the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return {} if data is None else data
+
+
+def validation_message(path: Path, exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{key}'")
+        else:
+            problems.append(f"key '{key}': {err['msg']} (got {err.get('input')!r})")
+    return f"{path}: " + "; ".join(problems)
+
+
+def load_config(path: Path | None) -> KbenchConfig:
+    if path is None:
+        return KbenchConfig()
+    data = read_yaml(path)
+    try:
+        return KbenchConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(path, exc)) from None

@@ -1,0 +1,87 @@
+"""Terminal output: rich tables and the progress display. Presentation only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kbench.catalog import Problem, Solution
+from kbench.gate import GateCheck
+from kbench.results import JobResult, Verdict
+
+VERDICT_STYLE = {
+    Verdict.CORRECT: "green",
+    Verdict.INCORRECT: "red",
+    Verdict.REJECTED: "magenta",
+}
+
+
+def _num(value: float | None, fmt: str = ".4g") -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def results_table(results: list[JobResult], title: str = "kbench results") -> Table:
+    table = Table(title=title)
+    for column in ("problem", "solution", "verdict", "max abs err", "max rel err", "ref ms", "new ms",
+                   "speedup", "build s"):
+        table.add_column(column, justify="right" if column not in ("problem", "solution", "verdict") else "left")
+    for r in results:
+        style = VERDICT_STYLE.get(r.verdict, "yellow")
+        verdict = f"[{style}]{r.verdict}[/]" + (f" [dim]({', '.join(r.flags)})[/]" if r.flags else "")
+        table.add_row(
+            escape(r.problem), escape(r.solution), verdict, _num(r.max_abs_error, ".2e"), _num(r.max_rel_error, ".2e"),
+            _num(r.ref_ms), _num(r.new_ms), _num(r.speedup, ".3g") + ("x" if r.speedup is not None else ""),
+            _num(r.build_s, ".1f"),
+        )
+    return table
+
+
+def print_reasons(console: Console, results: list[JobResult]) -> None:
+    """One line per job that did not pass, and the tail of its error text."""
+    for r in results:
+        if r.verdict == Verdict.CORRECT:
+            continue
+        console.print(f"[bold]{escape(r.problem)} / {escape(r.solution)}[/]: {r.verdict}: {escape(r.reason)}")
+        if r.detail and r.verdict in (Verdict.COMPILE_ERROR, Verdict.LOAD_ERROR, Verdict.RUNTIME_ERROR,
+                                      Verdict.CRASH):
+            tail = "\n".join(r.detail.strip().splitlines()[-15:])
+            console.print(f"[dim]{escape(tail)}[/]")
+
+
+def catalog_table(entries: list[tuple[Problem, list[Solution]]]) -> Table:
+    table = Table(title="kbench problems")
+    table.add_column("problem")
+    table.add_column("solutions (devices)")
+    table.add_column("small sizes (CPU)")
+    for problem, solutions in entries:
+        names = ", ".join(f"{s.name} ({'/'.join(s.devices)})" for s in solutions) or "[dim]none[/]"
+        small = ", ".join(f"{k}={v}" for k, v in problem.small_sizes.items()) or "[dim]—[/]"
+        table.add_row(escape(problem.name), names, escape(small))
+    return table
+
+
+def gate_table(checks: list[GateCheck]) -> Table:
+    table = Table(title="kbench gate")
+    for column in ("problem", "result", "solution", "speedup", "required", "reason"):
+        table.add_column(column)
+    for c in checks:
+        table.add_row(
+            escape(c.problem), "[green]pass[/]" if c.passed else "[red]FAIL[/]", escape(c.solution or "—"),
+            _num(c.speedup, ".3g"), f"{c.required_speedup:g}x", escape(c.reason),
+        )
+    return table
+
+
+@contextmanager
+def job_progress(console: Console, total: int) -> Iterator[tuple[Progress, int]]:
+    progress = Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    )
+    with progress:
+        yield progress, progress.add_task("starting", total=total)

@@ -1,0 +1,117 @@
+"""Loading a problem, seeding models and inputs, and saving outputs: the steps both workers share.
+
+Runs inside worker processes only; the parent never calls this.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from kbench.spec import WorkerSpec, output_path
+
+
+def load_module(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look modules up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_problem(spec: WorkerSpec) -> ModuleType:
+    module = load_module(Path(spec.problem_path), "kbench_problem")
+    # get_inputs()/get_init_inputs() read these globals when called, so setting them resizes the problem.
+    for name, value in spec.overrides.items():
+        setattr(module, name, value)
+    return module
+
+
+def to_device(value: Any, device: str) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, list | tuple):
+        return type(value)(to_device(v, device) for v in value)
+    return value
+
+
+def clone_inputs(values: list[Any]) -> list[Any]:
+    return [v.clone() if isinstance(v, torch.Tensor) else v for v in values]
+
+
+def seeded_inputs(problem: ModuleType, seed: int, device: str) -> list[Any]:
+    torch.manual_seed(seed)
+    return list(to_device(list(problem.get_inputs()), device))
+
+
+def seeded_model(problem: ModuleType, model_class: type, seed: int, device: str) -> torch.nn.Module:
+    """Seed, then build ``model_class(*get_init_inputs())`` on the device."""
+    torch.manual_seed(seed)
+    init_inputs = list(problem.get_init_inputs())
+    return model_class(*init_inputs).to(device)
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def pack_outputs(output: Any) -> dict[str, Any]:
+    """Outputs as plain CPU tensors for the parent, which loads them with ``weights_only=True``.
+
+    Anything that is not exactly ``torch.Tensor`` (a subclass can compute lazily, or lie) is not converted:
+    it is reported by type name so the parent can reject it.
+    """
+    items = list(output) if isinstance(output, tuple | list) else [output]
+    tensors: list[torch.Tensor] = []
+    for item in items:
+        if type(item) is not torch.Tensor:
+            return {"structure": type(output).__name__, "not_tensor": type(item).__qualname__, "tensors": []}
+        tensors.append(item.detach().to("cpu", copy=True))
+    return {"structure": "tensor" if isinstance(output, torch.Tensor) else "sequence", "tensors": tensors}
+
+
+def save_outputs(output: Any, path: Path) -> None:
+    torch.save(pack_outputs(output), path)
+
+
+def run_trials(
+    forward: Callable[..., Any], problem: ModuleType, spec: WorkerSpec, role: str
+) -> None:
+    """Run each trial on fresh seeded inputs and save its outputs for the parent to compare."""
+    out_dir = Path(spec.out_dir)
+    for trial in range(spec.trials):
+        inputs = seeded_inputs(problem, spec.trial_seed(trial), spec.device)
+        with torch.no_grad():
+            output = forward(*clone_inputs(inputs))
+        synchronize(spec.device)
+        save_outputs(output, output_path(out_dir, role, trial))
+
+
+def timing_input_sets(problem: ModuleType, spec: WorkerSpec) -> list[list[Any]]:
+    count = int(spec.timing["input_sets"])
+    return [seeded_inputs(problem, spec.timing_seed(k), spec.device) for k in range(count)]
+
+
+def describe_device(device: str) -> dict[str, Any]:
+    info: dict[str, Any] = {"device": device, "torch": torch.__version__, "torch_cuda": torch.version.cuda}
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        info.update(
+            gpu_name=props.name,
+            capability=f"{props.major}.{props.minor}",
+            multiprocessors=props.multi_processor_count,
+            total_memory_bytes=props.total_memory,
+            l2_cache_bytes=getattr(props, "L2_cache_size", None),
+        )
+    else:
+        info["cpu_threads"] = torch.get_num_threads()
+    return info

@@ -1,0 +1,102 @@
+"""Job results: the verdict contract and the append-only JSONL file a run writes as each job ends."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+
+class Verdict(StrEnum):
+    CORRECT = "correct"
+    INCORRECT = "incorrect"  # ran, answers differ
+    REJECTED = "rejected"  # answers match but an integrity check failed
+    COMPILE_ERROR = "compile_error"
+    LOAD_ERROR = "load_error"  # import/syntax error, no ModelNew
+    RUNTIME_ERROR = "runtime_error"  # exception in init or forward, CUDA error, OOM
+    TIMEOUT = "timeout"
+    CRASH = "crash"  # the worker died, or exited without a result
+
+
+@dataclass
+class JobResult:
+    """Everything kbench knows about one (problem, solution) job. Field names are the public contract."""
+
+    problem: str
+    solution: str
+    verdict: Verdict
+    reason: str
+    device: str
+    flags: list[str] = field(default_factory=list)
+    max_abs_error: float | None = None
+    max_rel_error: float | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    ref_ms: float | None = None
+    new_ms: float | None = None
+    speedup: float | None = None
+    ref_timing_count: int | None = None
+    new_timing_count: int | None = None
+    build_s: float | None = None
+    build_cache_hit: bool | None = None
+    weights: str | None = None  # by_name | by_position | seeded_only
+    trials: int = 0
+    overrides: dict[str, Any] = field(default_factory=dict)
+    solution_path: str = ""
+    problem_path: str = ""
+    detail: str = ""  # compiler / Python error text, kept for the user
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        # JSON has no NaN/Infinity; a non-finite number is recorded as "unknown" rather than breaking the file.
+        return {k: _finite_or_none(v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobResult:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["verdict"] = Verdict(values["verdict"])
+        return cls(**values)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def timing_speedup(ref_ms: float | None, new_ms: float | None) -> float | None:
+    if ref_ms is None or new_ms is None or new_ms <= 0:
+        return None
+    return ref_ms / new_ms
+
+
+class ResultsFile:
+    """One JSON object per finished job, flushed and fsynced as each job ends so a killed run loses nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, result: JobResult) -> None:
+        line = json.dumps(result.to_dict(), allow_nan=False, default=str)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def read(self) -> list[JobResult]:
+        if not self.path.exists():
+            return []
+        results = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            # A run killed mid-write can leave a torn last line; every complete line is still a result.
+            try:
+                results.append(JobResult.from_dict(json.loads(line)))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+        return results

@@ -1,0 +1,188 @@
+"""Run jobs: the reference once per problem, then each solution in its own worker, judged by the parent.
+
+Trusted side. Nothing here imports a solution; workers are separate processes (see ``isolation``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kbench.catalog import PACKAGE_DIR, Problem, Solution
+from kbench.compare import UnreadableOutput, load_outputs
+from kbench.config import KbenchConfig
+from kbench.isolation import run_worker
+from kbench.judge import judge
+from kbench.results import JobResult, Verdict, timing_speedup
+from kbench.spec import WorkerSpec, output_path
+from kbench.timing import median_ms
+
+
+@dataclass(frozen=True)
+class Job:
+    problem: Problem
+    solution: Solution
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReferenceRun:
+    outputs: list[dict[str, Any]]  # one record per trial, held in memory so no worker can alter them
+    timing_ms: list[float]
+    device_info: dict[str, Any]
+    error: str | None = None
+    detail: str = ""
+
+
+def effective_overrides(problem: Problem, device: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """On the CPU a problem runs at its declared small sizes; ``--set`` wins over both."""
+    base = dict(problem.small_sizes) if device == "cpu" else {}
+    return {**base, **overrides}
+
+
+def _worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Workers run in a scratch folder; make sure they import this very kbench.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), env.get("PYTHONPATH")]))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+class Runner:
+    """Runs jobs on one device with one configuration; reference results are reused across solutions."""
+
+    def __init__(self, config: KbenchConfig, device: str, cache_root: Path | None = None) -> None:
+        self.config = config
+        self.device = device
+        self.cache_root = cache_root
+        self._scratch = Path(tempfile.mkdtemp(prefix="kbench-"))
+        self._references: dict[str, ReferenceRun] = {}
+        self.device_info: dict[str, Any] = {}
+
+    def close(self) -> None:
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _spec(self, problem: Problem, overrides: dict[str, Any], out_dir: Path, solution: Path | None) -> WorkerSpec:
+        return WorkerSpec(
+            problem_path=str(problem.path),
+            device=self.device,
+            seed=self.config.seed,
+            trials=self.config.trials,
+            timing=self.config.timing.model_dump(),
+            out_dir=str(out_dir),
+            overrides=overrides,
+            solution_path=str(solution) if solution else None,
+            extensions_root=str(self.cache_root) if self.cache_root else None,
+        )
+
+    def reference(self, problem: Problem, overrides: dict[str, Any]) -> ReferenceRun:
+        key = json.dumps([str(problem.path), overrides], sort_keys=True, default=str)
+        if key not in self._references:
+            self._references[key] = self._run_reference(problem, overrides)
+        return self._references[key]
+
+    def _run_reference(self, problem: Problem, overrides: dict[str, Any]) -> ReferenceRun:
+        out_dir = Path(tempfile.mkdtemp(prefix="ref-", dir=self._scratch))
+        spec_path = out_dir / "spec.json"
+        self._spec(problem, overrides, out_dir, None).write(spec_path)
+        timeout = self.config.timeouts.reference_s
+        worker = run_worker(
+            "kbench.reference_worker",
+            [str(spec_path)],
+            out_dir / "worker.log",
+            {"load": timeout, "run": timeout},
+            env=_worker_env(),
+        )
+        result, error = worker.last("result"), worker.last("error")
+        if worker.timed_out_phase:
+            return ReferenceRun([], [], {}, f"reference timed out after {timeout:g} s", worker.log_tail)
+        if error is not None or result is None or worker.returncode != 0:
+            info = error["error"] if error else {}
+            reason = info.get("reason") or f"reference worker {worker.exit_description()} without a result"
+            return ReferenceRun([], [], {}, reason, f"{info.get('detail', '')}\n{worker.log_tail}")
+        try:
+            outputs = [load_outputs(output_path(out_dir, "ref", t)) for t in range(self.config.trials)]
+        except UnreadableOutput as exc:
+            return ReferenceRun([], [], {}, str(exc), worker.log_tail)
+        payload = result["result"]
+        self.device_info = payload.get("device_info", {})
+        return ReferenceRun(outputs, payload.get("timing_ms", []), self.device_info)
+
+    def run(self, job: Job) -> JobResult:
+        started = time.monotonic()
+        base: dict[str, Any] = {
+            "problem": job.problem.name,
+            "solution": job.solution.name,
+            "device": self.device,
+            "overrides": job.overrides,
+            "problem_path": str(job.problem.path),
+            "solution_path": str(job.solution.path),
+            "trials": self.config.trials,
+        }
+        reference = self.reference(job.problem, job.overrides)
+        ref_ms = median_ms(reference.timing_ms)
+        if reference.error is not None:
+            return JobResult(
+                **base,
+                verdict=Verdict.RUNTIME_ERROR,
+                reason=f"reference failed: {reference.error}",
+                flags=["reference_failed"],
+                detail=reference.detail,
+                wall_s=time.monotonic() - started,
+            )
+        out_dir = Path(tempfile.mkdtemp(prefix="job-", dir=self._scratch))
+        spec_path = out_dir / "spec.json"
+        self._spec(job.problem, job.overrides, out_dir, job.solution.path).write(spec_path)
+        timeouts = self.config.timeouts
+        worker = run_worker(
+            "kbench.solution_worker",
+            [str(spec_path)],
+            out_dir / "worker.log",
+            {"load": timeouts.run_s, "build": timeouts.build_s, "run": timeouts.run_s},
+            env=_worker_env(),
+        )
+        judged = judge(
+            worker, out_dir, reference.outputs, self.config.timing.repeats, self.config.tolerance_for
+        )
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tolerance = self.config.tolerance_for(_first_dtype(reference.outputs))
+        comparison = judged.comparison
+        return JobResult(
+            **base,
+            verdict=judged.verdict,
+            reason=judged.reason,
+            flags=judged.flags,
+            max_abs_error=comparison.max_abs_error if comparison else None,
+            max_rel_error=comparison.max_rel_error if comparison else None,
+            atol=tolerance.atol,
+            rtol=tolerance.rtol,
+            ref_ms=ref_ms,
+            new_ms=judged.new_ms,
+            speedup=timing_speedup(ref_ms, judged.new_ms) if judged.verdict == Verdict.CORRECT else None,
+            ref_timing_count=len(reference.timing_ms),
+            new_timing_count=judged.new_timing_count,
+            build_s=judged.build_s,
+            build_cache_hit=judged.build_cache_hit,
+            weights=judged.weights,
+            detail=judged.detail[-20_000:],
+            wall_s=time.monotonic() - started,
+        )
+
+
+def _first_dtype(outputs: list[dict[str, Any]]) -> str:
+    for record in outputs:
+        for tensor in record.get("tensors", []):
+            return str(tensor.dtype).removeprefix("torch.")
+    return "float32"

@@ -1,0 +1,118 @@
+"""A verify or bench session: choose the jobs, run them, and record each result as it is judged."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kbench import catalog, metadata
+from kbench.catalog import Problem
+from kbench.config import KbenchConfig
+from kbench.results import JobResult
+from kbench.runner import Job, Runner, effective_overrides
+from kbench.runs import RunDir
+from kbench.timing import median_ms
+
+
+class RecordError(Exception):
+    """A result could not be written (a full disk, say); every result written before it is kept."""
+
+
+@dataclass
+class ReferenceCheck:
+    """A problem with no solution for this device: its reference still runs, so a broken one shows."""
+
+    problem: str
+    ref_ms: float | None
+    error: str | None
+
+
+@dataclass
+class SessionPlan:
+    jobs: list[Job] = field(default_factory=list)
+    reference_only: list[tuple[Problem, dict[str, Any]]] = field(default_factory=list)  # with overrides
+
+
+def plan(
+    problems: list[Problem], device: str, overrides: dict[str, Any], solution_paths: list[Path] | None = None
+) -> SessionPlan:
+    """Explicit solution files run as given; otherwise each problem's registered solutions for the device."""
+    result = SessionPlan()
+    for problem in problems:
+        catalog.check_overrides(problem, overrides)
+        if solution_paths:
+            solutions = [catalog.read_solution(path) for path in solution_paths]
+        else:
+            solutions = [s for s in catalog.registered_solutions(problem) if device in s.devices]
+        sizes = effective_overrides(problem, device, overrides)
+        if not solutions:
+            result.reference_only.append((problem, sizes))
+        result.jobs.extend(Job(problem, solution, sizes) for solution in solutions)
+    return result
+
+
+class Recorder:
+    """Writes a run directory: metadata first, then one results line per finished job."""
+
+    def __init__(self, run_dir: RunDir, device: str, config: KbenchConfig, command: list[str]) -> None:
+        self.run_dir = run_dir
+        self.metadata = metadata.collect(device, config.model_dump(), command)
+        self._write_metadata()
+
+    def _write_metadata(self) -> None:
+        try:
+            self.run_dir.write_metadata(self.metadata)
+        except OSError as exc:
+            raise RecordError(f"cannot write {self.run_dir.path}/metadata.json: {exc.strerror}") from None
+
+    def record(self, result: JobResult) -> None:
+        try:
+            self.run_dir.results.append(result)
+        except OSError as exc:
+            raise RecordError(
+                f"cannot write to {self.run_dir.results.path}: {exc.strerror}. "
+                "Every result finished before this one is in that file."
+            ) from None
+
+    def finish(self, device_info: dict[str, Any], references: list[ReferenceCheck]) -> None:
+        self.metadata["device_info"] = device_info
+        self.metadata["reference_only"] = [vars(check) for check in references]
+        self.metadata["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        self._write_metadata()
+
+
+@dataclass
+class SessionOutcome:
+    results: list[JobResult]
+    references: list[ReferenceCheck]
+    device_info: dict[str, Any]
+
+
+def execute(
+    session: SessionPlan,
+    config: KbenchConfig,
+    device: str,
+    recorder: Recorder | None = None,
+    on_start: Callable[[Job], None] = lambda job: None,
+    on_result: Callable[[JobResult], None] = lambda result: None,
+) -> SessionOutcome:
+    results: list[JobResult] = []
+    references: list[ReferenceCheck] = []
+    with Runner(config, device) as runner:
+        for job in session.jobs:
+            on_start(job)
+            result = runner.run(job)
+            if recorder is not None:
+                recorder.record(result)
+            results.append(result)
+            on_result(result)
+        for problem, sizes in session.reference_only:
+            reference = runner.reference(problem, sizes)
+            references.append(ReferenceCheck(problem.name, median_ms(reference.timing_ms), reference.error))
+        outcome = SessionOutcome(results, references, runner.device_info)
+    if recorder is not None:
+        recorder.finish(outcome.device_info, references)
+    return outcome

@@ -1,0 +1,115 @@
+"""UNTRUSTED worker: builds and imports a solution, runs its ``ModelNew`` and times it.
+
+Everything here runs in the same process as solution code, so nothing it reports is taken on trust: the
+parent compares the saved outputs itself against the reference worker's. A failure is reported with the
+verdict it implies; a worker that dies or hangs is judged by the parent from the outside.
+Usage (by the parent only): ``python -m kbench.solution_worker SPEC_JSON CHANNEL_FD``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from kbench.channel import Channel
+from kbench.spec import WorkerSpec
+
+
+class _Failure(Exception):
+    def __init__(self, verdict: str, exc: BaseException) -> None:
+        super().__init__(verdict)
+        self.verdict = verdict
+        self.exc = exc
+
+
+def _is_build_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, subprocess.CalledProcessError) or "Error building extension" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    if "out of memory" in text.lower() and "OutOfMemory" not in text:
+        text = f"out of memory: {text}"
+    return text.splitlines()[0][:500] if text else type(exc).__name__
+
+
+def _build(spec: WorkerSpec, channel: Channel) -> Any:
+    from kbench import build_cache, execution
+
+    source = Path(spec.solution_path or "").read_text(encoding="utf-8")
+    root = Path(spec.extensions_root) if spec.extensions_root else build_cache.default_cache_root()
+    ext_dir = build_cache.extension_dir(root, source, spec.device)
+    ext_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(ext_dir)
+    cache_hit = build_cache.has_built_extension(ext_dir)
+    started = time.perf_counter()
+    try:
+        module = execution.load_module(Path(spec.solution_path or ""), "kbench_solution")
+    except BaseException as exc:
+        raise _Failure("compile_error" if _is_build_failure(exc) else "load_error", exc) from exc
+    channel.send(built={"build_s": time.perf_counter() - started, "cache_hit": cache_hit})
+    model_new = getattr(module, "ModelNew", None)
+    if not isinstance(model_new, type):
+        raise _Failure("load_error", LookupError("the solution defines no class ModelNew"))
+    return model_new
+
+
+def _run(spec: WorkerSpec, problem: Any, model_new: type, channel: Channel) -> None:
+    import torch
+
+    from kbench import execution, timing, weights
+
+    try:
+        reference = execution.seeded_model(problem, problem.Model, spec.weights_seed(), spec.device)
+        candidate = execution.seeded_model(problem, model_new, spec.weights_seed(), spec.device)
+        weights_mode = weights.copy_reference_weights(reference, candidate)
+        del reference
+        if spec.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        channel.send(weights=weights_mode)
+        execution.run_trials(candidate, problem, spec, role="new")
+        samples = timing.time_calls(
+            candidate,
+            execution.timing_input_sets(problem, spec),
+            spec.device,
+            timing.TimingPlan.from_dict(spec.timing),
+        )
+    except BaseException as exc:
+        raise _Failure("runtime_error", exc) from exc
+    channel.send(result={"timing_ms": samples})
+
+
+def main(spec_path: str, fd: str) -> None:
+    channel = Channel(int(fd))
+    channel.phase("load")
+    try:
+        from kbench import execution
+
+        spec = WorkerSpec.read(Path(spec_path))
+        problem = execution.load_problem(spec)
+        channel.phase("build")
+        model_new = _build(spec, channel)
+        channel.phase("run")
+        _run(spec, problem, model_new, channel)
+    except _Failure as failure:
+        channel.send(error={"verdict": failure.verdict, "reason": _describe(failure.exc),
+                            "detail": "".join(traceback.format_exception(failure.exc))})
+        sys.exit(1)
+    except BaseException as exc:
+        channel.send(error={"verdict": "runtime_error", "reason": _describe(exc),
+                            "detail": traceback.format_exc()})
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
