@@ -30,9 +30,7 @@ def target_arch(device: str) -> str:
 
 
 def extension_dir(root: Path, source: str, device: str) -> Path:
-    key = "\0".join(
-        [source, torch.__version__, str(torch.version.cuda), target_arch(device), sys.version.split()[0]]
-    )
+    key = "\0".join([source, torch.__version__, str(torch.version.cuda), target_arch(device), sys.version.split()[0]])
     return root / "extensions" / hashlib.sha256(key.encode()).hexdigest()[:20]
 
 

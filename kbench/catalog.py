@@ -35,10 +35,6 @@ class Problem:
     constants: dict[str, Any] = field(default_factory=dict)  # module-level literals (sizes)
     small_sizes: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def solutions_dir(self) -> Path:
-        return SOLUTIONS_DIR / self.name
-
 
 @dataclass(frozen=True)
 class Solution:
@@ -87,26 +83,6 @@ def read_problem(path: Path, name: str | None = None) -> Problem:
     return Problem(name=name or path.stem, path=path.resolve(), constants=constants, small_sizes=small)
 
 
-def list_problems() -> list[Problem]:
-    return [read_problem(p) for p in sorted(PROBLEMS_DIR.glob("*.py")) if not p.name.startswith("_")]
-
-
-def resolve_problem(spec: str) -> Problem:
-    """A problem by name (under kbench/problems/) or by path to any KernelBench-format file."""
-    as_path = Path(spec)
-    if as_path.suffix == ".py" or as_path.exists():
-        if not as_path.is_file():
-            raise CatalogError(f"problem file not found: {spec}")
-        return read_problem(as_path)
-    candidate = PROBLEMS_DIR / f"{spec}.py"
-    if candidate.is_file():
-        return read_problem(candidate)
-    names = [p.stem for p in PROBLEMS_DIR.glob("*.py") if not p.name.startswith("_")]
-    close = difflib.get_close_matches(spec, names, n=3, cutoff=0.4)
-    hint = f" Did you mean: {', '.join(close)}?" if close else " Run `kbench list` to see the problems."
-    raise CatalogError(f"unknown problem '{spec}'.{hint}")
-
-
 def _infer_devices(source: str) -> tuple[str, ...]:
     if "cuda_sources" in source:
         return ("cuda",)
@@ -137,14 +113,38 @@ def read_solution(path: Path, name: str | None = None) -> Solution:
     return Solution(name=name or path.stem, path=path.resolve(), devices=devices)
 
 
-def registered_solutions(problem: Problem) -> list[Solution]:
-    if not problem.solutions_dir.is_dir():
-        return []
-    return [
-        read_solution(p)
-        for p in sorted(problem.solutions_dir.glob("*.py"))
-        if not p.name.startswith("_")
-    ]
+@dataclass(frozen=True)
+class Catalog:
+    """Where problems (``<name>.py``) and their solutions (``<solutions_dir>/<name>/*.py``) live."""
+
+    problems_dir: Path = PROBLEMS_DIR
+    solutions_dir: Path = SOLUTIONS_DIR
+
+    def list_problems(self) -> list[Problem]:
+        if not self.problems_dir.is_dir():
+            raise CatalogError(f"problems folder not found: {self.problems_dir}")
+        return [read_problem(p) for p in sorted(self.problems_dir.glob("*.py")) if not p.name.startswith("_")]
+
+    def resolve_problem(self, spec: str) -> Problem:
+        """A problem by name (in ``problems_dir``) or by path to any KernelBench-format file."""
+        as_path = Path(spec)
+        if as_path.suffix == ".py" or as_path.exists():
+            if not as_path.is_file():
+                raise CatalogError(f"problem file not found: {spec}")
+            return read_problem(as_path)
+        candidate = self.problems_dir / f"{spec}.py"
+        if candidate.is_file():
+            return read_problem(candidate)
+        names = [p.stem for p in self.problems_dir.glob("*.py") if not p.name.startswith("_")]
+        close = difflib.get_close_matches(spec, names, n=3, cutoff=0.4)
+        hint = f" Did you mean: {', '.join(close)}?" if close else " Run `kbench list` to see the problems."
+        raise CatalogError(f"unknown problem '{spec}'.{hint}")
+
+    def registered_solutions(self, problem: Problem) -> list[Solution]:
+        folder = self.solutions_dir / problem.name
+        if not folder.is_dir():
+            return []
+        return [read_solution(p) for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")]
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from kbench import catalog, display, report, session
-from kbench.catalog import CatalogError, Problem
+from kbench.catalog import CatalogError
 from kbench.config import ConfigError, KbenchConfig, load_config
 from kbench.gate import GateCheck, evaluate, load_gate
 from kbench.results import JobResult, Verdict
@@ -38,6 +38,12 @@ SetOpt = Annotated[
     typer.Option("--set", help="Override a problem's module-level constant, e.g. --set batch_size=8. Repeatable."),
 ]
 ResultsDirOpt = Annotated[Path, typer.Option("--results-dir", help="Folder holding run directories.")]
+ProblemsDirOpt = Annotated[
+    Path, typer.Option("--problems-dir", help="Folder of problem files (default: kbench's own).")
+]
+SolutionsDirOpt = Annotated[
+    Path, typer.Option("--solutions-dir", help="Folder of <problem>/<solution>.py files (default: kbench's own).")
+]
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -62,19 +68,17 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 
 
 def _run(
-    problems: list[Problem],
+    planned: session.SessionPlan,
     device: str,
     config: KbenchConfig,
-    overrides: dict[str, Any],
-    solution_paths: list[Path] | None,
     recorder: session.Recorder | None,
     quiet: bool,
 ) -> session.SessionOutcome:
-    planned = session.plan(problems, device, overrides, solution_paths)
     if not planned.jobs and not planned.reference_only:
         raise fail("nothing to run")
     progress_console = errors if quiet else console
     with display.job_progress(progress_console, len(planned.jobs)) as (progress, task):
+
         def on_start(job: Any) -> None:
             progress.update(task, description=f"{job.problem.name} / {job.solution.name}")
 
@@ -101,10 +105,13 @@ def _print_references(references: list[session.ReferenceCheck], device: str) -> 
 
 
 @app.command("list")
-def list_command() -> None:
+def list_command(
+    problems_dir: ProblemsDirOpt = catalog.PROBLEMS_DIR, solutions_dir: SolutionsDirOpt = catalog.SOLUTIONS_DIR
+) -> None:
     """List the problems and the solutions registered for each."""
+    registry = catalog.Catalog(problems_dir, solutions_dir)
     try:
-        entries = [(p, catalog.registered_solutions(p)) for p in catalog.list_problems()]
+        entries = [(p, registry.registered_solutions(p)) for p in registry.list_problems()]
     except CatalogError as exc:
         raise fail(str(exc)) from None
     console.print(display.catalog_table(entries))
@@ -120,16 +127,20 @@ def verify(
     overrides: SetOpt = None,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per job on stdout.")] = False,
+    problems_dir: ProblemsDirOpt = catalog.PROBLEMS_DIR,
+    solutions_dir: SolutionsDirOpt = catalog.SOLUTIONS_DIR,
 ) -> None:
     """Check that solutions give the reference's answers, and time both."""
+    registry = catalog.Catalog(problems_dir, solutions_dir)
     try:
         cfg = load_config(config)
         dev = resolve_device(device)
-        target = catalog.resolve_problem(problem)
+        target = registry.resolve_problem(problem)
         sizes = parse_overrides(overrides)
-        if not solution and not [s for s in catalog.registered_solutions(target) if dev in s.devices]:
+        if not solution and not [s for s in registry.registered_solutions(target) if dev in s.devices]:
             raise fail(f"no solution registered for {target.name} on {dev}; pass one with --solution PATH")
-        outcome = _run([target], dev, cfg, sizes, solution, None, quiet=as_json)
+        planned = session.plan([target], dev, sizes, registry, solution)
+        outcome = _run(planned, dev, cfg, None, quiet=as_json)
     except (CatalogError, ConfigError) as exc:
         raise fail(str(exc)) from None
     if as_json:
@@ -150,20 +161,22 @@ def bench(
     config: ConfigOpt = None,
     results_dir: ResultsDirOpt = Path("results"),
     gate: Annotated[Path | None, typer.Option("--gate", help="Also apply this gate file to the run.")] = None,
+    problems_dir: ProblemsDirOpt = catalog.PROBLEMS_DIR,
+    solutions_dir: SolutionsDirOpt = catalog.SOLUTIONS_DIR,
 ) -> None:
     """Verify and time every problem x solution; record the run under results/<run-id>/."""
+    registry = catalog.Catalog(problems_dir, solutions_dir)
     if run_all == bool(problems):
         raise fail("name the problems to run, or pass --all (not both)")
     try:
         cfg = load_config(config)
         gate_cfg = load_gate(gate) if gate else None
         dev = resolve_device(device)
-        targets = catalog.list_problems() if run_all else [catalog.resolve_problem(p) for p in problems or []]
-        sizes = parse_overrides(overrides)
-        session.plan(targets, dev, sizes)  # bad --set names fail here, before a run directory exists
-        run_dir = new_run(results_dir)
+        targets = registry.list_problems() if run_all else [registry.resolve_problem(p) for p in problems or []]
+        planned = session.plan(targets, dev, parse_overrides(overrides), registry)
+        run_dir = new_run(results_dir)  # only once the plan is sound: bad input leaves no empty run behind
         recorder = session.Recorder(run_dir, dev, cfg, sys.argv)
-        outcome = _run(targets, dev, cfg, sizes, None, recorder, quiet=False)
+        outcome = _run(planned, dev, cfg, recorder, quiet=False)
     except (CatalogError, ConfigError) as exc:
         raise fail(str(exc)) from None
     except session.RecordError as exc:

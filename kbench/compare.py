@@ -80,9 +80,7 @@ def compare_tensor(new: torch.Tensor, ref: torch.Tensor, tolerance_for: Callable
     return Comparison(True, "within tolerance", max_abs, max_rel)
 
 
-def compare_records(
-    new: dict[str, Any], ref: dict[str, Any], tolerance_for: Callable[[str], Tolerance]
-) -> Comparison:
+def compare_records(new: dict[str, Any], ref: dict[str, Any], tolerance_for: Callable[[str], Tolerance]) -> Comparison:
     if new.get("not_tensor"):
         return Comparison(False, f"output is a {new['not_tensor']}, not a plain torch.Tensor", not_tensor=True)
     if new.get("structure") != ref.get("structure"):
@@ -105,6 +103,7 @@ def compare_records(
 
 def merge(so_far: Comparison, latest: Comparison) -> Comparison:
     """Fold one more comparison in: the largest errors seen, the first failure's reason."""
+
     def biggest(x: float | None, y: float | None) -> float | None:
         values = [v for v in (x, y) if v is not None]
         return max(values) if values else None

@@ -27,15 +27,31 @@ def _num(value: float | None, fmt: str = ".4g") -> str:
 
 def results_table(results: list[JobResult], title: str = "kbench results") -> Table:
     table = Table(title=title)
-    for column in ("problem", "solution", "verdict", "max abs err", "max rel err", "ref ms", "new ms",
-                   "speedup", "build s"):
-        table.add_column(column, justify="right" if column not in ("problem", "solution", "verdict") else "left")
+    for column in (
+        "problem",
+        "solution",
+        "verdict",
+        "max abs err",
+        "max rel err",
+        "ref ms",
+        "new ms",
+        "speedup",
+        "build s",
+    ):
+        is_name = column in ("problem", "solution", "verdict")
+        table.add_column(column, justify="left" if is_name else "right", no_wrap=is_name)
     for r in results:
         style = VERDICT_STYLE.get(r.verdict, "yellow")
         verdict = f"[{style}]{r.verdict}[/]" + (f" [dim]({', '.join(r.flags)})[/]" if r.flags else "")
         table.add_row(
-            escape(r.problem), escape(r.solution), verdict, _num(r.max_abs_error, ".2e"), _num(r.max_rel_error, ".2e"),
-            _num(r.ref_ms), _num(r.new_ms), _num(r.speedup, ".3g") + ("x" if r.speedup is not None else ""),
+            escape(r.problem),
+            escape(r.solution),
+            verdict,
+            _num(r.max_abs_error, ".2e"),
+            _num(r.max_rel_error, ".2e"),
+            _num(r.ref_ms),
+            _num(r.new_ms),
+            _num(r.speedup, ".3g") + ("x" if r.speedup is not None else ""),
             _num(r.build_s, ".1f"),
         )
     return table
@@ -47,15 +63,14 @@ def print_reasons(console: Console, results: list[JobResult]) -> None:
         if r.verdict == Verdict.CORRECT:
             continue
         console.print(f"[bold]{escape(r.problem)} / {escape(r.solution)}[/]: {r.verdict}: {escape(r.reason)}")
-        if r.detail and r.verdict in (Verdict.COMPILE_ERROR, Verdict.LOAD_ERROR, Verdict.RUNTIME_ERROR,
-                                      Verdict.CRASH):
+        if r.detail and r.verdict in (Verdict.COMPILE_ERROR, Verdict.LOAD_ERROR, Verdict.RUNTIME_ERROR, Verdict.CRASH):
             tail = "\n".join(r.detail.strip().splitlines()[-15:])
             console.print(f"[dim]{escape(tail)}[/]")
 
 
 def catalog_table(entries: list[tuple[Problem, list[Solution]]]) -> Table:
     table = Table(title="kbench problems")
-    table.add_column("problem")
+    table.add_column("problem", no_wrap=True)
     table.add_column("solutions (devices)")
     table.add_column("small sizes (CPU)")
     for problem, solutions in entries:
@@ -71,8 +86,12 @@ def gate_table(checks: list[GateCheck]) -> Table:
         table.add_column(column)
     for c in checks:
         table.add_row(
-            escape(c.problem), "[green]pass[/]" if c.passed else "[red]FAIL[/]", escape(c.solution or "—"),
-            _num(c.speedup, ".3g"), f"{c.required_speedup:g}x", escape(c.reason),
+            escape(c.problem),
+            "[green]pass[/]" if c.passed else "[red]FAIL[/]",
+            escape(c.solution or "—"),
+            _num(c.speedup, ".3g"),
+            f"{c.required_speedup:g}x",
+            escape(c.reason),
         )
     return table
 
@@ -80,8 +99,13 @@ def gate_table(checks: list[GateCheck]) -> Table:
 @contextmanager
 def job_progress(console: Console, total: int) -> Iterator[tuple[Progress, int]]:
     progress = Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
     )
     with progress:
         yield progress, progress.add_task("starting", total=total)

@@ -83,9 +83,7 @@ def save_outputs(output: Any, path: Path) -> None:
     torch.save(pack_outputs(output), path)
 
 
-def run_trials(
-    forward: Callable[..., Any], problem: ModuleType, spec: WorkerSpec, role: str
-) -> None:
+def run_trials(forward: Callable[..., Any], problem: ModuleType, spec: WorkerSpec, role: str) -> None:
     """Run each trial on fresh seeded inputs and save its outputs for the parent to compare."""
     out_dir = Path(spec.out_dir)
     for trial in range(spec.trials):

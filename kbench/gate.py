@@ -53,8 +53,9 @@ def _check_problem(name: str, jobs: list[JobResult], required: float, wanted: st
     failed = [job for job in jobs if job.verdict != Verdict.CORRECT]
     if failed:
         worst = failed[0]
-        return GateCheck(name, False, f"{worst.solution}: {worst.verdict} ({worst.reason})", required,
-                         solution=worst.solution)
+        return GateCheck(
+            name, False, f"{worst.solution}: {worst.verdict} ({worst.reason})", required, solution=worst.solution
+        )
     candidates = [job for job in jobs if wanted is None or job.solution == wanted]
     if not candidates:
         return GateCheck(name, False, f"solution '{wanted}' not in this run", required)
@@ -62,10 +63,10 @@ def _check_problem(name: str, jobs: list[JobResult], required: float, wanted: st
     if best.speedup is None:
         return GateCheck(name, False, "no speedup measured", required, solution=best.solution)
     if best.speedup < required:
-        return GateCheck(name, False, f"speedup {best.speedup:.3g}x below {required:g}x", required,
-                         best.speedup, best.solution)
-    return GateCheck(name, True, f"speedup {best.speedup:.3g}x >= {required:g}x", required, best.speedup,
-                     best.solution)
+        return GateCheck(
+            name, False, f"speedup {best.speedup:.3g}x below {required:g}x", required, best.speedup, best.solution
+        )
+    return GateCheck(name, True, f"speedup {best.speedup:.3g}x >= {required:g}x", required, best.speedup, best.solution)
 
 
 def evaluate(results: list[JobResult], gate: GateConfig) -> list[GateCheck]:

@@ -7,6 +7,7 @@ group is killed on a timeout and once the worker has exited.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import select
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 LOG_TAIL_CHARS = 20_000
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -64,6 +66,13 @@ def read_log_tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
         return ""
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL when the parent dies, so a killed kbench leaves no worker."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
@@ -93,6 +102,7 @@ def run_worker(
             stderr=subprocess.STDOUT,
             pass_fds=(write_fd,),
             start_new_session=True,  # its own process group, killed as one
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             env=dict(env) if env is not None else None,
         )
     os.close(write_fd)

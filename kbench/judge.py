@@ -108,8 +108,7 @@ def judge(
     if worker.count("result") > 1 or worker.garbage_lines:
         flags.append("channel_tampering")  # only the solution could have written that to the private pipe
     comparison = compare_trials(out_dir, references, tolerance_for)
-    samples = _valid_samples(result["result"].get("timing_ms") if isinstance(result["result"], dict) else None,
-                             repeats)
+    samples = _valid_samples(result["result"].get("timing_ms") if isinstance(result["result"], dict) else None, repeats)
     if samples is None:
         flags.append("bad_timing")
     if comparison.not_tensor:

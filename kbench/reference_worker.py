@@ -33,8 +33,7 @@ def main(spec_path: str, fd: str) -> None:
         )
         channel.send(result={"timing_ms": samples, "device_info": execution.describe_device(spec.device)})
     except BaseException as exc:  # report every failure, then exit; the parent decides what it means
-        channel.send(error={"reason": f"{type(exc).__name__}: {exc}".splitlines()[0],
-                            "detail": traceback.format_exc()})
+        channel.send(error={"reason": f"{type(exc).__name__}: {exc}".splitlines()[0], "detail": traceback.format_exc()})
         sys.exit(1)
 
 

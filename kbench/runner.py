@@ -153,9 +153,7 @@ class Runner:
             {"load": timeouts.run_s, "build": timeouts.build_s, "run": timeouts.run_s},
             env=_worker_env(),
         )
-        judged = judge(
-            worker, out_dir, reference.outputs, self.config.timing.repeats, self.config.tolerance_for
-        )
+        judged = judge(worker, out_dir, reference.outputs, self.config.timing.repeats, self.config.tolerance_for)
         shutil.rmtree(out_dir, ignore_errors=True)
         tolerance = self.config.tolerance_for(_first_dtype(reference.outputs))
         comparison = judged.comparison

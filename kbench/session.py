@@ -37,7 +37,11 @@ class SessionPlan:
 
 
 def plan(
-    problems: list[Problem], device: str, overrides: dict[str, Any], solution_paths: list[Path] | None = None
+    problems: list[Problem],
+    device: str,
+    overrides: dict[str, Any],
+    registry: catalog.Catalog,
+    solution_paths: list[Path] | None = None,
 ) -> SessionPlan:
     """Explicit solution files run as given; otherwise each problem's registered solutions for the device."""
     result = SessionPlan()
@@ -46,7 +50,7 @@ def plan(
         if solution_paths:
             solutions = [catalog.read_solution(path) for path in solution_paths]
         else:
-            solutions = [s for s in catalog.registered_solutions(problem) if device in s.devices]
+            solutions = [s for s in registry.registered_solutions(problem) if device in s.devices]
         sizes = effective_overrides(problem, device, overrides)
         if not solutions:
             result.reference_only.append((problem, sizes))

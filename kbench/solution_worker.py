@@ -102,12 +102,16 @@ def main(spec_path: str, fd: str) -> None:
         channel.phase("run")
         _run(spec, problem, model_new, channel)
     except _Failure as failure:
-        channel.send(error={"verdict": failure.verdict, "reason": _describe(failure.exc),
-                            "detail": "".join(traceback.format_exception(failure.exc))})
+        channel.send(
+            error={
+                "verdict": failure.verdict,
+                "reason": _describe(failure.exc),
+                "detail": "".join(traceback.format_exception(failure.exc)),
+            }
+        )
         sys.exit(1)
     except BaseException as exc:
-        channel.send(error={"verdict": "runtime_error", "reason": _describe(exc),
-                            "detail": traceback.format_exc()})
+        channel.send(error={"verdict": "runtime_error", "reason": _describe(exc), "detail": traceback.format_exc()})
         sys.exit(1)
 
 

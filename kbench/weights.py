@@ -29,8 +29,10 @@ def copy_reference_weights(reference: nn.Module, candidate: nn.Module) -> str:
                 new_named[name].copy_(tensor)
             return "by_name"
         ref_list, new_list = _ordered_state(reference), _ordered_state(candidate)
-        if ref_list and len(ref_list) == len(new_list) and all(
-            a.shape == b.shape for a, b in zip(ref_list, new_list, strict=True)
+        if (
+            ref_list
+            and len(ref_list) == len(new_list)
+            and all(a.shape == b.shape for a, b in zip(ref_list, new_list, strict=True))
         ):
             for source, target in zip(ref_list, new_list, strict=True):
                 target.copy_(source)

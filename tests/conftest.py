@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from kbench.config import KbenchConfig, Timeouts, TimingConfig
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PROBLEMS = FIXTURES / "problems"
+SOLUTIONS = FIXTURES / "solutions"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def fast_config(**timeouts: float) -> KbenchConfig:
+    """Few trials and timed calls: these tests check verdicts, not speed."""
+    return KbenchConfig(
+        trials=2,
+        timing=TimingConfig(warmup=1, repeats=3, input_sets=1),
+        timeouts=Timeouts(**{"reference_s": 120.0, "build_s": 600.0, "run_s": 60.0, **timeouts}),
+    )
+
+
+@pytest.fixture
+def make_catalog(tmp_path: Path):
+    """A throwaway catalog: copies of fixture problems with just the named solutions."""
+
+    def build(problem: str, solutions: list[str], source_problem: Path = PROBLEMS) -> tuple[Path, Path]:
+        problems_dir, solutions_dir = tmp_path / "problems", tmp_path / "solutions"
+        problems_dir.mkdir(exist_ok=True)
+        (solutions_dir / problem).mkdir(parents=True, exist_ok=True)
+        shutil.copy(source_problem / f"{problem}.py", problems_dir)
+        for name in solutions:
+            shutil.copy(SOLUTIONS / problem / f"{name}.py", solutions_dir / problem)
+        return problems_dir, solutions_dir
+
+    return build

@@ -1,0 +1,226 @@
+"""The command line end to end: real workers, real run directories, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import PROBLEMS, SOLUTIONS, fast_config
+from typer.testing import CliRunner
+
+from kbench.cli import app
+from kbench.report import COLUMNS
+
+cli = CliRunner(env={"COLUMNS": "200"})  # wide enough that rich never truncates a name
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "fast.yaml"
+    path.write_text(yaml.safe_dump(fast_config().model_dump()))
+    return path
+
+
+def invoke(*args: str | Path) -> tuple[int, str]:
+    result = cli.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def test_list_shows_problems_and_their_solutions():
+    code, out = invoke("list")
+    assert code == 0
+    assert "example_scale_bias_relu6" in out and "cpp_fused" in out
+
+
+@pytest.mark.slow
+def test_verify_builds_the_cpp_example_once_and_passes(config_file: Path):
+    code, out = invoke("verify", "example_scale_bias_relu6", "--device", "cpu", "--config", config_file, "--json")
+    assert code == 0, out
+    first = json.loads(out.strip().splitlines()[-1])
+    assert first["verdict"] == "correct" and first["solution"] == "cpp_fused"
+    assert first["overrides"] == {"batch_size": 512, "features": 1024}  # small sizes on the CPU
+    assert first["build_s"] is not None and first["speedup"] > 0
+    code, out = invoke("verify", "example_scale_bias_relu6", "--device", "cpu", "--config", config_file, "--json")
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["build_cache_hit"] is True
+
+
+def test_verify_json_has_the_contract_fields(config_file: Path):
+    code, out = invoke(
+        "verify",
+        PROBLEMS / "affine_relu.py",
+        "-s",
+        SOLUTIONS / "affine_relu" / "wrong_values.py",
+        "--config",
+        config_file,
+        "--json",
+        "--device",
+        "cpu",
+    )
+    assert code == 1
+    line = json.loads(out.strip().splitlines()[-1])
+    for key in (
+        "problem",
+        "solution",
+        "verdict",
+        "reason",
+        "flags",
+        "max_abs_error",
+        "max_rel_error",
+        "ref_ms",
+        "new_ms",
+        "speedup",
+        "device",
+    ):
+        assert key in line
+    assert line["verdict"] == "incorrect" and line["device"] == "cpu"
+
+
+def test_set_reaches_get_inputs(config_file: Path):
+    solution = SOLUTIONS / "affine_relu" / "requires_batch16.py"
+    base = ["verify", PROBLEMS / "affine_relu.py", "-s", solution, "--config", config_file, "--json"]
+    code, out = invoke(*base)
+    assert code == 0, out
+    code, out = invoke(*base, "--set", "batch_size=5")
+    line = json.loads(out.strip().splitlines()[-1])
+    assert code == 1 and line["verdict"] == "runtime_error" and "expected batch 16, got 5" in line["reason"]
+    assert line["overrides"] == {"batch_size": 5}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["verify", "no_such_problem"], "unknown problem 'no_such_problem'"),
+        (["verify", "example_scale_bias_relu6", "--set", "batch=2"], "no module-level constant batch"),
+        (["verify", "example_scale_bias_relu6", "--set", "oops"], "--set expects NAME=VALUE"),
+        (["verify", "example_scale_bias_relu6", "-s", "missing.py"], "solution file not found"),
+        (["bench"], "name the problems to run, or pass --all"),
+        (["report", "--results-dir", "/nonexistent"], "no runs under"),
+    ],
+)
+def test_bad_input_is_a_clear_usage_error(args: list[str], message: str):
+    code, out = invoke(*args)
+    assert code == 2
+    assert message in " ".join(out.split())
+
+
+def test_config_typo_is_a_usage_error_naming_key_and_file(tmp_path: Path):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("trails: 3\n")
+    code, out = invoke("verify", "example_scale_bias_relu6", "--config", bad)
+    assert code == 2 and "unknown key 'trails'" in out and "typo.yaml" in " ".join(out.split())
+
+
+def test_bench_records_a_run_that_report_and_gate_read(tmp_path: Path, make_catalog, config_file: Path):
+    problems_dir, solutions_dir = make_catalog("affine_relu", ["correct_torch", "wrong_values"])
+    results_dir = tmp_path / "results"
+    catalog_args = ["--problems-dir", problems_dir, "--solutions-dir", solutions_dir]
+    code, out = invoke("bench", "--all", *catalog_args, "--results-dir", results_dir, "--config", config_file)
+    assert code == 1, out  # one solution is wrong
+    (run_dir,) = results_dir.iterdir()
+    lines = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    verdicts = {(r["solution"], r["verdict"]) for r in lines}
+    assert verdicts == {("correct_torch", "correct"), ("wrong_values", "incorrect")}
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    assert meta["torch"] and meta["device"] == "cpu" and meta["config"]["trials"] == 2 and meta["finished_at"]
+    assert meta["device_info"]["device"] == "cpu"
+
+    csv = tmp_path / "out.csv"
+    code, out = invoke("report", "--results-dir", results_dir, "--csv", csv)
+    assert code == 0 and "| affine_relu" in out
+    frame = pd.read_csv(csv)
+    assert list(frame.columns) == COLUMNS and len(frame) == 2
+
+    gate = tmp_path / "gate.yaml"
+    gate.write_text("default_min_speedup: 0.0\n")
+    code, out = invoke("gate", run_dir, "--config", gate)
+    assert code == 1 and "wrong_values: incorrect" in " ".join(out.split())
+
+
+def test_bench_gate_passes_and_fails_on_speedup(tmp_path: Path, make_catalog, config_file: Path):
+    problems_dir, solutions_dir = make_catalog("affine_relu", ["correct_torch"])
+    gate = tmp_path / "gate.yaml"
+    common = [
+        "bench",
+        "affine_relu",
+        "--problems-dir",
+        problems_dir,
+        "--solutions-dir",
+        solutions_dir,
+        "--results-dir",
+        tmp_path / "results",
+        "--config",
+        config_file,
+        "--gate",
+        gate,
+    ]
+    gate.write_text("problems: {affine_relu: {min_speedup: 0.0}}\n")
+    code, out = invoke(*common)
+    assert code == 0, out
+    gate.write_text("problems: {affine_relu: {min_speedup: 1000000.0}}\n")
+    code, out = invoke("gate", "--results-dir", tmp_path / "results", "--config", gate)
+    assert code == 1 and "below 1e+06x" in out
+
+
+def test_a_killed_run_keeps_every_finished_job(tmp_path: Path):
+    problems_dir, solutions_dir = tmp_path / "problems", tmp_path / "solutions" / "affine_relu"
+    problems_dir.mkdir()
+    solutions_dir.mkdir(parents=True)
+    (problems_dir / "affine_relu.py").write_text((PROBLEMS / "affine_relu.py").read_text())
+    (solutions_dir / "a_correct.py").write_text((SOLUTIONS / "affine_relu" / "correct_torch.py").read_text())
+    (solutions_dir / "b_hang.py").write_text((SOLUTIONS / "affine_relu" / "hang.py").read_text())
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(fast_config(run_s=300.0).model_dump()))
+    results_dir = tmp_path / "results"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from kbench.cli import app; app()",
+            "bench",
+            "--all",
+            "--device",
+            "cpu",
+            "--problems-dir",
+            str(problems_dir),
+            "--solutions-dir",
+            str(solutions_dir.parent),
+            "--results-dir",
+            str(results_dir),
+            "--config",
+            str(config),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    results = None
+    while time.monotonic() < deadline:
+        found = list(results_dir.glob("*/results.jsonl"))
+        if found and found[0].read_text().count("\n") >= 1:
+            results = found[0]
+            break
+        time.sleep(0.2)
+    time.sleep(2.0)  # the hanging job is under way now
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    assert results is not None, "the first job never finished"
+    lines = results.read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["verdict"] == "correct"
+    time.sleep(1.0)
+    leftover = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_mentions(p, str(tmp_path))]
+    assert leftover == [], "a worker outlived the killed parent"
+
+
+def _cmdline_mentions(proc: Path, text: str) -> bool:
+    try:
+        return text in (proc / "cmdline").read_bytes().decode(errors="replace") and os.getpid() != int(proc.name)
+    except OSError:
+        return False

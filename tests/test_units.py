@@ -1,0 +1,197 @@
+"""Fast tests of the trusted-side pieces: config, catalog, comparison, gate, results file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import PROBLEMS, SOLUTIONS
+
+from kbench import catalog
+from kbench.compare import compare_records, compare_tensor
+from kbench.config import ConfigError, KbenchConfig, Tolerance, load_config
+from kbench.gate import GateConfig, evaluate, load_gate
+from kbench.results import JobResult, ResultsFile, Verdict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tol(_: str) -> Tolerance:
+    return KbenchConfig().tolerance_for(_)
+
+
+# --- config ---------------------------------------------------------------------------------------------
+
+
+def test_default_yaml_spells_out_the_embedded_defaults():
+    assert load_config(REPO / "configs" / "default.yaml") == KbenchConfig()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("trails: 3\n", "unknown key 'trails'"),
+        ("timing: {repeats: many}\n", "key 'timing.repeats'"),
+        ("timeouts: {build_s: -1}\n", "key 'timeouts.build_s'"),
+        ("tolerances: {fp8: {atol: 1, rtol: 1}}\n", "tolerances.fp8"),
+        ("trials: [1\n", "not valid YAML"),
+    ],
+)
+def test_config_errors_name_the_file_and_key(tmp_path: Path, text: str, message: str):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_overriding_one_tolerance_keeps_the_others(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("tolerances: {float32: {atol: 1.0e-3, rtol: 0.0}}\n")
+    config = load_config(path)
+    assert config.tolerance_for("float32") == Tolerance(atol=1e-3, rtol=0.0)
+    assert config.tolerance_for("bfloat16") == Tolerance(atol=1e-2, rtol=1e-2)
+    assert config.tolerance_for("int64") == Tolerance(atol=0.0, rtol=0.0)
+
+
+# --- catalog --------------------------------------------------------------------------------------------
+
+
+def test_problem_constants_and_small_sizes_are_read_without_running_the_file():
+    problem = catalog.Catalog().resolve_problem("example_scale_bias_relu6")
+    assert problem.constants["batch_size"] == 8192
+    assert problem.small_sizes == {"batch_size": 512, "features": 1024}
+
+
+def test_unknown_problem_suggests_close_names():
+    with pytest.raises(catalog.CatalogError, match="Did you mean: example_scale_bias_relu6"):
+        catalog.Catalog().resolve_problem("example_scale_bias_relu")
+
+
+def test_a_file_without_model_is_not_a_problem():
+    with pytest.raises(catalog.CatalogError, match="missing Model"):
+        catalog.read_problem(SOLUTIONS / "affine_relu" / "correct_torch.py")
+
+
+def test_solution_devices_are_declared_or_inferred():
+    solutions = {
+        s.name: s.devices
+        for s in catalog.Catalog().registered_solutions(catalog.Catalog().resolve_problem("example_scale_bias_relu6"))
+    }
+    assert solutions == {"cpp_fused": ("cpu",), "cuda_fused": ("cuda",)}
+    assert catalog.read_solution(SOLUTIONS / "affine_relu" / "correct_torch.py").devices == ("cpu", "cuda")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("batch_size=8", 8), ("eps=1e-3", 1e-3), ("shape=(3, 4)", (3, 4)), ("mode=fast", "fast")]
+)
+def test_set_values_are_python_literals(text: str, value: object):
+    assert catalog.parse_override(text)[1] == value
+
+
+def test_set_of_an_unknown_constant_is_refused():
+    problem = catalog.read_problem(PROBLEMS / "affine_relu.py")
+    catalog.check_overrides(problem, {"batch_size": 2})
+    with pytest.raises(catalog.CatalogError, match="no module-level constant batchsize"):
+        catalog.check_overrides(problem, {"batchsize": 2})
+
+
+# --- comparison -----------------------------------------------------------------------------------------
+
+
+def record(*tensors: torch.Tensor) -> dict:
+    return {"structure": "tensor" if len(tensors) == 1 else "sequence", "tensors": list(tensors)}
+
+
+def test_comparison_passes_within_tolerance_and_reports_errors():
+    ref = torch.rand(100) + 1.0
+    result = compare_tensor(ref + 5e-5, ref, tol)
+    assert result.ok
+    assert result.max_abs_error == pytest.approx(5e-5, rel=1e-2)
+    assert 0 < result.max_rel_error <= 5e-5
+
+
+def test_comparison_fails_outside_tolerance():
+    ref = torch.rand(100) + 1.0
+    result = compare_tensor(ref + 1e-2, ref, tol)
+    assert not result.ok and "100 of 100 elements outside" in result.reason
+
+
+def test_nan_and_inf_must_sit_where_the_reference_has_them():
+    ref = torch.tensor([1.0, float("nan"), float("inf")])
+    assert compare_tensor(ref.clone(), ref, tol).ok
+    assert not compare_tensor(torch.tensor([1.0, 2.0, float("inf")]), ref, tol).ok
+    assert not compare_tensor(torch.tensor([1.0, float("nan"), -float("inf")]), ref, tol).ok
+
+
+def test_dtype_shape_and_integer_outputs_are_exact():
+    ref = torch.arange(6).reshape(2, 3)
+    assert compare_tensor(ref.clone(), ref, tol).ok
+    assert not compare_tensor(ref + 1, ref, tol).ok
+    assert "dtype" in compare_tensor(ref.float(), ref, tol).reason
+    assert "shape" in compare_tensor(ref.reshape(3, 2), ref, tol).reason
+
+
+def test_output_structure_and_count_must_match():
+    a, b = torch.rand(3), torch.rand(2)
+    assert compare_records(record(a, b), record(a, b), tol).ok
+    assert not compare_records(record(a), record(a, b), tol).ok
+    assert compare_records({"not_tensor": "LazyResult", "tensors": []}, record(a), tol).not_tensor
+
+
+# --- gate -----------------------------------------------------------------------------------------------
+
+
+def job(problem: str, solution: str, verdict: Verdict, speedup: float | None) -> JobResult:
+    return JobResult(problem=problem, solution=solution, verdict=verdict, reason="", device="cpu", speedup=speedup)
+
+
+def test_gate_passes_only_correct_problems_at_their_threshold():
+    gate = GateConfig.model_validate({"default_min_speedup": 1.0, "problems": {"a": {"min_speedup": 2.0}}})
+    results = [
+        job("a", "fast", Verdict.CORRECT, 2.5),
+        job("a", "naive", Verdict.CORRECT, 0.5),
+        job("b", "x", Verdict.CORRECT, 1.2),
+    ]
+    assert all(c.passed for c in evaluate(results, gate))
+    slower = [job("a", "fast", Verdict.CORRECT, 1.5), results[2]]
+    assert [c.passed for c in evaluate(slower, gate)] == [False, True]
+
+
+def test_gate_fails_on_any_wrong_solution_or_a_missing_problem():
+    gate = GateConfig.model_validate({"default_min_speedup": 0.0, "problems": {"c": {}}})
+    results = [job("a", "fast", Verdict.CORRECT, 3.0), job("a", "bad", Verdict.INCORRECT, None)]
+    checks = {c.problem: c for c in evaluate(results, gate)}
+    assert not checks["a"].passed and "bad: incorrect" in checks["a"].reason
+    assert not checks["c"].passed and checks["c"].reason == "not in this run"
+
+
+def test_gate_file_typos_are_errors(tmp_path: Path):
+    path = tmp_path / "gate.yaml"
+    path.write_text(yaml.safe_dump({"default_min_speedup": 1.0, "problem": {}}))
+    with pytest.raises(ConfigError, match="unknown key 'problem'"):
+        load_gate(path)
+    assert load_gate(REPO / "configs" / "ci.yaml").default_min_speedup == 0.0
+
+
+# --- results file ---------------------------------------------------------------------------------------
+
+
+def test_results_file_keeps_complete_lines_when_the_last_is_torn(tmp_path: Path):
+    store = ResultsFile(tmp_path / "results.jsonl")
+    store.append(job("a", "x", Verdict.CORRECT, 2.0))
+    store.append(job("b", "y", Verdict.INCORRECT, None))
+    with store.path.open("a") as fh:
+        fh.write('{"problem": "c", "solut')
+    assert [(r.problem, r.verdict) for r in store.read()] == [("a", Verdict.CORRECT), ("b", Verdict.INCORRECT)]
+
+
+def test_non_finite_numbers_are_recorded_as_unknown(tmp_path: Path):
+    store = ResultsFile(tmp_path / "results.jsonl")
+    result = job("a", "x", Verdict.INCORRECT, None)
+    result.max_abs_error = float("inf")
+    store.append(result)
+    assert json.loads(store.path.read_text())["max_abs_error"] is None

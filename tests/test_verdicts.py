@@ -1,0 +1,79 @@
+"""Every verdict from a real worker: one fixture solution per outcome, judged by the parent."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import PROBLEMS, SOLUTIONS, fast_config
+
+from kbench.catalog import read_problem, read_solution
+from kbench.results import Verdict
+from kbench.runner import Job, Runner
+
+PROBLEM = read_problem(PROBLEMS / "affine_relu.py")
+
+
+@pytest.fixture(scope="module")
+def runner():
+    # run_s is short so the hanging fixture costs seconds, yet long enough for a cold torch import.
+    with Runner(fast_config(run_s=15.0), "cpu") as shared:
+        yield shared
+
+
+def run(runner: Runner, name: str):
+    return runner.run(Job(PROBLEM, read_solution(SOLUTIONS / "affine_relu" / f"{name}.py")))
+
+
+@pytest.mark.parametrize(
+    ("fixture", "verdict", "reason_part"),
+    [
+        ("wrong_values", Verdict.INCORRECT, "outside atol"),
+        ("wrong_shape", Verdict.INCORRECT, "shape (1, 16, 24) != reference (16, 24)"),
+        ("nan_output", Verdict.INCORRECT, "NaN in 1 places"),
+        ("forged_stdout", Verdict.INCORRECT, "outside atol"),
+        ("syntax_error", Verdict.LOAD_ERROR, "SyntaxError"),
+        ("no_modelnew", Verdict.LOAD_ERROR, "no class ModelNew"),
+        ("forward_raises", Verdict.RUNTIME_ERROR, "kernel launch failed on purpose"),
+        ("hang", Verdict.TIMEOUT, "in the run phase"),
+        ("segfault", Verdict.CRASH, "killed by SIGSEGV without a result"),
+        ("exit_zero", Verdict.CRASH, "exited with status 0 without a result"),
+        ("tensor_subclass", Verdict.REJECTED, "not a plain torch.Tensor"),
+    ],
+)
+def test_failing_solutions_get_their_verdict(runner: Runner, fixture: str, verdict: Verdict, reason_part: str):
+    result = run(runner, fixture)
+    assert result.verdict == verdict, (result.reason, result.detail[-2000:])
+    assert reason_part in result.reason
+    assert result.speedup is None  # only a correct solution has a speedup
+
+
+def test_correct_solution_passes_with_errors_and_timing(runner: Runner):
+    result = run(runner, "correct_torch")
+    assert result.verdict == Verdict.CORRECT, result.reason
+    assert result.flags == []
+    assert result.weights == "by_name"
+    assert result.max_abs_error is not None and result.max_abs_error < 1e-4
+    assert result.atol == 1e-4 and result.rtol == 1e-4
+    assert result.ref_ms > 0 and result.new_ms > 0 and result.speedup == pytest.approx(result.ref_ms / result.new_ms)
+    assert result.new_timing_count == 3 and result.ref_timing_count == 3
+
+
+def test_renamed_parameters_are_copied_by_position(runner: Runner):
+    result = run(runner, "correct_renamed")
+    assert result.verdict == Verdict.CORRECT, result.reason
+    assert result.weights == "by_position"
+
+
+def test_broken_reference_blames_the_reference_not_the_solution(runner: Runner):
+    problem = read_problem(PROBLEMS / "broken_reference.py")
+    solution = read_solution(SOLUTIONS / "affine_relu" / "correct_torch.py")
+    result = runner.run(Job(problem, solution))
+    assert result.verdict == Verdict.RUNTIME_ERROR
+    assert "reference failed" in result.reason and "reference is broken" in result.reason
+    assert result.flags == ["reference_failed"]
+
+
+@pytest.mark.slow
+def test_cpp_compile_error_keeps_the_compiler_output(runner: Runner):
+    result = run(runner, "cpp_compile_error")
+    assert result.verdict == Verdict.COMPILE_ERROR, result.reason
+    assert "this_method_does_not_exist" in result.detail
