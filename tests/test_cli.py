@@ -85,7 +85,7 @@ def test_verify_json_has_the_contract_fields(config_file: Path):
 
 def test_set_reaches_get_inputs(config_file: Path):
     solution = SOLUTIONS / "affine_relu" / "requires_batch16.py"
-    base = ["verify", PROBLEMS / "affine_relu.py", "-s", solution, "--config", config_file, "--json"]
+    base = ["verify", PROBLEMS / "affine_relu.py", "-s", solution, "--config", config_file, "--json", "--device", "cpu"]
     code, out = invoke(*base)
     assert code == 0, out
     code, out = invoke(*base, "--set", "batch_size=5")
@@ -121,7 +121,7 @@ def test_config_typo_is_a_usage_error_naming_key_and_file(tmp_path: Path):
 def test_bench_records_a_run_that_report_and_gate_read(tmp_path: Path, make_catalog, config_file: Path):
     problems_dir, solutions_dir = make_catalog("affine_relu", ["correct_torch", "wrong_values"])
     results_dir = tmp_path / "results"
-    catalog_args = ["--problems-dir", problems_dir, "--solutions-dir", solutions_dir]
+    catalog_args = ["--problems-dir", problems_dir, "--solutions-dir", solutions_dir, "--device", "cpu"]
     code, out = invoke("bench", "--all", *catalog_args, "--results-dir", results_dir, "--config", config_file)
     assert code == 1, out  # one solution is wrong
     (run_dir,) = results_dir.iterdir()
@@ -150,6 +150,8 @@ def test_bench_gate_passes_and_fails_on_speedup(tmp_path: Path, make_catalog, co
     common = [
         "bench",
         "affine_relu",
+        "--device",
+        "cpu",
         "--problems-dir",
         problems_dir,
         "--solutions-dir",
