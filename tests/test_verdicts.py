@@ -63,6 +63,12 @@ def test_renamed_parameters_are_copied_by_position(runner: Runner):
     assert result.weights == "by_position"
 
 
+def test_unmatched_parameters_keep_the_shared_seed(runner: Runner):
+    result = run(runner, "transposed_weight")
+    assert result.verdict == Verdict.CORRECT, result.reason
+    assert result.weights == "seeded_only"
+
+
 def test_broken_reference_blames_the_reference_not_the_solution(runner: Runner):
     problem = read_problem(PROBLEMS / "broken_reference.py")
     solution = read_solution(SOLUTIONS / "affine_relu" / "correct_torch.py")
