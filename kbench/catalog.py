@@ -80,6 +80,9 @@ def read_problem(path: Path, name: str | None = None) -> Problem:
     small = constants.pop("KBENCH_SMALL_SIZES", {})
     if not isinstance(small, dict):
         raise CatalogError(f"{path}: KBENCH_SMALL_SIZES must be a dict of size constants")
+    unknown = sorted(set(small) - set(constants))
+    if unknown:  # a typo here would silently run the CPU job at full size
+        raise CatalogError(f"{path}: KBENCH_SMALL_SIZES names {', '.join(unknown)}, which the file does not define")
     return Problem(name=name or path.stem, path=path.resolve(), constants=constants, small_sizes=small)
 
 

@@ -73,8 +73,9 @@ def _run(
     config: KbenchConfig,
     recorder: session.Recorder | None,
     quiet: bool,
+    allow_empty: bool = False,
 ) -> session.SessionOutcome:
-    if not planned.jobs and not planned.reference_only:
+    if not planned.jobs and not planned.reference_only and not allow_empty:
         raise fail("nothing to run")
     progress_console = errors if quiet else console
     with display.job_progress(progress_console, len(planned.jobs)) as (progress, task):
@@ -148,7 +149,7 @@ def verify(
             print(json.dumps(result.to_dict(), default=str))
     else:
         console.print(display.results_table(outcome.results, title=f"kbench verify {target.name} ({dev})"))
-        display.print_reasons(console, outcome.results)
+        display.print_details(console, outcome.results, kernels=True)
     raise typer.Exit(_exit_for(outcome.results, outcome.references))
 
 
@@ -156,6 +157,9 @@ def verify(
 def bench(
     problems: Annotated[list[str] | None, typer.Argument(help="Problems to run (names or paths).")] = None,
     run_all: Annotated[bool, typer.Option("--all", help="Run every problem under kbench/problems/.")] = False,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Finish an interrupted run (id or directory); done jobs are kept.")
+    ] = None,
     device: DeviceOpt = "auto",
     overrides: SetOpt = None,
     config: ConfigOpt = None,
@@ -165,32 +169,73 @@ def bench(
     solutions_dir: SolutionsDirOpt = catalog.SOLUTIONS_DIR,
 ) -> None:
     """Verify and time every problem x solution; record the run under results/<run-id>/."""
-    registry = catalog.Catalog(problems_dir, solutions_dir)
-    if run_all == bool(problems):
+    if resume is not None and (problems or run_all):
+        raise fail("--resume takes no problem selection: the run's own is used")
+    if resume is None and run_all == bool(problems):
         raise fail("name the problems to run, or pass --all (not both)")
     try:
-        cfg = load_config(config)
         gate_cfg = load_gate(gate) if gate else None
-        dev = resolve_device(device)
-        targets = registry.list_problems() if run_all else [registry.resolve_problem(p) for p in problems or []]
-        planned = session.plan(targets, dev, parse_overrides(overrides), registry)
-        run_dir = new_run(results_dir)  # only once the plan is sound: bad input leaves no empty run behind
-        recorder = session.Recorder(run_dir, dev, cfg, sys.argv)
-        outcome = _run(planned, dev, cfg, recorder, quiet=False)
-    except (CatalogError, ConfigError) as exc:
-        raise fail(str(exc)) from None
-    except session.RecordError as exc:
+        if resume is not None:
+            run_dir = find_run(results_dir, resume)
+            resumption = session.plan_resume(run_dir)
+            # A run resumes with its own configuration, on its own device.
+            planned, cfg, dev = resumption.plan, resumption.config, resolve_device(resumption.device)
+            console.print(f"resuming {run_dir.run_id}: {resumption.done} jobs done, {len(planned.jobs)} to run")
+            recorder = session.Recorder.reopen(run_dir, sys.argv)
+        else:
+            cfg = load_config(config)
+            dev = resolve_device(device)
+            registry = catalog.Catalog(problems_dir, solutions_dir)
+            targets = registry.list_problems() if run_all else [registry.resolve_problem(p) for p in problems or []]
+            sizes = parse_overrides(overrides)
+            planned = session.plan(targets, dev, sizes, registry)
+            selection = session.Selection([str(t.path) for t in targets], sizes, str(problems_dir), str(solutions_dir))
+            run_dir = new_run(results_dir)  # only once the plan is sound: bad input leaves no empty run behind
+            recorder = session.Recorder(run_dir, dev, cfg, sys.argv, selection)
+        outcome = _run(planned, dev, cfg, recorder, quiet=False, allow_empty=resume is not None)
+    except (CatalogError, ConfigError, RunNotFound, session.RecordError) as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(f"cannot create a run under {results_dir}: {exc.strerror}") from None
-    console.print(display.results_table(outcome.results, title=f"kbench bench ({dev}) — {run_dir.run_id}"))
-    display.print_reasons(console, outcome.results)
+    results = run_dir.results.read()
+    console.print(display.results_table(results, title=f"kbench bench ({dev}) — {run_dir.run_id}"))
+    display.print_details(console, results)
     _print_references(outcome.references, dev)
     console.print(f"results: {run_dir.path}", highlight=False)
-    code = _exit_for(outcome.results, outcome.references)
+    code = _exit_for(results, outcome.references)
     if gate_cfg is not None:
-        code = max(code, _print_gate(evaluate(outcome.results, gate_cfg)))
+        code = max(code, _print_gate(evaluate(results, gate_cfg)))
     raise typer.Exit(code)
+
+
+@app.command()
+def lint(
+    problems: Annotated[list[str] | None, typer.Argument(help="Problems to check (names or paths).")] = None,
+    run_all: Annotated[bool, typer.Option("--all", help="Check every problem.")] = False,
+    device: DeviceOpt = "auto",
+    overrides: SetOpt = None,
+    config: ConfigOpt = None,
+    problems_dir: ProblemsDirOpt = catalog.PROBLEMS_DIR,
+) -> None:
+    """Warn about degenerate problems: outputs a constant or input-blind answer would match."""
+    if run_all == bool(problems):
+        raise fail("name the problems to check, or pass --all (not both)")
+    try:
+        cfg = load_config(config)
+        dev = resolve_device(device)
+        registry = catalog.Catalog(problems_dir)
+        targets = registry.list_problems() if run_all else [registry.resolve_problem(p) for p in problems or []]
+        checks = session.lint(targets, dev, cfg, parse_overrides(overrides))
+    except (CatalogError, ConfigError) as exc:
+        raise fail(str(exc)) from None
+    for check in checks:
+        if check.error:
+            console.print(f"[red]{check.problem}: reference failed:[/] {check.error}", highlight=False)
+        for warning in check.warnings:
+            console.print(f"[yellow]{check.problem}: degenerate:[/] {warning}", highlight=False)
+        if not check.error and not check.warnings:
+            console.print(f"[green]{check.problem}: ok[/]", highlight=False)
+    raise typer.Exit(EXIT_FAILED if any(c.error or c.warnings for c in checks) else EXIT_OK)
 
 
 def _print_gate(checks: list[GateCheck]) -> int:

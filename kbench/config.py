@@ -50,12 +50,22 @@ class TimingConfig(_Strict):
     flush_l2: bool = True
 
 
+class IntegrityConfig(_Strict):
+    perturbation_trials: int = Field(default=1, ge=0)  # trials after every weight is changed (stale_weights)
+    audit_float64: bool = True  # also run the reference in float64 and compare both errors against it
+    precision_loss_factor: float = Field(default=4.0, ge=1.0)  # flag when the solution's error is this much worse
+    precision_floor: float = Field(default=1e-6, ge=0.0)  # relative errors below this count as exact
+    kernel_census: bool = True  # profile one CUDA forward call and list its kernels
+    peak_bandwidth_gbs: float | None = Field(default=None, gt=0)  # for the physics floor; default: from NVML
+
+
 class KbenchConfig(_Strict):
     seed: int = 0
     trials: int = Field(default=5, ge=1)
     tolerances: dict[DType, Tolerance] = Field(default_factory=_default_tolerances)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     timing: TimingConfig = Field(default_factory=TimingConfig)
+    integrity: IntegrityConfig = Field(default_factory=IntegrityConfig)
 
     @field_validator("tolerances", mode="after")
     @classmethod

@@ -57,15 +57,48 @@ def results_table(results: list[JobResult], title: str = "kbench results") -> Ta
     return table
 
 
-def print_reasons(console: Console, results: list[JobResult]) -> None:
-    """One line per job that did not pass, and the tail of its error text."""
+def print_details(console: Console, results: list[JobResult], kernels: bool = False) -> None:
+    """Per job: why it did not pass (with the tail of its error text), flags, notes, the kernel census;
+    per problem: warnings about the problem itself."""
+    warned: set[str] = set()
     for r in results:
-        if r.verdict == Verdict.CORRECT:
-            continue
-        console.print(f"[bold]{escape(r.problem)} / {escape(r.solution)}[/]: {r.verdict}: {escape(r.reason)}")
-        if r.detail and r.verdict in (Verdict.COMPILE_ERROR, Verdict.LOAD_ERROR, Verdict.RUNTIME_ERROR, Verdict.CRASH):
-            tail = "\n".join(r.detail.strip().splitlines()[-15:])
-            console.print(f"[dim]{escape(tail)}[/]")
+        name = f"[bold]{escape(r.problem)} / {escape(r.solution)}[/]"
+        if r.verdict != Verdict.CORRECT:
+            console.print(f"{name}: {r.verdict}: {escape(r.reason)}")
+            if r.detail and r.verdict in (
+                Verdict.COMPILE_ERROR,
+                Verdict.LOAD_ERROR,
+                Verdict.RUNTIME_ERROR,
+                Verdict.CRASH,
+            ):
+                tail = "\n".join(r.detail.strip().splitlines()[-15:])
+                console.print(f"[dim]{escape(tail)}[/]")
+        elif r.flags:
+            console.print(f"{name}: correct, flagged: {', '.join(r.flags)}")
+        if r.new_error_fp64 is not None and r.ref_error_fp64 is not None and (kernels or "precision_loss" in r.flags):
+            console.print(f"{name}: error vs float64 {r.new_error_fp64:.2e} (PyTorch fp32: {r.ref_error_fp64:.2e})")
+        for note in r.notes:
+            console.print(f"{name}: [dim]{escape(note)}[/]")
+        if r.problem not in warned:
+            warned.add(r.problem)
+            for warning in r.warnings:
+                console.print(f"[yellow]{escape(r.problem)}: degenerate problem:[/] {escape(warning)}")
+        if kernels and r.kernels:
+            console.print(kernel_table(r))
+
+
+def kernel_table(result: JobResult) -> Table:
+    table = Table(title=f"kernels launched by one {escape(result.solution)} forward call")
+    for column in ("kernel", "own", "calls", "device ms"):
+        table.add_column(column, justify="right" if column in ("calls", "device ms") else "left")
+    for k in result.kernels:
+        table.add_row(
+            escape(str(k.get("name", ""))[:90]),
+            "yes" if k.get("own") else "",
+            str(k.get("calls")),
+            _num(k.get("device_ms")),
+        )
+    return table
 
 
 def catalog_table(entries: list[tuple[Problem, list[Solution]]]) -> Table:

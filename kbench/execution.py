@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from kbench.spec import WorkerSpec, output_path
+from kbench.spec import TIMED, WorkerSpec, output_path
 
 
 def load_module(path: Path, name: str) -> ModuleType:
@@ -83,20 +83,36 @@ def save_outputs(output: Any, path: Path) -> None:
     torch.save(pack_outputs(output), path)
 
 
-def run_trials(forward: Callable[..., Any], problem: ModuleType, spec: WorkerSpec, role: str) -> None:
-    """Run each trial on fresh seeded inputs and save its outputs for the parent to compare."""
+def run_calls(
+    call: Callable[[list[Any]], Any], problem: ModuleType, spec: WorkerSpec, seeds: list[int], role: str, kind: str
+) -> None:
+    """One call per seed on fresh seeded inputs (each call gets its own clone), outputs saved for the parent."""
     out_dir = Path(spec.out_dir)
-    for trial in range(spec.trials):
-        inputs = seeded_inputs(problem, spec.trial_seed(trial), spec.device)
+    for index, seed in enumerate(seeds):
+        inputs = seeded_inputs(problem, seed, spec.device)
         with torch.no_grad():
-            output = forward(*clone_inputs(inputs))
+            output = call(clone_inputs(inputs))
         synchronize(spec.device)
-        save_outputs(output, output_path(out_dir, role, trial))
+        save_outputs(output, output_path(out_dir, role, kind, index))
+
+
+def save_timed_outputs(outputs: list[Any], spec: WorkerSpec, role: str) -> None:
+    for index, output in enumerate(outputs):
+        save_outputs(output, output_path(Path(spec.out_dir), role, TIMED, index))
 
 
 def timing_input_sets(problem: ModuleType, spec: WorkerSpec) -> list[list[Any]]:
     count = int(spec.timing["input_sets"])
     return [seeded_inputs(problem, spec.timing_seed(k), spec.device) for k in range(count)]
+
+
+def to_float64(values: list[Any]) -> list[Any]:
+    return [v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for v in values]
+
+
+def tensor_bytes(values: Any) -> int:
+    items = values if isinstance(values, list | tuple) else [values]
+    return sum(v.numel() * v.element_size() for v in items if isinstance(v, torch.Tensor))
 
 
 def describe_device(device: str) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Turn what a solution worker did into a verdict. Trusted side: the parent's own reading of the facts.
 
 The worker's word is taken only where believing it cannot help a solution: a reported failure is a
-failure, but "correct" comes only from the parent's comparison of saved outputs, and only when the worker
-also exited cleanly after reporting.
+failure, and a flag it raises counts against the solution, but "correct" comes only from the parent's
+comparisons of saved outputs with the reference's, and only when the worker also exited cleanly.
 """
 
 from __future__ import annotations
@@ -13,14 +13,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kbench.compare import Comparison, UnreadableOutput, compare_records, load_outputs, merge
-from kbench.config import Tolerance
+import torch
+
+from kbench import audit
+from kbench.compare import Comparison, UnreadableOutput, compare_records, compare_tensor, load_outputs, merge
+from kbench.config import KbenchConfig, Tolerance
 from kbench.isolation import WorkerRun
+from kbench.reference import ReferenceRun
 from kbench.results import Verdict
-from kbench.spec import output_path
+from kbench.spec import PERTURBED, TIMED, TRIAL, output_path, state_path
 from kbench.timing import median_ms
 
 WORKER_FAILURE_VERDICTS = {Verdict.COMPILE_ERROR, Verdict.LOAD_ERROR, Verdict.RUNTIME_ERROR}
+# Flags that mean the solution broke the rules: with matching answers, the verdict is `rejected`.
+INTEGRITY_FLAGS = frozenset(
+    {
+        "output_not_tensor",
+        "input_mutated",
+        "output_aliases_input",
+        "output_reused",
+        "side_stream",
+        "thread",
+        "timer_tampering",
+        "monkey_patch",
+        "channel_tampering",
+        "bad_timing",
+        "implausible_speed",
+    }
+)
+WORKER_FLAGS = INTEGRITY_FLAGS - {"channel_tampering", "bad_timing", "implausible_speed", "output_not_tensor"}
+# A measured time this far under the physics floor cannot be explained by measurement error.
+FLOOR_MARGIN = 0.95
 
 
 @dataclass
@@ -35,6 +58,10 @@ class Judgement:
     build_s: float | None = None
     build_cache_hit: bool | None = None
     weights: str | None = None
+    new_error_fp64: float | None = None
+    floor_ms: float | None = None
+    kernels: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def _valid_samples(samples: Any, expected: int) -> list[float] | None:
@@ -45,41 +72,44 @@ def _valid_samples(samples: Any, expected: int) -> list[float] | None:
     return [float(s) for s in samples]
 
 
-def compare_trials(
-    out_dir: Path, references: list[dict[str, Any]], tolerance_for: Callable[[str], Tolerance]
-) -> Comparison:
-    """Compare each trial's saved solution output with the reference output the parent holds in memory."""
+def compare_kind(
+    out_dir: Path, kind: str, references: list[dict[str, Any]], tolerance_for: Callable[[str], Tolerance]
+) -> tuple[Comparison, list[dict[str, Any]]]:
+    """Compare each saved solution output of one kind with the reference output the parent holds."""
     so_far = Comparison(True, "within tolerance", 0.0, 0.0)
-    for trial, ref in enumerate(references):
+    loaded = []
+    for index, ref in enumerate(references):
         try:
-            new = load_outputs(output_path(out_dir, "new", trial))
+            new = load_outputs(output_path(out_dir, "new", kind, index))
         except UnreadableOutput as exc:
-            return merge(so_far, Comparison(False, f"trial {trial}: {exc}", not_tensor=True))
+            return merge(so_far, Comparison(False, f"{kind} {index}: {exc}", not_tensor=True)), loaded
+        loaded.append(new)
         result = compare_records(new, ref, tolerance_for)
         if not result.ok:
-            result.reason = f"trial {trial}: {result.reason}"
+            result.reason = f"{kind} {index}: {result.reason}"
         so_far = merge(so_far, result)
         if not so_far.ok:
             break
-    return so_far
+    return so_far, loaded
 
 
-def judge(
-    worker: WorkerRun,
-    out_dir: Path,
-    references: list[dict[str, Any]],
-    repeats: int,
-    tolerance_for: Callable[[str], Tolerance],
-) -> Judgement:
-    built = worker.last("built")
-    build = built["built"] if built and isinstance(built.get("built"), dict) else {}
-    weights_msg = worker.last("weights")
-    facts: dict[str, Any] = {
-        "build_s": build.get("build_s"),
-        "build_cache_hit": build.get("cache_hit"),
-        "weights": weights_msg.get("weights") if weights_msg else None,
-    }
+def compare_state(out_dir: Path, reference: dict[str, torch.Tensor], tolerance_for: Callable[[str], Tolerance]) -> str:
+    """Empty when ModelNew's buffers after the trials match the reference's; else what differs."""
+    try:
+        new = torch.load(state_path(out_dir, "new"), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        return f"buffers unreadable: {exc}".splitlines()[0]
+    for name, ref in reference.items():
+        if name not in new or type(new[name]) is not torch.Tensor:
+            return f"buffer {name} missing"
+        result = compare_tensor(new[name], ref, tolerance_for)
+        if not result.ok:
+            return f"buffer {name}: {result.reason}"
+    return ""
 
+
+def _failure(worker: WorkerRun, facts: dict[str, Any]) -> Judgement | None:
+    """The verdict when the worker did not deliver a clean result, else None."""
     if worker.timed_out_phase is not None:
         return Judgement(
             Verdict.TIMEOUT,
@@ -100,32 +130,99 @@ def judge(
         detail = f"{info.get('detail', '')}\n--- worker output ---\n{worker.log_tail}"
         return Judgement(verdict, str(info.get("reason", "worker reported an error")), detail=detail, **facts)
     result = worker.last("result")
-    if result is None or worker.returncode != 0:
+    if result is None or worker.returncode != 0 or not isinstance(result.get("result"), dict):
         when = "after reporting a result" if result is not None else "without a result"
         return Judgement(Verdict.CRASH, f"worker {worker.exit_description()} {when}", detail=worker.log_tail, **facts)
+    return None
 
-    flags: list[str] = []
+
+def judge(
+    worker: WorkerRun,
+    out_dir: Path,
+    reference: ReferenceRun,
+    config: KbenchConfig,
+    bandwidth_bytes_per_s: float | None = None,
+    static_flags: list[str] | None = None,
+) -> Judgement:
+    built = worker.last("built")
+    build = built["built"] if built and isinstance(built.get("built"), dict) else {}
+    weights_msg = worker.last("weights")
+    weights_mode = weights_msg.get("weights") if weights_msg else None
+    facts: dict[str, Any] = {
+        "build_s": build.get("build_s"),
+        "build_cache_hit": build.get("cache_hit"),
+        "weights": weights_mode,
+    }
+    failed = _failure(worker, facts)
+    if failed is not None:
+        return failed
+    payload = worker.last("result")["result"]  # type: ignore[index]
+    tolerance_for = config.tolerance_for
+    flags = {flag for flag in payload.get("flags", []) if flag in WORKER_FLAGS}
+    notes: list[str] = []
+    detail = ""
+    if payload.get("replaced"):
+        detail = "replaced after import: " + ", ".join(map(str, payload["replaced"]))
     if worker.count("result") > 1 or worker.garbage_lines:
-        flags.append("channel_tampering")  # only the solution could have written that to the private pipe
-    comparison = compare_trials(out_dir, references, tolerance_for)
-    samples = _valid_samples(result["result"].get("timing_ms") if isinstance(result["result"], dict) else None, repeats)
+        flags.add("channel_tampering")  # only the solution could have written that to the private pipe
+
+    trials, new_trials = compare_kind(out_dir, TRIAL, reference.trials, tolerance_for)
+    checks = [("", trials)]
+    if trials.ok:
+        checks.append(("timed_output_mismatch", compare_kind(out_dir, TIMED, reference.timed, tolerance_for)[0]))
+    if trials.ok and weights_mode in ("by_name", "by_position"):
+        state_problem = compare_state(out_dir, reference.state, tolerance_for)
+        checks.append(("state_mismatch", Comparison(not state_problem, state_problem or "buffers match")))
+        checks.append(("stale_weights", compare_kind(out_dir, PERTURBED, reference.perturbed, tolerance_for)[0]))
+    elif trials.ok:
+        notes.append("weights matched by seed only: buffer state and perturbed-weight checks skipped")
+
+    samples = _valid_samples(payload.get("timing_ms"), config.timing.repeats)
     if samples is None:
-        flags.append("bad_timing")
-    if comparison.not_tensor:
-        flags.append("output_not_tensor")
-        verdict, reason = Verdict.REJECTED, comparison.reason
-    elif not comparison.ok:
-        verdict, reason = Verdict.INCORRECT, comparison.reason
-    elif flags:
-        verdict, reason = Verdict.REJECTED, f"outputs match, but integrity checks failed: {', '.join(flags)}"
+        flags.add("bad_timing")
+    new_ms = median_ms(samples) if samples else None
+    floor = audit.floor_ms(reference.moved_bytes, bandwidth_bytes_per_s)
+    if floor is not None and new_ms is not None and new_ms < FLOOR_MARGIN * floor:
+        flags.add("implausible_speed")
+
+    new_error = audit.worst_relative_error(new_trials, reference.float64) if reference.float64 else None
+    integrity_cfg = config.integrity
+    if audit.precision_loss(
+        new_error, reference.float64_error, integrity_cfg.precision_loss_factor, integrity_cfg.precision_floor
+    ):
+        flags.add("precision_loss")
+    kernels = [k for k in payload.get("kernels", []) if isinstance(k, dict)]
+    if kernels and not any(k.get("own") for k in kernels):
+        flags.add("no_custom_kernel")
+    flags.update(static_flags or [])
+
+    failures = [(flag, c) for flag, c in checks if not c.ok]
+    flags.update(flag for flag, _ in failures if flag)
+    if trials.not_tensor:
+        flags.add("output_not_tensor")
+    # Wrong trial answers are `incorrect`; otherwise a broken rule is the root cause (an input the solution
+    # overwrote also spoils its later outputs), so integrity flags come before the remaining mismatches.
+    if not trials.ok and not trials.not_tensor:
+        verdict, reason = Verdict.INCORRECT, trials.reason
+    elif flags & INTEGRITY_FLAGS:
+        bad = sorted(flags & INTEGRITY_FLAGS)
+        reason = trials.reason if trials.not_tensor else f"integrity checks failed: {', '.join(bad)}"
+        verdict = Verdict.REJECTED
+    elif failures:
+        verdict, reason = Verdict.INCORRECT, failures[0][1].reason
     else:
-        verdict, reason = Verdict.CORRECT, f"{len(references)} trials {comparison.reason}"
+        verdict, reason = Verdict.CORRECT, f"{len(reference.trials)} trials {trials.reason}"
     return Judgement(
         verdict,
         reason,
-        flags=flags,
-        comparison=comparison,
-        new_ms=median_ms(samples) if samples else None,
+        flags=sorted(flags),
+        detail=detail,
+        comparison=trials,
+        new_ms=new_ms,
         new_timing_count=len(samples) if samples else None,
+        new_error_fp64=new_error,
+        floor_ms=floor,
+        kernels=kernels,
+        notes=notes,
         **facts,
     )

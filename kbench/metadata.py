@@ -7,7 +7,8 @@ import platform
 import socket
 import subprocess
 import sys
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
@@ -36,38 +37,60 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def gpu_state() -> list[dict[str, Any]]:
-    """Per-GPU name, driver, clocks, temperature and power from NVML; empty without a GPU or NVML."""
+@contextmanager
+def _nvml() -> Iterator[Any]:
+    """The NVML module, initialised, or None where there is no NVML (no GPU, no driver, no nvidia-ml-py)."""
     try:
         import pynvml
     except ImportError:
-        return []
+        yield None
+        return
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError:
-        return []
-    gpus = []
+        yield None
+        return
     try:
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            info: dict[str, Any] = {"index": index, "name": pynvml.nvmlDeviceGetName(handle), "driver": driver}
-            readings = {
-                "sm_clock_mhz": lambda h: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
-                "mem_clock_mhz": lambda h: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM),
-                "max_sm_clock_mhz": lambda h: pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM),
-                "temperature_c": lambda h: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
-                "power_w": lambda h: pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0,
-                "memory_total_bytes": lambda h: pynvml.nvmlDeviceGetMemoryInfo(h).total,
-            }
-            for key, read in readings.items():
-                with suppress(pynvml.NVMLError):
-                    info[key] = read(handle)
-            gpus.append(info)
+        yield pynvml
     finally:
         with suppress(pynvml.NVMLError):
             pynvml.nvmlShutdown()
+
+
+def gpu_state() -> list[dict[str, Any]]:
+    """Per-GPU name, driver, clocks, temperature and power from NVML; empty without a GPU or NVML."""
+    gpus: list[dict[str, Any]] = []
+    with _nvml() as nvml:
+        if nvml is None:
+            return gpus
+        driver = nvml.nvmlSystemGetDriverVersion()
+        readings = {
+            "sm_clock_mhz": lambda h: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM),
+            "mem_clock_mhz": lambda h: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_MEM),
+            "max_sm_clock_mhz": lambda h: nvml.nvmlDeviceGetMaxClockInfo(h, nvml.NVML_CLOCK_SM),
+            "max_mem_clock_mhz": lambda h: nvml.nvmlDeviceGetMaxClockInfo(h, nvml.NVML_CLOCK_MEM),
+            "memory_bus_width_bits": lambda h: nvml.nvmlDeviceGetMemoryBusWidth(h),
+            "temperature_c": lambda h: nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU),
+            "power_w": lambda h: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0,
+            "memory_total_bytes": lambda h: nvml.nvmlDeviceGetMemoryInfo(h).total,
+        }
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            info: dict[str, Any] = {"index": index, "name": nvml.nvmlDeviceGetName(handle), "driver": driver}
+            for key, read in readings.items():
+                with suppress(nvml.NVMLError):
+                    info[key] = read(handle)
+            gpus.append(info)
     return gpus
+
+
+def peak_memory_bandwidth() -> float | None:
+    """Bytes per second the first GPU's memory can move at most (max memory clock x 2 for double data rate x
+    bus width), from NVML; None without a GPU or NVML."""
+    gpus = gpu_state()
+    if not gpus or "max_mem_clock_mhz" not in gpus[0] or "memory_bus_width_bits" not in gpus[0]:
+        return None
+    return 2 * gpus[0]["max_mem_clock_mhz"] * 1e6 * gpus[0]["memory_bus_width_bits"] / 8
 
 
 def collect(device: str, config: dict[str, Any], command: list[str]) -> dict[str, Any]:

@@ -45,6 +45,12 @@ class JobResult:
     build_s: float | None = None
     build_cache_hit: bool | None = None
     weights: str | None = None  # by_name | by_position | seeded_only
+    ref_error_fp64: float | None = None  # PyTorch fp32's relative error against a float64 reference
+    new_error_fp64: float | None = None  # the solution's relative error against the same float64 reference
+    floor_ms: float | None = None  # least time the problem's bytes take at peak memory bandwidth
+    kernels: list[dict[str, Any]] = field(default_factory=list)  # CUDA kernel census of one forward call
+    warnings: list[str] = field(default_factory=list)  # about the problem (degenerate outputs)
+    notes: list[str] = field(default_factory=list)  # checks that could not run, and why
     trials: int = 0
     overrides: dict[str, Any] = field(default_factory=dict)
     solution_path: str = ""

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kbench import audit
 from kbench.catalog import PACKAGE_DIR, Problem, Solution
-from kbench.compare import UnreadableOutput, load_outputs
 from kbench.config import KbenchConfig
 from kbench.isolation import run_worker
 from kbench.judge import judge
+from kbench.reference import ReferenceRun, load_reference
 from kbench.results import JobResult, Verdict, timing_speedup
-from kbench.spec import WorkerSpec, output_path
+from kbench.spec import WorkerSpec
 from kbench.timing import median_ms
 
 
@@ -29,15 +30,6 @@ class Job:
     problem: Problem
     solution: Solution
     overrides: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ReferenceRun:
-    outputs: list[dict[str, Any]]  # one record per trial, held in memory so no worker can alter them
-    timing_ms: list[float]
-    device_info: dict[str, Any]
-    error: str | None = None
-    detail: str = ""
 
 
 def effective_overrides(problem: Problem, device: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -57,10 +49,17 @@ def _worker_env() -> dict[str, str]:
 class Runner:
     """Runs jobs on one device with one configuration; reference results are reused across solutions."""
 
-    def __init__(self, config: KbenchConfig, device: str, cache_root: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: KbenchConfig,
+        device: str,
+        cache_root: Path | None = None,
+        bandwidth_bytes_per_s: float | None = None,
+    ) -> None:
         self.config = config
         self.device = device
         self.cache_root = cache_root
+        self.bandwidth_bytes_per_s = bandwidth_bytes_per_s
         self._scratch = Path(tempfile.mkdtemp(prefix="kbench-"))
         self._references: dict[str, ReferenceRun] = {}
         self.device_info: dict[str, Any] = {}
@@ -74,7 +73,10 @@ class Runner:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _spec(self, problem: Problem, overrides: dict[str, Any], out_dir: Path, solution: Path | None) -> WorkerSpec:
+    def _spec(
+        self, problem: Problem, overrides: dict[str, Any], out_dir: Path, solution: Path | None, poison_numel: int = 0
+    ) -> WorkerSpec:
+        integrity = self.config.integrity
         return WorkerSpec(
             problem_path=str(problem.path),
             device=self.device,
@@ -85,6 +87,10 @@ class Runner:
             overrides=overrides,
             solution_path=str(solution) if solution else None,
             extensions_root=str(self.cache_root) if self.cache_root else None,
+            perturbation_trials=integrity.perturbation_trials,
+            audit_float64=integrity.audit_float64,
+            kernel_census=integrity.kernel_census,
+            poison_numel=poison_numel,
         )
 
     def reference(self, problem: Problem, overrides: dict[str, Any]) -> ReferenceRun:
@@ -96,7 +102,8 @@ class Runner:
     def _run_reference(self, problem: Problem, overrides: dict[str, Any]) -> ReferenceRun:
         out_dir = Path(tempfile.mkdtemp(prefix="ref-", dir=self._scratch))
         spec_path = out_dir / "spec.json"
-        self._spec(problem, overrides, out_dir, None).write(spec_path)
+        spec = self._spec(problem, overrides, out_dir, None)
+        spec.write(spec_path)
         timeout = self.config.timeouts.reference_s
         worker = run_worker(
             "kbench.reference_worker",
@@ -107,18 +114,17 @@ class Runner:
         )
         result, error = worker.last("result"), worker.last("error")
         if worker.timed_out_phase:
-            return ReferenceRun([], [], {}, f"reference timed out after {timeout:g} s", worker.log_tail)
+            return ReferenceRun(error=f"reference timed out after {timeout:g} s", detail=worker.log_tail)
         if error is not None or result is None or worker.returncode != 0:
             info = error["error"] if error else {}
             reason = info.get("reason") or f"reference worker {worker.exit_description()} without a result"
-            return ReferenceRun([], [], {}, reason, f"{info.get('detail', '')}\n{worker.log_tail}")
-        try:
-            outputs = [load_outputs(output_path(out_dir, "ref", t)) for t in range(self.config.trials)]
-        except UnreadableOutput as exc:
-            return ReferenceRun([], [], {}, str(exc), worker.log_tail)
-        payload = result["result"]
-        self.device_info = payload.get("device_info", {})
-        return ReferenceRun(outputs, payload.get("timing_ms", []), self.device_info)
+            return ReferenceRun(error=reason, detail=f"{info.get('detail', '')}\n{worker.log_tail}")
+        reference = load_reference(out_dir, spec, result["result"])
+        shutil.rmtree(out_dir, ignore_errors=True)  # now held in memory, where no worker can reach it
+        if reference.error is None:
+            self.device_info = reference.device_info
+            reference.warnings = audit.degenerate_warnings(reference.trials, self.config.tolerance_for)
+        return reference
 
     def run(self, job: Job) -> JobResult:
         started = time.monotonic()
@@ -144,7 +150,8 @@ class Runner:
             )
         out_dir = Path(tempfile.mkdtemp(prefix="job-", dir=self._scratch))
         spec_path = out_dir / "spec.json"
-        self._spec(job.problem, job.overrides, out_dir, job.solution.path).write(spec_path)
+        poison = sum(t.numel() for t in reference.trials[0]["tensors"]) if reference.trials else 0
+        self._spec(job.problem, job.overrides, out_dir, job.solution.path, poison).write(spec_path)
         timeouts = self.config.timeouts
         worker = run_worker(
             "kbench.solution_worker",
@@ -153,9 +160,11 @@ class Runner:
             {"load": timeouts.run_s, "build": timeouts.build_s, "run": timeouts.run_s},
             env=_worker_env(),
         )
-        judged = judge(worker, out_dir, reference.outputs, self.config.timing.repeats, self.config.tolerance_for)
+        judged = judge(
+            worker, out_dir, reference, self.config, self.bandwidth_bytes_per_s, static_flags(job.solution.path)
+        )
         shutil.rmtree(out_dir, ignore_errors=True)
-        tolerance = self.config.tolerance_for(_first_dtype(reference.outputs))
+        tolerance = self.config.tolerance_for(_first_dtype(reference.trials))
         comparison = judged.comparison
         return JobResult(
             **base,
@@ -174,9 +183,26 @@ class Runner:
             build_s=judged.build_s,
             build_cache_hit=judged.build_cache_hit,
             weights=judged.weights,
+            ref_error_fp64=reference.float64_error,
+            new_error_fp64=judged.new_error_fp64,
+            floor_ms=judged.floor_ms,
+            kernels=judged.kernels,
+            warnings=reference.warnings,
+            notes=judged.notes + ([f"float64 audit skipped: {reference.audit_error}"] if reference.audit_error else []),
             detail=judged.detail[-20_000:],
             wall_s=time.monotonic() - started,
         )
+
+
+def static_flags(solution: Path) -> list[str]:
+    """The static scan's flags for a solution file (a second opinion; it never decides a verdict alone)."""
+    from kbench.scan import scan_source
+
+    try:
+        source = solution.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return sorted({finding.flag for finding in scan_source(source)})
 
 
 def _first_dtype(outputs: list[dict[str, Any]]) -> str:

@@ -28,6 +28,7 @@ class ReferenceCheck:
     problem: str
     ref_ms: float | None
     error: str | None
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -58,13 +59,41 @@ def plan(
     return result
 
 
+@dataclass(frozen=True)
+class Selection:
+    """What a bench run was asked to run: enough to plan it again for ``--resume``."""
+
+    problems: list[str]  # resolved problem file paths
+    overrides: dict[str, Any]
+    problems_dir: str
+    solutions_dir: str
+
+    def registry(self) -> catalog.Catalog:
+        return catalog.Catalog(Path(self.problems_dir), Path(self.solutions_dir))
+
+
 class Recorder:
     """Writes a run directory: metadata first, then one results line per finished job."""
 
-    def __init__(self, run_dir: RunDir, device: str, config: KbenchConfig, command: list[str]) -> None:
+    def __init__(
+        self, run_dir: RunDir, device: str, config: KbenchConfig, command: list[str], selection: Selection
+    ) -> None:
         self.run_dir = run_dir
         self.metadata = metadata.collect(device, config.model_dump(), command)
+        self.metadata["selection"] = vars(selection)
         self._write_metadata()
+
+    @classmethod
+    def reopen(cls, run_dir: RunDir, command: list[str]) -> Recorder:
+        """Continue a run directory: its metadata is kept, with this resumption noted."""
+        recorder = cls.__new__(cls)
+        recorder.run_dir = run_dir
+        recorder.metadata = run_dir.read_metadata()
+        recorder.metadata.setdefault("resumed", []).append(
+            {"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "command": command}
+        )
+        recorder._write_metadata()
+        return recorder
 
     def _write_metadata(self) -> None:
         try:
@@ -95,6 +124,50 @@ class SessionOutcome:
     device_info: dict[str, Any]
 
 
+@dataclass
+class Resumption:
+    plan: SessionPlan
+    config: KbenchConfig
+    device: str
+    done: int  # jobs already finished in the run
+
+
+def plan_resume(run_dir: RunDir) -> Resumption:
+    """The jobs of a recorded run that have no result yet, with the run's own device and configuration."""
+    meta = run_dir.read_metadata()
+    try:
+        selection = Selection(**meta["selection"])
+        config = KbenchConfig.model_validate(meta["config"])
+        device = str(meta["device"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise catalog.CatalogError(f"{run_dir.path}: metadata.json cannot be resumed from ({exc})") from None
+    registry = selection.registry()
+    problems = [catalog.read_problem(Path(path)) for path in selection.problems]
+    full = plan(problems, device, selection.overrides, registry)
+    finished = {(r.problem, r.solution) for r in run_dir.results.read()}
+    remaining = [job for job in full.jobs if (job.problem.name, job.solution.name) not in finished]
+    return Resumption(SessionPlan(remaining, full.reference_only), config, device, len(full.jobs) - len(remaining))
+
+
+def lint(problems: list[Problem], device: str, config: KbenchConfig, overrides: dict[str, Any]) -> list[ReferenceCheck]:
+    """Run each problem's reference alone and report degenerate outputs (see ``audit.degenerate_warnings``)."""
+    checks = []
+    with Runner(config, device) as runner:
+        for problem in problems:
+            catalog.check_overrides(problem, overrides)
+            reference = runner.reference(problem, effective_overrides(problem, device, overrides))
+            checks.append(
+                ReferenceCheck(problem.name, median_ms(reference.timing_ms), reference.error, reference.warnings)
+            )
+    return checks
+
+
+def _bandwidth(config: KbenchConfig, device: str) -> float | None:
+    if config.integrity.peak_bandwidth_gbs is not None:
+        return config.integrity.peak_bandwidth_gbs * 1e9
+    return metadata.peak_memory_bandwidth() if device.startswith("cuda") else None
+
+
 def execute(
     session: SessionPlan,
     config: KbenchConfig,
@@ -105,7 +178,7 @@ def execute(
 ) -> SessionOutcome:
     results: list[JobResult] = []
     references: list[ReferenceCheck] = []
-    with Runner(config, device) as runner:
+    with Runner(config, device, bandwidth_bytes_per_s=_bandwidth(config, device)) as runner:
         for job in session.jobs:
             on_start(job)
             result = runner.run(job)
@@ -115,7 +188,9 @@ def execute(
             on_result(result)
         for problem, sizes in session.reference_only:
             reference = runner.reference(problem, sizes)
-            references.append(ReferenceCheck(problem.name, median_ms(reference.timing_ms), reference.error))
+            references.append(
+                ReferenceCheck(problem.name, median_ms(reference.timing_ms), reference.error, reference.warnings)
+            )
         outcome = SessionOutcome(results, references, runner.device_info)
     if recorder is not None:
         recorder.finish(outcome.device_info, references)

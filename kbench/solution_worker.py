@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kbench.channel import Channel
-from kbench.spec import WorkerSpec
+from kbench.spec import PERTURBED, TRIAL, WorkerSpec, state_path
 
 
 class _Failure(Exception):
@@ -64,43 +64,65 @@ def _build(spec: WorkerSpec, channel: Channel) -> Any:
     return model_new
 
 
-def _run(spec: WorkerSpec, problem: Any, model_new: type, channel: Channel) -> None:
+def _run(spec: WorkerSpec, problem: Any, model_new: type, guards: Any, channel: Channel) -> None:
     import torch
 
-    from kbench import execution, timing, weights
+    from kbench import census, execution, integrity, timing, weights
 
     try:
         reference = execution.seeded_model(problem, problem.Model, spec.weights_seed(), spec.device)
         candidate = execution.seeded_model(problem, model_new, spec.weights_seed(), spec.device)
-        weights_mode = weights.copy_reference_weights(reference, candidate)
+        state = weights.copy_reference_weights(reference, candidate)
+        perturbed = weights.perturbed_values(reference, spec.perturbation_seed())
+        buffer_names = weights.buffer_names(reference)
         del reference
         if spec.device.startswith("cuda"):
             torch.cuda.empty_cache()
-        channel.send(weights=weights_mode)
-        execution.run_trials(candidate, problem, spec, role="new")
-        samples = timing.time_calls(
-            candidate,
-            execution.timing_input_sets(problem, spec),
-            spec.device,
-            timing.TimingPlan.from_dict(spec.timing),
-        )
+        channel.send(weights=state.mode)
+        watch = integrity.CallWatch(spec.device, spec.poison_numel)
+
+        def checked(inputs: list[Any]) -> Any:
+            watch.poison()
+            return watch.call(candidate, inputs)
+
+        execution.run_calls(checked, problem, spec, spec.trial_seeds(), "new", TRIAL)
+        torch.save(weights.snapshot(state.targets, buffer_names), state_path(Path(spec.out_dir), "new"))
+        input_sets = execution.timing_input_sets(problem, spec)
+        timed = timing.time_calls(candidate, input_sets, spec.device, timing.TimingPlan.from_dict(spec.timing))
+        execution.save_timed_outputs(timed.last_outputs, spec, "new")
+        if state.mode != "seeded_only":  # without a mapping, the perturbed weights cannot be given to ModelNew
+            state.copy_in(perturbed)
+            execution.run_calls(checked, problem, spec, spec.perturbed_trial_seeds(), "new", PERTURBED)
+        kernels = []
+        if spec.kernel_census and spec.device.startswith("cuda"):
+            source = Path(spec.solution_path or "").read_text(encoding="utf-8")
+            kernels = census.kernel_census(candidate, input_sets[0], source)
     except BaseException as exc:
         raise _Failure("runtime_error", exc) from exc
-    channel.send(result={"timing_ms": samples})
+    flags, replaced = guards.check()
+    channel.send(
+        result={
+            "timing_ms": timed.samples_ms,
+            "flags": sorted({*flags, *watch.flags}),
+            "replaced": replaced,
+            "kernels": kernels,
+        }
+    )
 
 
 def main(spec_path: str, fd: str) -> None:
     channel = Channel(int(fd))
     channel.phase("load")
     try:
-        from kbench import execution
+        from kbench import execution, integrity
 
         spec = WorkerSpec.read(Path(spec_path))
         problem = execution.load_problem(spec)
+        guards = integrity.Guards()  # before the solution is imported: what it replaces shows later
         channel.phase("build")
         model_new = _build(spec, channel)
         channel.phase("run")
-        _run(spec, problem, model_new, channel)
+        _run(spec, problem, model_new, guards, channel)
     except _Failure as failure:
         channel.send(
             error={

@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Kinds of saved outputs: correctness trials, the last timed call on each input set, trials after the
+# weights were perturbed, and the reference evaluated in float64.
+TRIAL, TIMED, PERTURBED, FLOAT64 = "trial", "timed", "perturbed", "fp64"
+
 
 @dataclass
 class WorkerSpec:
@@ -20,16 +24,26 @@ class WorkerSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     solution_path: str | None = None
     extensions_root: str | None = None
+    perturbation_trials: int = 1
+    audit_float64: bool = False
+    kernel_census: bool = False
+    poison_numel: int = 0  # elements of NaN to fill and free before each checked call
 
     def weights_seed(self) -> int:
         return self.seed
 
-    def trial_seed(self, trial: int) -> int:
-        return self.seed + 1 + trial
+    def trial_seeds(self) -> list[int]:
+        return [self.seed + 1 + t for t in range(self.trials)]
 
     def timing_seed(self, input_set: int) -> int:
         # Far from the trial seeds, so timed inputs are never the inputs that were checked.
         return self.seed + 100_003 + input_set
+
+    def perturbation_seed(self) -> int:
+        return self.seed + 7_919
+
+    def perturbed_trial_seeds(self) -> list[int]:
+        return [self.seed + 50_021 + t for t in range(self.perturbation_trials)]
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self)), encoding="utf-8")
@@ -39,5 +53,9 @@ class WorkerSpec:
         return cls(**json.loads(path.read_text(encoding="utf-8")))
 
 
-def output_path(out_dir: Path, role: str, trial: int) -> Path:
-    return out_dir / f"{role}_trial{trial}.pt"
+def output_path(out_dir: Path, role: str, kind: str, index: int) -> Path:
+    return out_dir / f"{role}_{kind}{index}.pt"
+
+
+def state_path(out_dir: Path, role: str) -> Path:
+    return out_dir / f"{role}_state.pt"

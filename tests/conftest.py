@@ -6,7 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from kbench.catalog import Problem, read_solution
 from kbench.config import KbenchConfig, Timeouts, TimingConfig
+from kbench.results import JobResult
+from kbench.runner import Job, Runner
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROBLEMS = FIXTURES / "problems"
@@ -45,3 +48,8 @@ def make_catalog(tmp_path: Path):
         return problems_dir, solutions_dir
 
     return build
+
+
+def run_fixture(runner: Runner, problem: Problem, name: str) -> JobResult:
+    """Judge the fixture solution ``tests/fixtures/solutions/<problem>/<name>.py``."""
+    return runner.run(Job(problem, read_solution(SOLUTIONS / problem.name / f"{name}.py")))

@@ -66,6 +66,13 @@ def test_problem_constants_and_small_sizes_are_read_without_running_the_file():
     assert problem.small_sizes == {"batch_size": 512, "features": 1024}
 
 
+def test_small_sizes_must_name_real_constants(tmp_path: Path):
+    bad = tmp_path / "typo.py"
+    bad.write_text((PROBLEMS / "affine_relu.py").read_text() + "\nKBENCH_SMALL_SIZES = {'batchsize': 2}\n")
+    with pytest.raises(catalog.CatalogError, match="KBENCH_SMALL_SIZES names batchsize"):
+        catalog.read_problem(bad)
+
+
 def test_unknown_problem_suggests_close_names():
     with pytest.raises(catalog.CatalogError, match="Did you mean: example_scale_bias_relu6"):
         catalog.Catalog().resolve_problem("example_scale_bias_relu")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import PROBLEMS, SOLUTIONS, fast_config
+from conftest import PROBLEMS, SOLUTIONS, fast_config, run_fixture
 
 from kbench.catalog import read_problem, read_solution
-from kbench.results import Verdict
+from kbench.results import JobResult, Verdict
 from kbench.runner import Job, Runner
 
 PROBLEM = read_problem(PROBLEMS / "affine_relu.py")
@@ -19,8 +19,8 @@ def runner():
         yield shared
 
 
-def run(runner: Runner, name: str):
-    return runner.run(Job(PROBLEM, read_solution(SOLUTIONS / "affine_relu" / f"{name}.py")))
+def run(runner: Runner, name: str) -> JobResult:
+    return run_fixture(runner, PROBLEM, name)
 
 
 @pytest.mark.parametrize(
@@ -36,7 +36,6 @@ def run(runner: Runner, name: str):
         ("hang", Verdict.TIMEOUT, "in the run phase"),
         ("segfault", Verdict.CRASH, "killed by SIGSEGV without a result"),
         ("exit_zero", Verdict.CRASH, "exited with status 0 without a result"),
-        ("tensor_subclass", Verdict.REJECTED, "not a plain torch.Tensor"),
     ],
 )
 def test_failing_solutions_get_their_verdict(runner: Runner, fixture: str, verdict: Verdict, reason_part: str):

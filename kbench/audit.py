@@ -1,0 +1,81 @@
+"""Numbers about a problem and a solution beyond pass/fail. Trusted side (the parent).
+
+- accuracy against a float64 evaluation of the reference, next to PyTorch fp32's own error;
+- the physics floor: the least time moving the problem's bytes can take at the device's peak bandwidth;
+- degenerate problems: outputs that barely depend on the input, or are nearly constant, so that an answer
+  ignoring the input would pass the tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from kbench.config import Tolerance
+
+
+def relative_error(new: dict[str, Any], exact: dict[str, Any]) -> float | None:
+    """‖new − exact‖ / ‖exact‖ over all output tensors (finite elements), or None when not comparable."""
+    diff_sq = ref_sq = 0.0
+    pairs = list(zip(new.get("tensors", []), exact.get("tensors", []), strict=False))
+    if not pairs or len(new.get("tensors", [])) != len(exact.get("tensors", [])):
+        return None
+    for a, b in pairs:
+        if a.shape != b.shape or not (a.is_floating_point() and b.is_floating_point()):
+            return None
+        finite = torch.isfinite(a) & torch.isfinite(b)
+        a64, b64 = a[finite].double(), b[finite].double()
+        diff_sq += float(((a64 - b64) ** 2).sum())
+        ref_sq += float((b64**2).sum())
+    if ref_sq == 0.0:
+        return 0.0 if diff_sq == 0.0 else math.inf
+    return math.sqrt(diff_sq / ref_sq)
+
+
+def worst_relative_error(outputs: list[dict[str, Any]], exact: list[dict[str, Any]]) -> float | None:
+    errors = [relative_error(a, b) for a, b in zip(outputs, exact, strict=False)]
+    if not errors or any(e is None for e in errors):
+        return None
+    return max(e for e in errors if e is not None)
+
+
+def precision_loss(new_error: float | None, ref_error: float | None, factor: float, floor: float) -> bool:
+    if new_error is None or ref_error is None:
+        return False
+    return new_error > factor * max(ref_error, floor)
+
+
+def floor_ms(moved_bytes: int, bandwidth_bytes_per_s: float | None) -> float | None:
+    if not bandwidth_bytes_per_s or moved_bytes <= 0:
+        return None
+    return moved_bytes / bandwidth_bytes_per_s * 1e3
+
+
+def degenerate_warnings(outputs: list[dict[str, Any]], tolerance_for: Any) -> list[str]:
+    """Warnings about a problem whose reference outputs a cheap wrong answer would match within tolerance."""
+    tensors = [record.get("tensors", []) for record in outputs]
+    if len(tensors) < 2 or not tensors[0]:
+        return []
+    warnings = []
+    firsts = tensors[0]
+    floating = [t.is_floating_point() for t in firsts]
+    if all(floating):
+        tol: list[Tolerance] = [tolerance_for(str(t.dtype).removeprefix("torch.")) for t in firsts]
+
+        def close(a: torch.Tensor, b: torch.Tensor, k: int) -> bool:
+            return a.shape == b.shape and torch.allclose(a, b, atol=tol[k].atol, rtol=tol[k].rtol, equal_nan=True)
+
+        if all(close(trial[k], firsts[k], k) for trial in tensors[1:] for k in range(len(firsts))):
+            warnings.append(
+                "outputs for different inputs agree within tolerance: an answer that ignores the input passes"
+            )
+        if all(
+            close(t, torch.full_like(t, float(t.double().mean())), k)
+            for trial in tensors
+            for k, t in enumerate(trial)
+            if t.numel()
+        ):
+            warnings.append("every output is within tolerance of its own mean: a constant answer passes")
+    return warnings

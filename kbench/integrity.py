@@ -1,0 +1,172 @@
+"""In-process integrity checks the solution worker runs around the solution's code.
+
+They run in the same process as the solution, so a determined solution could defeat them; they are one
+layer of several. The trusted parent compares every output itself, and the static scan gives a second
+opinion. Each check records a flag; the parent turns integrity flags into the ``rejected`` verdict.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+# Functions kbench times with. Replacing any of them is timer tampering.
+TIMER_PATHS = (
+    "time.perf_counter",
+    "time.perf_counter_ns",
+    "time.monotonic",
+    "torch.cuda.synchronize",
+    "torch.cuda.Event",
+    "torch.cuda.Event.record",
+    "torch.cuda.Event.elapsed_time",
+    "torch.cuda.Event.synchronize",
+    "torch.cuda.Event.query",
+    "torch.cuda.current_stream",
+    "torch.cuda.Stream.synchronize",
+)
+# Functions a solution has no business replacing: comparisons, the harness, the problem's own definitions.
+PATCH_PATHS = (
+    "torch.allclose",
+    "torch.equal",
+    "torch.isclose",
+    "torch.testing.assert_close",
+    "torch.manual_seed",
+    "torch.save",
+    "torch.load",
+    "torch.no_grad",
+    "torch.nn.Module.__call__",
+    "torch.nn.Module._call_impl",
+    "torch.Tensor.__eq__",
+    "torch.Tensor.clone",
+    "torch.Tensor.copy_",
+    "torch.Tensor.to",
+    "torch.Tensor.sum",
+    "kbench.execution.save_outputs",
+    "kbench.execution.pack_outputs",
+    "kbench.execution.seeded_inputs",
+    "kbench.channel.Channel.send",
+    "kbench.timing.time_calls",
+    "kbench.integrity.Guards.check",
+    "kbench.integrity.CallWatch.call",
+    "kbench_problem.Model",
+    "kbench_problem.get_inputs",
+    "kbench_problem.get_init_inputs",
+)
+
+
+def _resolve(path: str) -> Any:
+    parts = path.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for attr in parts[split:]:
+            obj = getattr(obj, attr, None)
+        return obj
+    return None
+
+
+class Guards:
+    """Remembers the timing and comparison functions before the solution is imported; ``check`` says which
+    were replaced since."""
+
+    def __init__(self) -> None:
+        self._timers = {path: _resolve(path) for path in TIMER_PATHS}
+        self._patches = {path: _resolve(path) for path in PATCH_PATHS}
+
+    def check(self) -> tuple[list[str], list[str]]:
+        """(flags, replaced paths)."""
+        flags, replaced = [], []
+        for flag, originals in (("timer_tampering", self._timers), ("monkey_patch", self._patches)):
+            changed = [path for path, obj in originals.items() if _resolve(path) is not obj]
+            if changed:
+                flags.append(flag)
+                replaced.extend(changed)
+        return flags, replaced
+
+
+def _native_threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    items = value if isinstance(value, list | tuple) else [value]
+    return [item for item in items if type(item) is torch.Tensor]
+
+
+def _fingerprint(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    # Enqueued on the current stream without a sync: it sees the output as the caller's stream does.
+    return [torch.stack([t.detach().double().sum(), t.detach().double().abs().sum()]) for t in tensors]
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+@dataclass
+class CallWatch:
+    """Watches each checked forward call: inputs changed, outputs aliased or reused, work left running."""
+
+    device: str
+    poison_numel: int = 0
+    flags: set[str] = field(default_factory=set)
+    _previous_outputs: list[torch.Tensor] = field(default_factory=list)
+    _thread_baseline: int | None = None
+
+    def poison(self) -> None:
+        """Fill memory the allocator will hand out next with NaN, so an output left partly unwritten shows."""
+        if self.poison_numel > 0:
+            filler = torch.full((self.poison_numel,), float("nan"), device=self.device)
+            del filler
+
+    def call(self, forward: Callable[..., Any], inputs: list[Any]) -> Any:
+        pristine = [v.clone() if isinstance(v, torch.Tensor) else v for v in inputs]
+        python_threads = threading.active_count()
+        with torch.no_grad():
+            output = forward(*inputs)
+        outputs = _tensors(output)
+        early = _fingerprint(outputs)
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        else:
+            time.sleep(0.02)  # a background thread still writing the output shows within this window
+        late = _fingerprint(outputs)
+        if not all(_same(a, b) for a, b in zip(early, late, strict=True)):
+            self.flags.add("side_stream" if self.device.startswith("cuda") else "thread")
+        if threading.active_count() > python_threads:
+            self.flags.add("thread")
+        threads = _native_threads()
+        if self._thread_baseline is None:
+            self._thread_baseline = threads  # thread pools start on the first call; count growth after it
+        elif threads > self._thread_baseline:
+            self.flags.add("thread")
+        self._check_inputs(inputs, pristine)
+        self._check_aliasing(outputs, inputs)
+        return output
+
+    def _check_inputs(self, inputs: list[Any], pristine: list[Any]) -> None:
+        for now, before in zip(inputs, pristine, strict=True):
+            if isinstance(now, torch.Tensor) and (now.shape != before.shape or not _same(now, before)):
+                self.flags.add("input_mutated")
+
+    def _check_aliasing(self, outputs: list[torch.Tensor], inputs: list[Any]) -> None:
+        input_storages = {v.untyped_storage().data_ptr() for v in inputs if isinstance(v, torch.Tensor)}
+        earlier = {t.untyped_storage().data_ptr() for t in self._previous_outputs}
+        for tensor in outputs:
+            storage = tensor.untyped_storage().data_ptr()
+            if tensor.numel() and storage in input_storages:
+                self.flags.add("output_aliases_input")
+            if tensor.numel() and storage in earlier:
+                self.flags.add("output_reused")
+        self._previous_outputs.extend(outputs)  # kept alive, so a reused buffer cannot be a fresh allocation

@@ -1,0 +1,57 @@
+"""What the trusted reference worker produced, loaded into the parent's memory before any solution runs,
+so no solution process can alter what it is compared with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kbench.audit import worst_relative_error
+from kbench.compare import UnreadableOutput, load_outputs
+from kbench.spec import FLOAT64, PERTURBED, TIMED, TRIAL, WorkerSpec, output_path, state_path
+
+
+@dataclass
+class ReferenceRun:
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    timed: list[dict[str, Any]] = field(default_factory=list)
+    perturbed: list[dict[str, Any]] = field(default_factory=list)
+    float64: list[dict[str, Any]] = field(default_factory=list)  # empty when the audit was off or failed
+    state: dict[str, torch.Tensor] = field(default_factory=dict)  # buffers after the trials
+    timing_ms: list[float] = field(default_factory=list)
+    device_info: dict[str, Any] = field(default_factory=dict)
+    moved_bytes: int = 0  # inputs + outputs + parameters and buffers: what one call must at least move
+    audit_error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # degenerate-problem warnings
+    error: str | None = None
+    detail: str = ""
+
+    @property
+    def float64_error(self) -> float | None:
+        """PyTorch fp32's own error against float64: the yardstick for a solution's precision."""
+        return worst_relative_error(self.trials, self.float64) if self.float64 else None
+
+
+def load_reference(out_dir: Path, spec: WorkerSpec, result: dict[str, Any]) -> ReferenceRun:
+    def load(kind: str, count: int) -> list[dict[str, Any]]:
+        return [load_outputs(output_path(out_dir, "ref", kind, i)) for i in range(count)]
+
+    try:
+        run = ReferenceRun(
+            trials=load(TRIAL, spec.trials),
+            timed=load(TIMED, int(spec.timing["input_sets"])),
+            perturbed=load(PERTURBED, spec.perturbation_trials),
+            state=torch.load(state_path(out_dir, "ref"), map_location="cpu", weights_only=True),
+        )
+        if spec.audit_float64 and not result.get("audit_error"):
+            run.float64 = load(FLOAT64, spec.trials)
+    except (UnreadableOutput, OSError, RuntimeError) as exc:
+        return ReferenceRun(error=f"reference outputs unreadable: {exc}")
+    run.timing_ms = [float(s) for s in result.get("timing_ms", [])]
+    run.device_info = result.get("device_info", {})
+    run.audit_error = result.get("audit_error")
+    run.moved_bytes = sum(int(result.get(key, 0)) for key in ("input_bytes", "output_bytes", "state_bytes"))
+    return run

@@ -1,0 +1,114 @@
+"""The cheat corpus: each hostile pattern caught with its verdict and flag, and clean controls that pass."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import PROBLEMS, SOLUTIONS, fast_config, run_fixture
+
+from kbench import audit
+from kbench.catalog import Problem, read_problem, read_solution
+from kbench.results import JobResult, Verdict
+from kbench.runner import Job, Runner
+
+AFFINE = read_problem(PROBLEMS / "affine_relu.py")
+BATCHNORM = read_problem(PROBLEMS / "linear_batchnorm.py")
+
+
+@pytest.fixture(scope="module")
+def runner():
+    with Runner(fast_config(run_s=30.0), "cpu") as shared:
+        yield shared
+
+
+def run(runner: Runner, name: str, problem: Problem = AFFINE) -> JobResult:
+    return run_fixture(runner, problem, name)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "verdict", "flag"),
+    [
+        ("cached_after_trials", Verdict.INCORRECT, "timed_output_mismatch"),
+        ("stale_weights", Verdict.INCORRECT, "stale_weights"),
+        ("mutates_input", Verdict.REJECTED, "input_mutated"),
+        ("reuses_output", Verdict.REJECTED, "output_reused"),
+        ("background_thread", Verdict.REJECTED, "thread"),
+        ("patches_timer", Verdict.REJECTED, "timer_tampering"),
+        ("patches_comparison", Verdict.INCORRECT, "monkey_patch"),
+        ("forges_channel", Verdict.REJECTED, "channel_tampering"),
+        ("tensor_subclass", Verdict.REJECTED, "output_not_tensor"),
+    ],
+)
+def test_cheats_are_caught_with_their_flag(runner: Runner, fixture: str, verdict: Verdict, flag: str):
+    result = run(runner, fixture)
+    assert result.verdict == verdict, (result.reason, result.flags, result.detail[-1500:])
+    assert flag in result.flags
+    assert result.speedup is None
+
+
+def test_unwritten_part_of_a_fresh_output_is_wrong(runner: Runner):
+    result = run(runner, "unwritten_output")
+    assert result.verdict == Verdict.INCORRECT, result.reason
+
+
+def test_running_statistics_must_evolve_like_the_reference(runner: Runner):
+    honest = run(runner, "bn_correct", BATCHNORM)
+    assert honest.verdict == Verdict.CORRECT and honest.flags == [], (honest.reason, honest.flags)
+    frozen = run(runner, "bn_frozen_stats", BATCHNORM)
+    assert frozen.verdict == Verdict.INCORRECT and "state_mismatch" in frozen.flags
+    assert "running_mean" in frozen.reason
+
+
+@pytest.mark.parametrize("fixture", ["correct_torch", "correct_renamed"])
+def test_honest_solutions_raise_no_flag(runner: Runner, fixture: str):
+    result = run(runner, fixture)
+    assert result.verdict == Verdict.CORRECT, (result.reason, result.flags)
+    assert result.flags == []
+    assert result.ref_error_fp64 is not None and result.new_error_fp64 is not None
+    assert result.new_error_fp64 < 1e-6
+
+
+def test_precision_loss_is_flagged_even_within_tolerance(runner: Runner):
+    result = run(runner, "low_precision")
+    assert result.verdict == Verdict.CORRECT, result.reason  # inside atol/rtol ...
+    assert "precision_loss" in result.flags  # ... but far less accurate than PyTorch fp32
+    assert result.new_error_fp64 > 4 * max(result.ref_error_fp64, 1e-6)
+
+
+def test_seeded_only_solutions_say_which_checks_were_skipped(runner: Runner):
+    result = run(runner, "transposed_weight")
+    assert result.verdict == Verdict.CORRECT
+    assert any("perturbed-weight checks skipped" in note for note in result.notes)
+
+
+@pytest.mark.parametrize(("fixture", "reason"), [("exit_three", "exited with status 3"), ("aborts", "SIGABRT")])
+def test_any_worker_death_is_a_crash(runner: Runner, fixture: str, reason: str):
+    result = run(runner, fixture)
+    assert result.verdict == Verdict.CRASH and reason in result.reason
+
+
+def test_physics_floor_rejects_impossible_times():
+    solution = read_solution(SOLUTIONS / "affine_relu" / "correct_torch.py")
+    config = fast_config()
+    with Runner(config, "cpu", bandwidth_bytes_per_s=1e6) as slow_world:
+        result = slow_world.run(Job(AFFINE, solution))
+    assert result.verdict == Verdict.REJECTED and "implausible_speed" in result.flags
+    assert result.floor_ms > result.new_ms
+    with Runner(config, "cpu", bandwidth_bytes_per_s=1e15) as fast_world:
+        result = fast_world.run(Job(AFFINE, solution))
+    assert result.verdict == Verdict.CORRECT and result.floor_ms < result.new_ms
+
+
+def test_degenerate_problem_warns_and_a_normal_one_does_not(runner: Runner):
+    saturated = runner.reference(read_problem(PROBLEMS / "saturated_sigmoid.py"), {})
+    assert len(saturated.warnings) == 2
+    assert runner.reference(AFFINE, {}).warnings == []
+
+
+def test_relative_error_and_precision_rule():
+    import torch
+
+    exact = {"tensors": [torch.tensor([1.0, 2.0, 2.0]).double()]}
+    assert audit.relative_error({"tensors": [torch.tensor([1.0, 2.0, 2.0])]}, exact) == 0.0
+    assert audit.relative_error({"tensors": [torch.tensor([1.0, 2.0, 2.3])]}, exact) == pytest.approx(0.1)
+    assert audit.precision_loss(1e-5, 1e-7, 4.0, 1e-6)
+    assert not audit.precision_loss(3e-6, 1e-7, 4.0, 1e-6)  # both under the floor's reach
