@@ -171,13 +171,14 @@ def test_bench_gate_passes_and_fails_on_speedup(tmp_path: Path, make_catalog, co
     assert code == 1 and "below 1e+06x" in out
 
 
-def test_a_killed_run_keeps_every_finished_job(tmp_path: Path):
+def test_a_killed_run_keeps_every_finished_job_and_resumes(tmp_path: Path):
     problems_dir, solutions_dir = tmp_path / "problems", tmp_path / "solutions" / "affine_relu"
     problems_dir.mkdir()
     solutions_dir.mkdir(parents=True)
     (problems_dir / "affine_relu.py").write_text((PROBLEMS / "affine_relu.py").read_text())
     (solutions_dir / "a_correct.py").write_text((SOLUTIONS / "affine_relu" / "correct_torch.py").read_text())
-    (solutions_dir / "b_hang.py").write_text((SOLUTIONS / "affine_relu" / "hang.py").read_text())
+    slow = solutions_dir / "b_slow.py"  # hangs while the run is killed, then is fixed before resuming
+    slow.write_text((SOLUTIONS / "affine_relu" / "hang.py").read_text())
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(fast_config(run_s=300.0).model_dump()))
     results_dir = tmp_path / "results"
@@ -219,6 +220,22 @@ def test_a_killed_run_keeps_every_finished_job(tmp_path: Path):
     time.sleep(1.0)
     leftover = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_mentions(p, str(tmp_path))]
     assert leftover == [], "a worker outlived the killed parent"
+
+    slow.write_text((SOLUTIONS / "affine_relu" / "correct_torch.py").read_text())
+    code, out = invoke("bench", "--resume", results.parent.name, "--results-dir", results_dir)
+    assert code == 0, out
+    assert "1 jobs done, 1 to run" in out
+    finished = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["solution"], r["verdict"]) for r in finished] == [("a_correct", "correct"), ("b_slow", "correct")]
+    meta = json.loads((results.parent / "metadata.json").read_text())
+    assert len(meta["resumed"]) == 1 and meta["config"]["timeouts"]["run_s"] == 300.0
+
+
+def test_resume_refuses_a_selection_and_unknown_runs(tmp_path: Path):
+    code, out = invoke("bench", "--all", "--resume", "x")
+    assert code == 2 and "--resume takes no problem selection" in out
+    code, out = invoke("bench", "--resume", "nope", "--results-dir", tmp_path)
+    assert code == 2 and "no run 'nope'" in out
 
 
 def _cmdline_mentions(proc: Path, text: str) -> bool:

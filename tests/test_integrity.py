@@ -80,7 +80,10 @@ def test_seeded_only_solutions_say_which_checks_were_skipped(runner: Runner):
     assert any("perturbed-weight checks skipped" in note for note in result.notes)
 
 
-@pytest.mark.parametrize(("fixture", "reason"), [("exit_three", "exited with status 3"), ("aborts", "SIGABRT")])
+@pytest.mark.parametrize(
+    ("fixture", "reason"),
+    [("exit_three", "exited with status 3"), ("aborts", "SIGABRT"), ("sigkill", "killed by SIGKILL")],
+)
 def test_any_worker_death_is_a_crash(runner: Runner, fixture: str, reason: str):
     result = run(runner, fixture)
     assert result.verdict == Verdict.CRASH and reason in result.reason
