@@ -13,12 +13,14 @@ fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
 { nvidia-smi; nvidia-smi -q -d CLOCK; } >"$OUT/nvidia-smi.txt" 2>&1
 
-python3 -m pytest -q -rs 2>&1 | tee "$OUT/pytest.log"
+python3 -m pytest -q -rs --durations=10 2>&1 | tee "$OUT/pytest.log"
 {
     echo "== kbench verify example_scale_bias_relu6 --device cuda"
     kbench verify example_scale_bias_relu6 --device cuda; echo "exit=$?"
     echo "== kbench verify example_scale_bias_relu6 -s tests/fixtures/cuda/wrong_relu6.py"
     kbench verify example_scale_bias_relu6 --device cuda -s tests/fixtures/cuda/wrong_relu6.py; echo "exit=$?"
+    echo "== kbench lint --all"
+    kbench lint --all; echo "exit=$?"
     echo "== kbench bench --all"
     kbench bench --all --results-dir "$OUT/results"; echo "exit=$?"
     kbench report --results-dir "$OUT/results" --csv "$OUT/report.csv"; echo "exit=$?"
