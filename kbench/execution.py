@@ -16,6 +16,9 @@ import torch
 
 from kbench.spec import TIMED, WorkerSpec, output_path
 
+# Bound before any solution is imported, so replacing torch.manual_seed cannot change kbench's inputs.
+_manual_seed = torch.manual_seed
+
 
 def load_module(path: Path, name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
@@ -48,13 +51,13 @@ def clone_inputs(values: list[Any]) -> list[Any]:
 
 
 def seeded_inputs(problem: ModuleType, seed: int, device: str) -> list[Any]:
-    torch.manual_seed(seed)
+    _manual_seed(seed)
     return list(to_device(list(problem.get_inputs()), device))
 
 
 def seeded_model(problem: ModuleType, model_class: type, seed: int, device: str) -> torch.nn.Module:
     """Seed, then build ``model_class(*get_init_inputs())`` on the device."""
-    torch.manual_seed(seed)
+    _manual_seed(seed)
     init_inputs = list(problem.get_init_inputs())
     return model_class(*init_inputs).to(device)
 

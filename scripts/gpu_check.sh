@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call: install kbench, run every test (GPU ones included), then the daily commands on CUDA.
+# One device call: install kbench, run the tests (GPU ones included), then the daily commands on CUDA.
 # Logs and the run directory go to $OUT (the device tool brings them back). Needs .whl carried along when
 # the machine lacks pydantic (see README, "Running on the GPU machine").
 set -uo pipefail
@@ -13,7 +13,12 @@ fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
 { nvidia-smi; nvidia-smi -q -d CLOCK; } >"$OUT/nvidia-smi.txt" 2>&1
 
-python3 -m pytest -q -rs --durations=10 2>&1 | tee "$OUT/pytest.log"
+# --gpu-only: just the gpu-marked tests, four at a time (their CUDA builds then overlap); default: all tests.
+if [ "${1:-}" = "--gpu-only" ]; then
+    python3 -m pytest -q -rs --durations=10 -m gpu -n 4 2>&1 | tee "$OUT/pytest.log"
+else
+    python3 -m pytest -q -rs --durations=10 2>&1 | tee "$OUT/pytest.log"
+fi
 {
     echo "== kbench verify example_scale_bias_relu6 --device cuda"
     kbench verify example_scale_bias_relu6 --device cuda; echo "exit=$?"

@@ -58,7 +58,7 @@ def test_running_statistics_must_evolve_like_the_reference(runner: Runner):
     assert "running_mean" in frozen.reason
 
 
-@pytest.mark.parametrize("fixture", ["correct_torch", "correct_renamed"])
+@pytest.mark.parametrize("fixture", ["correct_torch", "correct_renamed", "imports_profiler"])
 def test_honest_solutions_raise_no_flag(runner: Runner, fixture: str):
     result = run(runner, fixture)
     assert result.verdict == Verdict.CORRECT, (result.reason, result.flags)
