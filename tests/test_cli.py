@@ -111,6 +111,13 @@ def test_bad_input_is_a_clear_usage_error(args: list[str], message: str):
     assert message in " ".join(out.split())
 
 
+def test_lint_warns_about_degenerate_problems_only():
+    code, out = invoke("lint", PROBLEMS / "saturated_sigmoid.py", "--device", "cpu")
+    assert code == 1 and "a constant answer passes" in " ".join(out.split())
+    code, out = invoke("lint", PROBLEMS / "affine_relu.py", "--device", "cpu")
+    assert code == 0 and "affine_relu: ok" in out
+
+
 def test_config_typo_is_a_usage_error_naming_key_and_file(tmp_path: Path):
     bad = tmp_path / "typo.yaml"
     bad.write_text("trails: 3\n")

@@ -12,6 +12,7 @@ from kbench.runner import Job, Runner
 
 AFFINE = read_problem(PROBLEMS / "affine_relu.py")
 BATCHNORM = read_problem(PROBLEMS / "linear_batchnorm.py")
+SCALED_COPY = read_problem(PROBLEMS / "scaled_copy.py")
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,18 @@ def test_cheats_are_caught_with_their_flag(runner: Runner, fixture: str, verdict
     assert result.verdict == verdict, (result.reason, result.flags, result.detail[-1500:])
     assert flag in result.flags
     assert result.speedup is None
+
+
+@pytest.mark.parametrize(
+    ("fixture", "flags"),
+    [("doubles_in_place", {"input_mutated", "output_aliases_input"}), ("view_of_input", {"output_aliases_input"})],
+)
+def test_outputs_sharing_an_inputs_storage_are_rejected(runner: Runner, fixture: str, flags: set[str]):
+    result = run(runner, fixture, SCALED_COPY)
+    assert result.verdict == Verdict.REJECTED, (result.reason, result.flags)
+    assert flags <= set(result.flags)
+    honest = run(runner, "honest", SCALED_COPY)
+    assert honest.verdict == Verdict.CORRECT and honest.flags == []
 
 
 def test_unwritten_part_of_a_fresh_output_is_wrong(runner: Runner):
