@@ -45,9 +45,13 @@ class Timeouts(_Strict):
 
 class TimingConfig(_Strict):
     warmup: int = Field(default=5, ge=0)
-    repeats: int = Field(default=30, ge=1)
+    repeats: int = Field(default=30, ge=1)  # timed rounds at least, and per batch between stopping checks
+    max_repeats: int = Field(default=2000, ge=1)  # timed rounds at most
+    target_rse: float = Field(default=0.005, gt=0)  # stop when every median's relative standard error is below
+    budget_s: float = Field(default=5.0, gt=0)  # ... or when one timing loop has run this long
     input_sets: int = Field(default=3, ge=1)  # rotated, so inputs that fit in cache are not timed hot
     flush_l2: bool = True
+    reference_drift: float = Field(default=0.10, ge=0)  # see judge: reference timed slower beside the solution
 
 
 class IntegrityConfig(_Strict):

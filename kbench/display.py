@@ -25,6 +25,13 @@ def _num(value: float | None, fmt: str = ".4g") -> str:
     return "—" if value is None else format(value, fmt)
 
 
+def _speedup(r: JobResult) -> str:
+    if r.speedup is None:
+        return "—"
+    interval = f" [{r.speedup_low:.3g}–{r.speedup_high:.3g}]" if r.speedup_low and r.speedup_high else ""
+    return f"{r.speedup:.3g}x{interval}"
+
+
 def results_table(results: list[JobResult], title: str = "kbench results") -> Table:
     table = Table(title=title)
     for column in (
@@ -51,7 +58,7 @@ def results_table(results: list[JobResult], title: str = "kbench results") -> Ta
             _num(r.max_rel_error, ".2e"),
             _num(r.ref_ms),
             _num(r.new_ms),
-            _num(r.speedup, ".3g") + ("x" if r.speedup is not None else ""),
+            _speedup(r),
             _num(r.build_s, ".1f"),
         )
     return table

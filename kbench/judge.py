@@ -22,7 +22,7 @@ from kbench.isolation import WorkerRun
 from kbench.reference import ReferenceRun
 from kbench.results import Verdict
 from kbench.spec import PERTURBED, TIMED, TRIAL, output_path, state_path
-from kbench.timing import median_ms
+from kbench.stats import median_ms, median_rse, speedup_interval
 
 WORKER_FAILURE_VERDICTS = {Verdict.COMPILE_ERROR, Verdict.LOAD_ERROR, Verdict.RUNTIME_ERROR}
 # Flags that mean the solution broke the rules: with matching answers, the verdict is `rejected`.
@@ -39,9 +39,21 @@ INTEGRITY_FLAGS = frozenset(
         "channel_tampering",
         "bad_timing",
         "implausible_speed",
+        "reference_slowed",
     }
 )
-WORKER_FLAGS = INTEGRITY_FLAGS - {"channel_tampering", "bad_timing", "implausible_speed", "output_not_tensor"}
+# The flags the solution worker itself may raise; the others only the parent can.
+WORKER_FLAGS = frozenset(
+    {
+        "input_mutated",
+        "output_aliases_input",
+        "output_reused",
+        "side_stream",
+        "thread",
+        "timer_tampering",
+        "monkey_patch",
+    }
+)
 # A measured time this far under the physics floor cannot be explained by measurement error.
 FLOOR_MARGIN = 0.95
 
@@ -55,6 +67,11 @@ class Judgement:
     comparison: Comparison | None = None
     new_ms: float | None = None
     new_timing_count: int | None = None
+    ref_ms: float | None = None  # the reference timed interleaved with the solution
+    speedup: float | None = None
+    speedup_interval: tuple[float, float] | None = None
+    new_rse: float | None = None
+    ref_rse: float | None = None
     build_s: float | None = None
     build_cache_hit: bool | None = None
     weights: str | None = None
@@ -64,8 +81,8 @@ class Judgement:
     notes: list[str] = field(default_factory=list)
 
 
-def _valid_samples(samples: Any, expected: int) -> list[float] | None:
-    if not isinstance(samples, list) or len(samples) != expected:
+def _valid_samples(samples: Any, least: int, most: int) -> list[float] | None:
+    if not isinstance(samples, list) or not least <= len(samples) <= most:
         return None
     if not all(isinstance(s, int | float) and math.isfinite(s) and s > 0 for s in samples):
         return None
@@ -136,6 +153,97 @@ def _failure(worker: WorkerRun, facts: dict[str, Any]) -> Judgement | None:
     return None
 
 
+@dataclass
+class TimingFacts:
+    new_ms: float | None = None
+    ref_ms: float | None = None
+    count: int | None = None
+    speedup: float | None = None
+    interval: tuple[float, float] | None = None
+    new_rse: float | None = None
+    ref_rse: float | None = None
+    flags: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+
+
+def judge_timing(
+    payload: dict[str, Any], trusted_ref_ms: float | None, config: KbenchConfig, on_cuda: bool
+) -> TimingFacts:
+    """Medians, the paired speedup and its interval, and whether the interleaved reference was held back."""
+    least, most = config.timing.repeats, config.timing.max_repeats
+    new = _valid_samples(payload.get("timing_ms"), least, most)
+    ref = _valid_samples(payload.get("ref_timing_ms"), least, most)
+    if new is None or ref is None or len(new) != len(ref):
+        return TimingFacts(flags={"bad_timing"})
+    facts = TimingFacts(median_ms(new), median_ms(ref), len(new), new_rse=median_rse(new), ref_rse=median_rse(ref))
+    facts.speedup = facts.ref_ms / facts.new_ms if facts.ref_ms and facts.new_ms else None
+    facts.interval = speedup_interval(ref, new)
+    if trusted_ref_ms and facts.ref_ms:
+        # The reference beside the solution runs in the solution's process. Slower there than in the trusted
+        # worker, beyond the allowed drift, means the solution held it back to inflate its speedup.
+        if not on_cuda:
+            facts.notes.append("reference drift not judged on the CPU (too noisy between processes)")
+        elif facts.ref_ms > trusted_ref_ms * (1 + config.timing.reference_drift):
+            facts.flags.add("reference_slowed")
+    return facts
+
+
+def _comparisons(
+    out_dir: Path, reference: ReferenceRun, weights_mode: str | None, config: KbenchConfig, notes: list[str]
+) -> tuple[Comparison, list[dict[str, Any]], list[tuple[str, Comparison]]]:
+    """The trials, then (when they pass) timed outputs, buffers and perturbed weights: (trials, the solution's
+    trial outputs, every check as (flag on failure, comparison))."""
+    tolerance_for = config.tolerance_for
+    trials, new_trials = compare_kind(out_dir, TRIAL, reference.trials, tolerance_for)
+    checks = [("", trials)]
+    if trials.ok:
+        checks.append(("timed_output_mismatch", compare_kind(out_dir, TIMED, reference.timed, tolerance_for)[0]))
+    if trials.ok and weights_mode in ("by_name", "by_position"):
+        state_problem = compare_state(out_dir, reference.state, tolerance_for)
+        checks.append(("state_mismatch", Comparison(not state_problem, state_problem or "buffers match")))
+        checks.append(("stale_weights", compare_kind(out_dir, PERTURBED, reference.perturbed, tolerance_for)[0]))
+    elif trials.ok:
+        notes.append("weights matched by seed only: buffer state and perturbed-weight checks skipped")
+    return trials, new_trials, checks
+
+
+def _audit_flags(
+    reference: ReferenceRun,
+    new_trials: list[dict[str, Any]],
+    new_ms: float | None,
+    floor: float | None,
+    kernels: list[dict[str, Any]],
+    config: KbenchConfig,
+) -> tuple[set[str], float | None]:
+    """Physics floor, precision against float64, kernel census: (flags, the solution's float64 error)."""
+    flags = set()
+    if floor is not None and new_ms is not None and new_ms < FLOOR_MARGIN * floor:
+        flags.add("implausible_speed")
+    new_error = audit.worst_relative_error(new_trials, reference.float64) if reference.float64 else None
+    rules = config.integrity
+    if audit.precision_loss(new_error, reference.float64_error, rules.precision_loss_factor, rules.precision_floor):
+        flags.add("precision_loss")
+    if kernels and not any(k.get("own") for k in kernels):
+        flags.add("no_custom_kernel")
+    return flags, new_error
+
+
+def _verdict(
+    trials: Comparison, checks: list[tuple[str, Comparison]], flags: set[str], trial_count: int
+) -> tuple[Verdict, str]:
+    # Wrong trial answers are `incorrect`; otherwise a broken rule is the root cause (an input the solution
+    # overwrote also spoils its later outputs), so integrity flags come before the remaining mismatches.
+    failures = [c for _, c in checks if not c.ok]
+    if not trials.ok and not trials.not_tensor:
+        return Verdict.INCORRECT, trials.reason
+    if flags & INTEGRITY_FLAGS:
+        bad = sorted(flags & INTEGRITY_FLAGS)
+        return Verdict.REJECTED, trials.reason if trials.not_tensor else f"integrity checks failed: {', '.join(bad)}"
+    if failures:
+        return Verdict.INCORRECT, failures[0].reason
+    return Verdict.CORRECT, f"{trial_count} trials {trials.reason}"
+
+
 def judge(
     worker: WorkerRun,
     out_dir: Path,
@@ -157,69 +265,39 @@ def judge(
     if failed is not None:
         return failed
     payload = worker.last("result")["result"]  # type: ignore[index]
-    tolerance_for = config.tolerance_for
     flags = {flag for flag in payload.get("flags", []) if flag in WORKER_FLAGS}
     notes: list[str] = []
-    detail = ""
-    if payload.get("replaced"):
-        detail = "replaced after import: " + ", ".join(map(str, payload["replaced"]))
+    detail = "replaced after import: " + ", ".join(map(str, payload["replaced"])) if payload.get("replaced") else ""
     if worker.count("result") > 1 or worker.garbage_lines:
         flags.add("channel_tampering")  # only the solution could have written that to the private pipe
 
-    trials, new_trials = compare_kind(out_dir, TRIAL, reference.trials, tolerance_for)
-    checks = [("", trials)]
-    if trials.ok:
-        checks.append(("timed_output_mismatch", compare_kind(out_dir, TIMED, reference.timed, tolerance_for)[0]))
-    if trials.ok and weights_mode in ("by_name", "by_position"):
-        state_problem = compare_state(out_dir, reference.state, tolerance_for)
-        checks.append(("state_mismatch", Comparison(not state_problem, state_problem or "buffers match")))
-        checks.append(("stale_weights", compare_kind(out_dir, PERTURBED, reference.perturbed, tolerance_for)[0]))
-    elif trials.ok:
-        notes.append("weights matched by seed only: buffer state and perturbed-weight checks skipped")
-
-    samples = _valid_samples(payload.get("timing_ms"), config.timing.repeats)
-    if samples is None:
-        flags.add("bad_timing")
-    new_ms = median_ms(samples) if samples else None
+    trials, new_trials, checks = _comparisons(out_dir, reference, weights_mode, config, notes)
+    on_cuda = str(reference.device_info.get("device", "")).startswith("cuda")
+    timing = judge_timing(payload, median_ms(reference.timing_ms), config, on_cuda)
+    flags |= timing.flags
+    notes += timing.notes
     floor = audit.floor_ms(reference.moved_bytes, bandwidth_bytes_per_s)
-    if floor is not None and new_ms is not None and new_ms < FLOOR_MARGIN * floor:
-        flags.add("implausible_speed")
-
-    new_error = audit.worst_relative_error(new_trials, reference.float64) if reference.float64 else None
-    integrity_cfg = config.integrity
-    if audit.precision_loss(
-        new_error, reference.float64_error, integrity_cfg.precision_loss_factor, integrity_cfg.precision_floor
-    ):
-        flags.add("precision_loss")
     kernels = [k for k in payload.get("kernels", []) if isinstance(k, dict)]
-    if kernels and not any(k.get("own") for k in kernels):
-        flags.add("no_custom_kernel")
-    flags.update(static_flags or [])
-
-    failures = [(flag, c) for flag, c in checks if not c.ok]
-    flags.update(flag for flag, _ in failures if flag)
+    audit_flags, new_error = _audit_flags(reference, new_trials, timing.new_ms, floor, kernels, config)
+    flags |= audit_flags | set(static_flags or [])
+    flags.update(flag for flag, check in checks if flag and not check.ok)
     if trials.not_tensor:
         flags.add("output_not_tensor")
-    # Wrong trial answers are `incorrect`; otherwise a broken rule is the root cause (an input the solution
-    # overwrote also spoils its later outputs), so integrity flags come before the remaining mismatches.
-    if not trials.ok and not trials.not_tensor:
-        verdict, reason = Verdict.INCORRECT, trials.reason
-    elif flags & INTEGRITY_FLAGS:
-        bad = sorted(flags & INTEGRITY_FLAGS)
-        reason = trials.reason if trials.not_tensor else f"integrity checks failed: {', '.join(bad)}"
-        verdict = Verdict.REJECTED
-    elif failures:
-        verdict, reason = Verdict.INCORRECT, failures[0][1].reason
-    else:
-        verdict, reason = Verdict.CORRECT, f"{len(reference.trials)} trials {trials.reason}"
+    verdict, reason = _verdict(trials, checks, flags, len(reference.trials))
+    correct = verdict == Verdict.CORRECT
     return Judgement(
         verdict,
         reason,
         flags=sorted(flags),
         detail=detail,
         comparison=trials,
-        new_ms=new_ms,
-        new_timing_count=len(samples) if samples else None,
+        new_ms=timing.new_ms,
+        new_timing_count=timing.count,
+        ref_ms=timing.ref_ms,
+        speedup=timing.speedup if correct else None,
+        speedup_interval=timing.interval if correct else None,
+        new_rse=timing.new_rse,
+        ref_rse=timing.ref_rse,
         new_error_fp64=new_error,
         floor_ms=floor,
         kernels=kernels,

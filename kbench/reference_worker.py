@@ -50,7 +50,7 @@ def main(spec_path: str, fd: str) -> None:
         state = dict(weights.named_state(model))
         torch.save(weights.snapshot(state, weights.buffer_names(model)), state_path(Path(spec.out_dir), "ref"))
         input_sets = execution.timing_input_sets(problem, spec)
-        timed = timing.time_calls(model, input_sets, spec.device, timing.TimingPlan.from_dict(spec.timing))
+        timed = timing.time_models([model], input_sets, spec.device, timing.TimingPlan.from_dict(spec.timing))
         execution.save_timed_outputs(timed.last_outputs, spec, "ref")
         with torch.no_grad():
             for name, tensor in state.items():
@@ -61,7 +61,7 @@ def main(spec_path: str, fd: str) -> None:
         )
         channel.send(
             result={
-                "timing_ms": timed.samples_ms,
+                "timing_ms": timed.samples_ms[0],
                 "device_info": execution.describe_device(spec.device),
                 "audit_error": audit_error,
                 "input_bytes": execution.tensor_bytes(input_sets[0]),

@@ -37,9 +37,14 @@ class JobResult:
     max_rel_error: float | None = None
     atol: float | None = None
     rtol: float | None = None
-    ref_ms: float | None = None
+    ref_ms: float | None = None  # reference median, timed interleaved with the solution
     new_ms: float | None = None
-    speedup: float | None = None
+    speedup: float | None = None  # ref_ms / new_ms, for correct solutions only
+    speedup_low: float | None = None  # 95 % interval (paired bootstrap over timing rounds)
+    speedup_high: float | None = None
+    ref_ms_alone: float | None = None  # reference median in the trusted worker, timed alone
+    ref_rse: float | None = None  # relative standard error of each median
+    new_rse: float | None = None
     ref_timing_count: int | None = None
     new_timing_count: int | None = None
     build_s: float | None = None
@@ -74,12 +79,6 @@ def _finite_or_none(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def timing_speedup(ref_ms: float | None, new_ms: float | None) -> float | None:
-    if ref_ms is None or new_ms is None or new_ms <= 0:
-        return None
-    return ref_ms / new_ms
 
 
 class ResultsFile:

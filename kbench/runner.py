@@ -20,9 +20,9 @@ from kbench.config import KbenchConfig
 from kbench.isolation import run_worker
 from kbench.judge import judge
 from kbench.reference import ReferenceRun, load_reference
-from kbench.results import JobResult, Verdict, timing_speedup
+from kbench.results import JobResult, Verdict
 from kbench.spec import WorkerSpec
-from kbench.timing import median_ms
+from kbench.stats import median_ms
 
 
 @dataclass(frozen=True)
@@ -175,10 +175,15 @@ class Runner:
             max_rel_error=comparison.max_rel_error if comparison else None,
             atol=tolerance.atol,
             rtol=tolerance.rtol,
-            ref_ms=ref_ms,
+            ref_ms=judged.ref_ms if judged.ref_ms is not None else ref_ms,
+            ref_ms_alone=ref_ms,
             new_ms=judged.new_ms,
-            speedup=timing_speedup(ref_ms, judged.new_ms) if judged.verdict == Verdict.CORRECT else None,
-            ref_timing_count=len(reference.timing_ms),
+            speedup=judged.speedup,
+            speedup_low=judged.speedup_interval[0] if judged.speedup_interval else None,
+            speedup_high=judged.speedup_interval[1] if judged.speedup_interval else None,
+            ref_rse=judged.ref_rse,
+            new_rse=judged.new_rse,
+            ref_timing_count=judged.new_timing_count,
             new_timing_count=judged.new_timing_count,
             build_s=judged.build_s,
             build_cache_hit=judged.build_cache_hit,

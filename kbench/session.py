@@ -11,10 +11,11 @@ from typing import Any
 from kbench import catalog, metadata
 from kbench.catalog import Problem
 from kbench.config import KbenchConfig
+from kbench.reference import ReferenceRun
 from kbench.results import JobResult
 from kbench.runner import Job, Runner, effective_overrides
 from kbench.runs import RunDir
-from kbench.timing import median_ms
+from kbench.stats import median_ms
 
 
 class RecordError(Exception):
@@ -29,6 +30,10 @@ class ReferenceCheck:
     ref_ms: float | None
     error: str | None
     warnings: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, problem: Problem, reference: ReferenceRun) -> ReferenceCheck:
+        return cls(problem.name, median_ms(reference.timing_ms), reference.error, reference.warnings)
 
 
 @dataclass
@@ -156,9 +161,7 @@ def lint(problems: list[Problem], device: str, config: KbenchConfig, overrides: 
         for problem in problems:
             catalog.check_overrides(problem, overrides)
             reference = runner.reference(problem, effective_overrides(problem, device, overrides))
-            checks.append(
-                ReferenceCheck(problem.name, median_ms(reference.timing_ms), reference.error, reference.warnings)
-            )
+            checks.append(ReferenceCheck.of(problem, reference))
     return checks
 
 
@@ -188,9 +191,7 @@ def execute(
             on_result(result)
         for problem, sizes in session.reference_only:
             reference = runner.reference(problem, sizes)
-            references.append(
-                ReferenceCheck(problem.name, median_ms(reference.timing_ms), reference.error, reference.warnings)
-            )
+            references.append(ReferenceCheck.of(problem, reference))
         outcome = SessionOutcome(results, references, runner.device_info)
     if recorder is not None:
         recorder.finish(outcome.device_info, references)

@@ -75,9 +75,6 @@ def _run(spec: WorkerSpec, problem: Any, model_new: type, guards: Any, channel: 
         state = weights.copy_reference_weights(reference, candidate)
         perturbed = weights.perturbed_values(reference, spec.perturbation_seed())
         buffer_names = weights.buffer_names(reference)
-        del reference
-        if spec.device.startswith("cuda"):
-            torch.cuda.empty_cache()
         channel.send(weights=state.mode)
         watch = integrity.CallWatch(spec.device, spec.poison_numel)
 
@@ -88,7 +85,10 @@ def _run(spec: WorkerSpec, problem: Any, model_new: type, guards: Any, channel: 
         execution.run_calls(checked, problem, spec, spec.trial_seeds(), "new", TRIAL)
         torch.save(weights.snapshot(state.targets, buffer_names), state_path(Path(spec.out_dir), "new"))
         input_sets = execution.timing_input_sets(problem, spec)
-        timed = timing.time_calls(candidate, input_sets, spec.device, timing.TimingPlan.from_dict(spec.timing))
+        # Reference and solution interleaved, round by round; the parent checks this reference time against
+        # the trusted worker's, so slowing the reference down here does not pass unnoticed.
+        plan = timing.TimingPlan.from_dict(spec.timing)
+        timed = timing.time_models([reference, candidate], input_sets, spec.device, plan)
         execution.save_timed_outputs(timed.last_outputs, spec, "new")
         if state.mode != "seeded_only":  # without a mapping, the perturbed weights cannot be given to ModelNew
             state.copy_in(perturbed)
@@ -102,7 +102,8 @@ def _run(spec: WorkerSpec, problem: Any, model_new: type, guards: Any, channel: 
     flags, replaced = guards.check()
     channel.send(
         result={
-            "timing_ms": timed.samples_ms,
+            "timing_ms": timed.samples_ms[1],
+            "ref_timing_ms": timed.samples_ms[0],
             "flags": sorted({*flags, *watch.flags}),
             "replaced": replaced,
             "kernels": kernels,

@@ -1,18 +1,22 @@
-"""Timing one forward call, repeated: CUDA events on a GPU, ``perf_counter`` on the CPU.
+"""Timing forward calls: CUDA events on a GPU, ``perf_counter`` on the CPU, in rounds.
 
-Each timed call gets the next of several input sets (so small inputs are not timed hot in cache) and, on a
-GPU, follows an overwrite of a buffer twice the size of L2, outside the timed region.
+A round calls each timed callable once: one callable times a model alone, two time reference and solution
+interleaved (ABAB...), so clock drift and thermal changes hit both alike. Each call follows an overwrite
+of a buffer twice the size of L2, outside the timed region, and takes the next of several input sets.
+Timing stops once every callable's median has a relative standard error under the target, or the time
+budget or the maximum count is reached, whichever comes first; never before ``repeats`` rounds.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from kbench.stats import median_rse
 
 FALLBACK_L2_BYTES = 50 * 1024 * 1024
 
@@ -25,25 +29,31 @@ _elapsed_time = torch.cuda.Event.elapsed_time
 _synchronize = torch.cuda.synchronize
 
 
-@dataclass
-class TimedCalls:
-    samples_ms: list[float]
-    last_outputs: list[Any]  # the last timed call's output for each input set, checked by the parent
-
-
 @dataclass(frozen=True)
 class TimingPlan:
     warmup: int
-    repeats: int
+    repeats: int  # rounds at least
+    max_repeats: int  # rounds at most
+    target_rse: float  # stop once every median's relative standard error is below this
+    budget_s: float  # or once timing has taken this long
     flush_l2: bool
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TimingPlan:
-        return cls(warmup=int(data["warmup"]), repeats=int(data["repeats"]), flush_l2=bool(data["flush_l2"]))
+        return cls(
+            warmup=int(data["warmup"]),
+            repeats=int(data["repeats"]),
+            max_repeats=int(data["max_repeats"]),
+            target_rse=float(data["target_rse"]),
+            budget_s=float(data["budget_s"]),
+            flush_l2=bool(data["flush_l2"]),
+        )
 
 
-def median_ms(samples: Sequence[float]) -> float | None:
-    return statistics.median(samples) if samples else None
+@dataclass
+class TimedCalls:
+    samples_ms: list[list[float]]  # per callable, one sample per round
+    last_outputs: list[Any]  # the last timed output of the *last* callable for each input set
 
 
 def _l2_flush_buffer() -> torch.Tensor:
@@ -52,44 +62,67 @@ def _l2_flush_buffer() -> torch.Tensor:
     return torch.empty(2 * l2_bytes // 4, dtype=torch.float32, device="cuda")
 
 
-def time_calls(
-    forward: Callable[..., Any], input_sets: Sequence[Sequence[Any]], device: str, plan: TimingPlan
+def time_models(
+    forwards: Sequence[Callable[..., Any]], input_sets: Sequence[Sequence[Any]], device: str, plan: TimingPlan
 ) -> TimedCalls:
-    """Milliseconds per call for ``plan.repeats`` calls after ``plan.warmup`` untimed ones."""
+    """Time each forward in rounds (interleaved when several), rotating through the input sets."""
     outputs: list[Any] = [None] * len(input_sets)
 
-    def timed(index: int) -> None:
-        outputs[index % len(input_sets)] = forward(*input_sets[index % len(input_sets)])
+    def bind(forward: Callable[..., Any], keep: bool) -> Callable[[int], None]:
+        def timed(index: int) -> None:
+            result = forward(*input_sets[index % len(input_sets)])
+            if keep:
+                outputs[index % len(input_sets)] = result
 
-    samples = _time_cuda(timed, plan) if device.startswith("cuda") else _time_cpu(timed, plan)
+        return timed
+
+    calls = [bind(forward, keep=i == len(forwards) - 1) for i, forward in enumerate(forwards)]
+    samples = _time_rounds(calls, device.startswith("cuda"), plan)
     return TimedCalls(samples, outputs)
 
 
-def _time_cpu(timed: Callable[[int], None], plan: TimingPlan) -> list[float]:
-    samples = []
+def _time_rounds(calls: list[Callable[[int], None]], cuda: bool, plan: TimingPlan) -> list[list[float]]:
+    samples: list[list[float]] = [[] for _ in calls]
+    flush = _l2_flush_buffer() if cuda and plan.flush_l2 else None
     with torch.no_grad():
         for i in range(plan.warmup):
-            timed(i)
-        for i in range(plan.repeats):
+            for call in calls:
+                call(i)
+        if cuda:
+            _synchronize()
+        started = _perf_counter()
+        index = plan.warmup
+        while True:
+            batch = min(plan.repeats, plan.max_repeats - len(samples[0]))
+            batch_samples = _time_batch(calls, index, batch, flush) if cuda else _time_batch_cpu(calls, index, batch)
+            for mine, new in zip(samples, batch_samples, strict=True):
+                mine.extend(new)
+            index += batch
+            done = len(samples[0]) >= plan.max_repeats or _perf_counter() - started >= plan.budget_s
+            if done or all(median_rse(s) <= plan.target_rse for s in samples):
+                return samples
+
+
+def _time_batch_cpu(calls: list[Callable[[int], None]], first: int, count: int) -> list[list[float]]:
+    samples: list[list[float]] = [[] for _ in calls]
+    for i in range(first, first + count):
+        for call, mine in zip(calls, samples, strict=True):
             start = _perf_counter()
-            timed(plan.warmup + i)
-            samples.append((_perf_counter() - start) * 1e3)
+            call(i)
+            mine.append((_perf_counter() - start) * 1e3)
     return samples
 
 
-def _time_cuda(timed: Callable[[int], None], plan: TimingPlan) -> list[float]:
-    flush = _l2_flush_buffer() if plan.flush_l2 else None
-    starts = [_Event(enable_timing=True) for _ in range(plan.repeats)]
-    ends = [_Event(enable_timing=True) for _ in range(plan.repeats)]
-    with torch.no_grad():
-        for i in range(plan.warmup):
-            timed(i)
-        _synchronize()
-        for i in range(plan.repeats):
+def _time_batch(
+    calls: list[Callable[[int], None]], first: int, count: int, flush: torch.Tensor | None
+) -> list[list[float]]:
+    events = [[(_Event(enable_timing=True), _Event(enable_timing=True)) for _ in range(count)] for _ in calls]
+    for k, i in enumerate(range(first, first + count)):
+        for call, pairs in zip(calls, events, strict=True):
             if flush is not None:
                 flush.zero_()
-            _record(starts[i])
-            timed(plan.warmup + i)
-            _record(ends[i])
-        _synchronize()
-    return [_elapsed_time(s, e) for s, e in zip(starts, ends, strict=True)]
+            _record(pairs[k][0])
+            call(i)
+            _record(pairs[k][1])
+    _synchronize()
+    return [[_elapsed_time(start, end) for start, end in pairs] for pairs in events]

@@ -1,0 +1,89 @@
+"""Timing: medians and their error, adaptive stopping, interleaving, the speedup interval, reference drift."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from conftest import PROBLEMS, fast_config, run_fixture
+
+from kbench.catalog import read_problem
+from kbench.config import KbenchConfig, TimingConfig
+from kbench.judge import judge_timing
+from kbench.results import Verdict
+from kbench.runner import Runner
+from kbench.stats import median_rse, speedup_interval
+from kbench.timing import TimingPlan, time_models
+
+
+def plan(**changes: float) -> TimingPlan:
+    base = {"warmup": 1, "repeats": 5, "max_repeats": 50, "target_rse": 0.5, "budget_s": 5.0, "flush_l2": False}
+    return TimingPlan.from_dict({**base, **changes})
+
+
+def test_median_rse_shrinks_with_more_samples_and_is_zero_without_spread():
+    rng = random.Random(1)
+    few = [1 + rng.gauss(0, 0.01) for _ in range(30)]
+    many = [1 + rng.gauss(0, 0.01) for _ in range(3000)]
+    assert median_rse([2.0] * 10) == 0.0
+    assert 0.001 < median_rse(few) < 0.006  # ~1.25 * 1 % / sqrt(30) = 0.23 %
+    assert median_rse(many) < median_rse(few) / 5
+    assert median_rse([1.0, 2.0]) == float("inf")
+
+
+def test_speedup_interval_covers_the_true_ratio_and_drift_cancels():
+    rng = random.Random(2)
+    drift = [1 + 0.3 * i / 200 for i in range(200)]  # both slow down together over the run
+    ref = [3.0 * d * (1 + rng.gauss(0, 0.01)) for d in drift]
+    new = [1.0 * d * (1 + rng.gauss(0, 0.01)) for d in drift]
+    low, high = speedup_interval(ref, new)
+    assert low < 3.0 < high and high - low < 0.1
+    assert speedup_interval([1.0, 2.0], [1.0, 2.0]) is None
+
+
+def test_timing_stops_at_the_target_the_budget_or_the_cap():
+    calls = []
+    assert len(time_models([lambda x: calls.append(x)], [[0]], "cpu", plan()).samples_ms[0]) == 5
+    slow_to_settle = time_models([lambda x: None], [[0]], "cpu", plan(target_rse=1e-12, max_repeats=40))
+    assert len(slow_to_settle.samples_ms[0]) == 40  # never settles that tightly: the cap stops it
+    budget = time_models([lambda x: None], [[0]], "cpu", plan(target_rse=1e-12, max_repeats=10**6, budget_s=0.2))
+    assert 5 <= len(budget.samples_ms[0]) < 10**6
+
+
+def test_interleaved_rounds_alternate_and_keep_the_last_models_outputs():
+    order = []
+    timed = time_models(
+        [lambda x: order.append("ref") or "r", lambda x: order.append("new") or f"new{x}"],
+        [[0], [1]],
+        "cpu",
+        plan(warmup=0, repeats=4, max_repeats=4),
+    )
+    assert order == ["ref", "new"] * 4
+    assert [len(s) for s in timed.samples_ms] == [4, 4]
+    assert timed.last_outputs == ["new0", "new1"]
+
+
+def _payload(ref: float, new: float, n: int = 30) -> dict:
+    return {"timing_ms": [new] * n, "ref_timing_ms": [ref] * n}
+
+
+def test_reference_held_back_beside_the_solution_is_flagged_on_cuda():
+    config = KbenchConfig(timing=TimingConfig(repeats=30, reference_drift=0.1))
+    assert "reference_slowed" in judge_timing(_payload(1.2, 0.5), 1.0, config, on_cuda=True).flags
+    fair = judge_timing(_payload(1.05, 0.5), 1.0, config, on_cuda=True)
+    assert fair.flags == set() and fair.speedup == pytest.approx(2.1)
+    cpu = judge_timing(_payload(1.2, 0.5), 1.0, config, on_cuda=False)
+    assert cpu.flags == set() and "not judged on the CPU" in cpu.notes[0]
+    assert judge_timing({"timing_ms": [1.0] * 3, "ref_timing_ms": [1.0] * 30}, 1.0, config, True).flags == {
+        "bad_timing"
+    }
+
+
+def test_patching_a_function_the_reference_uses_is_rejected():
+    with Runner(fast_config(), "cpu") as runner:
+        result = run_fixture(runner, read_problem(PROBLEMS / "affine_relu.py"), "slows_reference")
+        honest = run_fixture(runner, read_problem(PROBLEMS / "affine_relu.py"), "correct_torch")
+    assert result.verdict == Verdict.REJECTED and "monkey_patch" in result.flags
+    assert "torch.relu" in result.detail
+    assert honest.speedup_low <= honest.speedup <= honest.speedup_high
+    assert honest.ref_ms_alone is not None and honest.ref_rse is not None
