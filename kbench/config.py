@@ -63,6 +63,15 @@ class IntegrityConfig(_Strict):
     peak_bandwidth_gbs: float | None = Field(default=None, gt=0)  # for the physics floor; default: from NVML
 
 
+class BaselineConfig(_Strict):
+    compile: Literal["auto", "on", "off"] = "auto"  # time torch.compile(Model) too; auto: on CUDA only
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
+    cache: bool = True  # reuse reference timings of an unchanged problem on the same device and torch
+
+    def compile_on(self, device: str) -> bool:
+        return self.compile == "on" or (self.compile == "auto" and device.startswith("cuda"))
+
+
 class KbenchConfig(_Strict):
     seed: int = 0
     trials: int = Field(default=5, ge=1)
@@ -70,6 +79,7 @@ class KbenchConfig(_Strict):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     timing: TimingConfig = Field(default_factory=TimingConfig)
     integrity: IntegrityConfig = Field(default_factory=IntegrityConfig)
+    baselines: BaselineConfig = Field(default_factory=BaselineConfig)
 
     @field_validator("tolerances", mode="after")
     @classmethod

@@ -43,6 +43,7 @@ def results_table(results: list[JobResult], title: str = "kbench results") -> Ta
         "ref ms",
         "new ms",
         "speedup",
+        "vs compile",
         "build s",
     ):
         is_name = column in ("problem", "solution", "verdict")
@@ -59,6 +60,7 @@ def results_table(results: list[JobResult], title: str = "kbench results") -> Ta
             _num(r.ref_ms),
             _num(r.new_ms),
             _speedup(r),
+            _num(r.speedup_vs_compile, ".3g") + ("x" if r.speedup_vs_compile is not None else ""),
             _num(r.build_s, ".1f"),
         )
     return table

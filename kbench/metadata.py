@@ -29,7 +29,7 @@ def _git_commit() -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     with suppress(OSError):
         for line in open("/proc/cpuinfo", encoding="utf-8"):  # noqa: SIM115 - read lazily, stop early
             if line.startswith("model name"):
@@ -105,7 +105,7 @@ def collect(device: str, config: dict[str, Any], command: list[str]) -> dict[str
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "gpus": gpu_state() if device.startswith("cuda") else [],
         "config": config,
     }

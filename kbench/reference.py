@@ -22,6 +22,9 @@ class ReferenceRun:
     float64: list[dict[str, Any]] = field(default_factory=list)  # empty when the audit was off or failed
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # buffers after the trials
     timing_ms: list[float] = field(default_factory=list)
+    compile_timing_ms: list[float] = field(default_factory=list)  # torch.compile(Model), when measured
+    compile_error: str | None = None
+    baseline_cached: bool = False  # the timings came from the baseline cache, not this run
     device_info: dict[str, Any] = field(default_factory=dict)
     moved_bytes: int = 0  # inputs + outputs + parameters and buffers: what one call must at least move
     audit_error: str | None = None
@@ -51,6 +54,8 @@ def load_reference(out_dir: Path, spec: WorkerSpec, result: dict[str, Any]) -> R
     except (UnreadableOutput, OSError, RuntimeError) as exc:
         return ReferenceRun(error=f"reference outputs unreadable: {exc}")
     run.timing_ms = [float(s) for s in result.get("timing_ms", [])]
+    run.compile_timing_ms = [float(s) for s in result.get("compile_timing_ms", [])]
+    run.compile_error = result.get("compile_error")
     run.device_info = result.get("device_info", {})
     run.audit_error = result.get("audit_error")
     run.moved_bytes = sum(int(result.get(key, 0)) for key in ("input_bytes", "output_bytes", "state_bytes"))

@@ -43,6 +43,8 @@ class JobResult:
     speedup_low: float | None = None  # 95 % interval (paired bootstrap over timing rounds)
     speedup_high: float | None = None
     ref_ms_alone: float | None = None  # reference median in the trusted worker, timed alone
+    compile_ms: float | None = None  # torch.compile(Model) median in the trusted worker
+    speedup_vs_compile: float | None = None  # compile_ms / new_ms, for correct solutions only
     ref_rse: float | None = None  # relative standard error of each median
     new_rse: float | None = None
     ref_timing_count: int | None = None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kbench import audit
+from kbench.baselines import Baseline, BaselineCache, baseline_key
 from kbench.catalog import PACKAGE_DIR, Problem, Solution
 from kbench.config import KbenchConfig
 from kbench.isolation import run_worker
@@ -55,11 +56,15 @@ class Runner:
         device: str,
         cache_root: Path | None = None,
         bandwidth_bytes_per_s: float | None = None,
+        baseline_cache: BaselineCache | None = None,
+        device_name: str = "",
     ) -> None:
         self.config = config
         self.device = device
         self.cache_root = cache_root
         self.bandwidth_bytes_per_s = bandwidth_bytes_per_s
+        self.baseline_cache = baseline_cache if config.baselines.cache else None
+        self.device_name = device_name or device
         self._scratch = Path(tempfile.mkdtemp(prefix="kbench-"))
         self._references: dict[str, ReferenceRun] = {}
         self.device_info: dict[str, Any] = {}
@@ -103,6 +108,14 @@ class Runner:
         out_dir = Path(tempfile.mkdtemp(prefix="ref-", dir=self._scratch))
         spec_path = out_dir / "spec.json"
         spec = self._spec(problem, overrides, out_dir, None)
+        baselines = self.config.baselines
+        compile_mode = baselines.compile_mode if baselines.compile_on(self.device) else None
+        key = baseline_key(
+            problem, overrides, self.device_name, {"timing": self.config.timing.model_dump(), "compile": compile_mode}
+        )
+        cached = self.baseline_cache.get(key) if self.baseline_cache else None
+        spec.time_reference = cached is None
+        spec.compile_mode = compile_mode if cached is None else None
         spec.write(spec_path)
         timeout = self.config.timeouts.reference_s
         worker = run_worker(
@@ -124,6 +137,13 @@ class Runner:
         if reference.error is None:
             self.device_info = reference.device_info
             reference.warnings = audit.degenerate_warnings(reference.trials, self.config.tolerance_for)
+            if cached is not None:
+                reference.timing_ms, reference.compile_timing_ms = cached.eager_ms, cached.compile_ms
+                reference.compile_error, reference.baseline_cached = cached.compile_error, True
+            elif self.baseline_cache is not None:
+                self.baseline_cache.put(
+                    key, Baseline(reference.timing_ms, reference.compile_timing_ms, reference.compile_error)
+                )
         return reference
 
     def run(self, job: Job) -> JobResult:
@@ -139,6 +159,7 @@ class Runner:
         }
         reference = self.reference(job.problem, job.overrides)
         ref_ms = median_ms(reference.timing_ms)
+        compile_ms = median_ms(reference.compile_timing_ms)
         if reference.error is not None:
             return JobResult(
                 **base,
@@ -177,6 +198,8 @@ class Runner:
             rtol=tolerance.rtol,
             ref_ms=judged.ref_ms if judged.ref_ms is not None else ref_ms,
             ref_ms_alone=ref_ms,
+            compile_ms=compile_ms,
+            speedup_vs_compile=compile_ms / judged.new_ms if compile_ms and judged.new_ms and judged.speedup else None,
             new_ms=judged.new_ms,
             speedup=judged.speedup,
             speedup_low=judged.speedup_interval[0] if judged.speedup_interval else None,
@@ -193,10 +216,21 @@ class Runner:
             floor_ms=judged.floor_ms,
             kernels=judged.kernels,
             warnings=reference.warnings,
-            notes=judged.notes + ([f"float64 audit skipped: {reference.audit_error}"] if reference.audit_error else []),
+            notes=judged.notes + _reference_notes(reference),
             detail=judged.detail[-20_000:],
             wall_s=time.monotonic() - started,
         )
+
+
+def _reference_notes(reference: ReferenceRun) -> list[str]:
+    notes = []
+    if reference.audit_error:
+        notes.append(f"float64 audit skipped: {reference.audit_error}")
+    if reference.compile_error:
+        notes.append(f"no torch.compile baseline: {reference.compile_error}")
+    if reference.baseline_cached:
+        notes.append("reference timings (alone, and torch.compile) from the baseline cache")
+    return notes
 
 
 def static_flags(solution: Path) -> list[str]:

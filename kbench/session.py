@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from kbench import catalog, metadata
+from kbench.baselines import BaselineCache
+from kbench.build_cache import default_cache_root
 from kbench.catalog import Problem
 from kbench.config import KbenchConfig
 from kbench.reference import ReferenceRun
@@ -157,12 +159,24 @@ def plan_resume(run_dir: RunDir) -> Resumption:
 def lint(problems: list[Problem], device: str, config: KbenchConfig, overrides: dict[str, Any]) -> list[ReferenceCheck]:
     """Run each problem's reference alone and report degenerate outputs (see ``audit.degenerate_warnings``)."""
     checks = []
-    with Runner(config, device) as runner:
+    with _runner(config, device) as runner:
         for problem in problems:
             catalog.check_overrides(problem, overrides)
             reference = runner.reference(problem, effective_overrides(problem, device, overrides))
             checks.append(ReferenceCheck.of(problem, reference))
     return checks
+
+
+def _runner(config: KbenchConfig, device: str) -> Runner:
+    """A runner with this machine's facts: peak bandwidth, device name, and the baseline cache."""
+    gpus = metadata.gpu_state() if device.startswith("cuda") else []
+    return Runner(
+        config,
+        device,
+        bandwidth_bytes_per_s=_bandwidth(config, device),
+        baseline_cache=BaselineCache(default_cache_root() / "baselines.json"),
+        device_name=str(gpus[0]["name"]) if gpus else metadata.cpu_model(),
+    )
 
 
 def _bandwidth(config: KbenchConfig, device: str) -> float | None:
@@ -181,7 +195,7 @@ def execute(
 ) -> SessionOutcome:
     results: list[JobResult] = []
     references: list[ReferenceCheck] = []
-    with Runner(config, device, bandwidth_bytes_per_s=_bandwidth(config, device)) as runner:
+    with _runner(config, device) as runner:
         for job in session.jobs:
             on_start(job)
             result = runner.run(job)

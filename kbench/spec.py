@@ -28,6 +28,8 @@ class WorkerSpec:
     audit_float64: bool = False
     kernel_census: bool = False
     poison_numel: int = 0  # elements of NaN to fill and free before each checked call
+    time_reference: bool = True  # False when the parent has this reference's timings cached
+    compile_mode: str | None = None  # also time torch.compile(Model, mode=...) (reference worker)
 
     def weights_seed(self) -> int:
         return self.seed
