@@ -69,7 +69,7 @@ def results_table(results: list[JobResult], title: str = "kbench results") -> Ta
 def print_details(console: Console, results: list[JobResult], kernels: bool = False) -> None:
     """Per job: why it did not pass (with the tail of its error text), flags, notes, the kernel census;
     per problem: warnings about the problem itself."""
-    warned: set[str] = set()
+    warned: set[tuple[str, str]] = set()
     for r in results:
         name = f"[bold]{escape(r.problem)} / {escape(r.solution)}[/]"
         if r.verdict != Verdict.CORRECT:
@@ -88,10 +88,10 @@ def print_details(console: Console, results: list[JobResult], kernels: bool = Fa
             console.print(f"{name}: error vs float64 {r.new_error_fp64:.2e} (PyTorch fp32: {r.ref_error_fp64:.2e})")
         for note in r.notes:
             console.print(f"{name}: [dim]{escape(note)}[/]")
-        if r.problem not in warned:
-            warned.add(r.problem)
-            for warning in r.warnings:
-                console.print(f"[yellow]{escape(r.problem)}: degenerate problem:[/] {escape(warning)}")
+        for warning in r.warnings:
+            if (r.problem, warning) not in warned:  # problem warnings repeat for every solution: say them once
+                warned.add((r.problem, warning))
+                console.print(f"[yellow]{escape(r.problem)}: warning:[/] {escape(warning)}")
         if kernels and r.kernels:
             console.print(kernel_table(r))
 

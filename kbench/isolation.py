@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,7 @@ def run_worker(
     phase_timeouts: Mapping[str, float],
     first_phase: str = "load",
     env: Mapping[str, str] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> WorkerRun:
     """Start ``python -m module ARGS... FD`` and follow it until it exits or a phase runs out of time.
 
@@ -106,6 +107,8 @@ def run_worker(
             env=dict(env) if env is not None else None,
         )
     os.close(write_fd)
+    if on_start is not None:
+        on_start(proc.pid)
     phase = first_phase
     limit = phase_timeouts[phase]
     deadline = started + limit

@@ -38,7 +38,7 @@ def cpu_model() -> str:
 
 
 @contextmanager
-def _nvml() -> Iterator[Any]:
+def nvml_session() -> Iterator[Any]:
     """The NVML module, initialised, or None where there is no NVML (no GPU, no driver, no nvidia-ml-py)."""
     try:
         import pynvml
@@ -60,7 +60,7 @@ def _nvml() -> Iterator[Any]:
 def gpu_state() -> list[dict[str, Any]]:
     """Per-GPU name, driver, clocks, temperature and power from NVML; empty without a GPU or NVML."""
     gpus: list[dict[str, Any]] = []
-    with _nvml() as nvml:
+    with nvml_session() as nvml:
         if nvml is None:
             return gpus
         driver = nvml.nvmlSystemGetDriverVersion()

@@ -56,7 +56,8 @@ class JobResult:
     new_error_fp64: float | None = None  # the solution's relative error against the same float64 reference
     floor_ms: float | None = None  # least time the problem's bytes take at peak memory bandwidth
     kernels: list[dict[str, Any]] = field(default_factory=list)  # CUDA kernel census of one forward call
-    warnings: list[str] = field(default_factory=list)  # about the problem (degenerate outputs)
+    warnings: list[str] = field(default_factory=list)  # about the problem (degenerate) or the device (throttling)
+    device_state: dict[str, Any] = field(default_factory=dict)  # NVML while the solution worker ran (CUDA)
     notes: list[str] = field(default_factory=list)  # checks that could not run, and why
     trials: int = 0
     overrides: dict[str, Any] = field(default_factory=dict)

@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from kbench.catalog import PACKAGE_DIR, Problem, Solution
 from kbench.config import KbenchConfig
 from kbench.isolation import run_worker
 from kbench.judge import judge
+from kbench.monitor import DeviceMonitor
 from kbench.reference import ReferenceRun, load_reference
 from kbench.results import JobResult, Verdict
 from kbench.spec import WorkerSpec
@@ -174,13 +175,15 @@ class Runner:
         poison = sum(t.numel() for t in reference.trials[0]["tensors"]) if reference.trials else 0
         self._spec(job.problem, job.overrides, out_dir, job.solution.path, poison).write(spec_path)
         timeouts = self.config.timeouts
-        worker = run_worker(
-            "kbench.solution_worker",
-            [str(spec_path)],
-            out_dir / "worker.log",
-            {"load": timeouts.run_s, "build": timeouts.build_s, "run": timeouts.run_s},
-            env=_worker_env(),
-        )
+        with DeviceMonitor(enabled=self.device.startswith("cuda")) as monitor:
+            worker = run_worker(
+                "kbench.solution_worker",
+                [str(spec_path)],
+                out_dir / "worker.log",
+                {"load": timeouts.run_s, "build": timeouts.build_s, "run": timeouts.run_s},
+                env=_worker_env(),
+                on_start=monitor.worker_started,
+            )
         judged = judge(
             worker, out_dir, reference, self.config, self.bandwidth_bytes_per_s, static_flags(job.solution.path)
         )
@@ -215,7 +218,8 @@ class Runner:
             new_error_fp64=judged.new_error_fp64,
             floor_ms=judged.floor_ms,
             kernels=judged.kernels,
-            warnings=reference.warnings,
+            warnings=reference.warnings + monitor.state.warnings(),
+            device_state=asdict(monitor.state) if monitor.state.samples or monitor.state.error else {},
             notes=judged.notes + _reference_notes(reference),
             detail=judged.detail[-20_000:],
             wall_s=time.monotonic() - started,

@@ -1,0 +1,124 @@
+"""Device state while a worker runs: NVML sampled from the trusted parent, in a background thread.
+
+It records the range of SM clocks, the peak temperature and power, the throttle reasons seen (power cap,
+thermal or hardware slowdown), and GPU processes that are not the worker's. From these come warnings that
+the job's timing may not be quotable. Without a GPU or NVML it records nothing. Nothing it does can fail a
+job: a reading that fails is left out and said in ``error``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from kbench.metadata import nvml_session
+
+SAMPLE_EVERY_S = 0.25
+# NVML clocks-event (throttle) reason bits that mean the GPU was slowed; idle and app-clock bits are normal.
+SLOWDOWN_REASONS = {
+    0x4: "power cap",
+    0x8: "hardware slowdown",
+    0x20: "thermal (software)",
+    0x40: "thermal (hardware)",
+    0x80: "power brake",
+}
+
+
+@dataclass
+class DeviceState:
+    samples: int = 0
+    sm_clock_mhz_min: int | None = None
+    sm_clock_mhz_max: int | None = None
+    temperature_c_max: int | None = None
+    power_w_max: float | None = None
+    throttle: list[str] = field(default_factory=list)
+    other_processes: list[int] = field(default_factory=list)
+    error: str | None = None
+
+    def warnings(self) -> list[str]:
+        found = []
+        if self.throttle:
+            found.append(f"GPU slowed during the job ({', '.join(self.throttle)}): timings may be low-balled")
+        if self.other_processes:
+            found.append(f"other processes used the GPU during the job (pids {self.other_processes})")
+        return found
+
+
+def _reader(nvml: Any) -> Callable[[], dict[str, Any]]:
+    handle = nvml.nvmlDeviceGetHandleByIndex(0)  # the GPU workers use (CUDA device 0)
+    # Newer NVML names the throttle reasons "clocks event reasons"; older ones only have the old name.
+    reasons = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
+    reasons = reasons or nvml.nvmlDeviceGetCurrentClocksThrottleReasons
+
+    def read() -> dict[str, Any]:
+        return {
+            "sm_clock": nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM),
+            "temperature": nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU),
+            "power": nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,
+            "reasons": int(reasons(handle)),
+            "pids": [p.pid for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle)],
+        }
+
+    return read
+
+
+class DeviceMonitor:
+    """``with DeviceMonitor(enabled) as monitor:`` run a worker, telling ``monitor.worker_started(pid)``;
+    afterwards ``monitor.state`` holds what NVML showed meanwhile."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.state = DeviceState()
+        self._enabled = enabled
+        self._worker_group: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def worker_started(self, pid: int) -> None:
+        self._worker_group = pid  # workers lead their own process group
+
+    def _is_worker(self, pid: int) -> bool:
+        try:
+            return self._worker_group is not None and os.getpgid(pid) == self._worker_group
+        except OSError:
+            return False
+
+    def __enter__(self) -> DeviceMonitor:
+        if self._enabled:
+            self._thread = threading.Thread(target=self._run, name="kbench-nvml", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        try:
+            with nvml_session() as nvml:
+                if nvml is None:
+                    return
+                read = _reader(nvml)
+                while not self._stop.wait(SAMPLE_EVERY_S):
+                    self._add(read())
+        except Exception as exc:  # the monitor only informs; it must never take a job down
+            self.state.error = f"{type(exc).__name__}: {exc}"[:200]
+
+    def _add(self, reading: dict[str, Any]) -> None:
+        state = self.state
+        state.samples += 1
+        clock = reading["sm_clock"]
+        state.sm_clock_mhz_min = clock if state.sm_clock_mhz_min is None else min(state.sm_clock_mhz_min, clock)
+        state.sm_clock_mhz_max = clock if state.sm_clock_mhz_max is None else max(state.sm_clock_mhz_max, clock)
+        state.temperature_c_max = max(state.temperature_c_max or 0, reading["temperature"])
+        state.power_w_max = max(state.power_w_max or 0.0, reading["power"])
+        for bit, name in SLOWDOWN_REASONS.items():
+            if reading["reasons"] & bit and name not in state.throttle:
+                state.throttle.append(name)
+        for pid in reading["pids"]:
+            if pid != os.getpid() and not self._is_worker(pid) and pid not in state.other_processes:
+                state.other_processes.append(pid)
