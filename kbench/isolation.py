@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 LOG_TAIL_CHARS = 20_000
+# A worker's messages are small; beyond these a solution is flooding the pipe, and the rest is dropped.
+MAX_LINE_BYTES = 64 * 1024 * 1024
+MAX_MESSAGES = 10_000
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -125,9 +128,12 @@ def run_worker(
                 break  # every writer closed the pipe: the worker is done or dead
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
+            if len(buffer) > MAX_LINE_BYTES:
+                buffer = b""
+                run.garbage_lines += 1
             for line in lines:
                 message = _parse(line)
-                if message is None:
+                if message is None or len(run.messages) >= MAX_MESSAGES:
                     run.garbage_lines += 1
                     continue
                 run.messages.append(message)

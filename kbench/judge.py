@@ -81,6 +81,11 @@ class Judgement:
     notes: list[str] = field(default_factory=list)
 
 
+def _strings(value: Any) -> list[str]:
+    """A list of strings from the worker, or nothing: what arrives on the pipe may have been forged."""
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+
 def _valid_samples(samples: Any, least: int, most: int) -> list[float] | None:
     if not isinstance(samples, list) or not least <= len(samples) <= most:
         return None
@@ -267,9 +272,10 @@ def judge(
     if failed is not None:
         return failed
     payload = worker.last("result")["result"]  # type: ignore[index]
-    flags = {flag for flag in payload.get("flags", []) if flag in WORKER_FLAGS}
+    flags = {flag for flag in _strings(payload.get("flags")) if flag in WORKER_FLAGS}
     notes: list[str] = []
-    detail = "replaced after import: " + ", ".join(map(str, payload["replaced"])) if payload.get("replaced") else ""
+    replaced = _strings(payload.get("replaced"))
+    detail = "replaced after import: " + ", ".join(replaced) if replaced else ""
     if worker.count("result") > 1 or worker.garbage_lines:
         flags.add("channel_tampering")  # only the solution could have written that to the private pipe
 
@@ -278,7 +284,8 @@ def judge(
     timing = judge_timing(payload, median_ms(reference.timing_ms), config, on_cuda)
     flags |= timing.flags
     floor = audit.floor_ms(reference.moved_bytes, bandwidth_bytes_per_s)
-    kernels = [k for k in payload.get("kernels", []) if isinstance(k, dict)]
+    kernels = payload.get("kernels") if isinstance(payload.get("kernels"), list) else []
+    kernels = [k for k in kernels if isinstance(k, dict)]
     audit_flags, new_error = _audit_flags(reference, new_trials, timing.new_ms, floor, kernels, config)
     flags |= audit_flags | set(static_flags or [])
     flags.update(flag for flag, check in checks if flag and not check.ok)

@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,23 @@ class Runner:
         return reference
 
     def run(self, job: Job) -> JobResult:
+        """Judge one job. Never raises: if kbench itself fails, the job says so and the run goes on."""
         started = time.monotonic()
+        try:
+            return self._run(job, started)
+        except Exception:
+            return JobResult(
+                problem=job.problem.name,
+                solution=job.solution.name,
+                device=self.device,
+                verdict=Verdict.RUNTIME_ERROR,
+                reason="kbench failed while running or judging this job (see detail)",
+                flags=["harness_error"],
+                detail=traceback.format_exc()[-20_000:],
+                wall_s=time.monotonic() - started,
+            )
+
+    def _run(self, job: Job, started: float) -> JobResult:
         base: dict[str, Any] = {
             "problem": job.problem.name,
             "solution": job.solution.name,

@@ -36,6 +36,7 @@ def run(runner: Runner, name: str, problem: Problem = AFFINE) -> JobResult:
         ("patches_timer", Verdict.REJECTED, "timer_tampering"),
         ("patches_comparison", Verdict.INCORRECT, "monkey_patch"),
         ("forges_channel", Verdict.REJECTED, "channel_tampering"),
+        ("floods_channel", Verdict.REJECTED, "channel_tampering"),
         ("tensor_subclass", Verdict.REJECTED, "output_not_tensor"),
     ],
 )
@@ -56,6 +57,12 @@ def test_outputs_sharing_an_inputs_storage_are_rejected(runner: Runner, fixture:
     assert flags <= set(result.flags)
     honest = run(runner, "honest", SCALED_COPY)
     assert honest.verdict == Verdict.CORRECT and honest.flags == []
+
+
+def test_a_forged_malformed_result_is_judged_not_fatal(runner: Runner):
+    result = run(runner, "forges_malformed_result")
+    assert result.verdict == Verdict.REJECTED, (result.reason, result.flags, result.detail[-800:])
+    assert "harness_error" not in result.flags and "no output file" in result.reason
 
 
 def test_unwritten_part_of_a_fresh_output_is_wrong(runner: Runner):

@@ -82,3 +82,13 @@ def test_cpp_compile_error_keeps_the_compiler_output(runner: Runner):
     result = run(runner, "cpp_compile_error")
     assert result.verdict == Verdict.COMPILE_ERROR, result.reason
     assert "this_method_does_not_exist" in result.detail
+
+
+def test_a_failure_inside_kbench_is_reported_and_the_run_goes_on(runner: Runner, monkeypatch):
+    def broken_judge(*args, **kwargs):
+        raise ZeroDivisionError("kbench bug")
+
+    monkeypatch.setattr("kbench.runner.judge", broken_judge)
+    result = run(runner, "correct_torch")
+    assert result.verdict == Verdict.RUNTIME_ERROR and result.flags == ["harness_error"]
+    assert "ZeroDivisionError: kbench bug" in result.detail
