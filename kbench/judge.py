@@ -25,24 +25,7 @@ from kbench.spec import PERTURBED, TIMED, TRIAL, output_path, state_path
 from kbench.stats import median_ms, median_rse, speedup_interval
 
 WORKER_FAILURE_VERDICTS = {Verdict.COMPILE_ERROR, Verdict.LOAD_ERROR, Verdict.RUNTIME_ERROR}
-# Flags that mean the solution broke the rules: with matching answers, the verdict is `rejected`.
-INTEGRITY_FLAGS = frozenset(
-    {
-        "output_not_tensor",
-        "input_mutated",
-        "output_aliases_input",
-        "output_reused",
-        "side_stream",
-        "thread",
-        "timer_tampering",
-        "monkey_patch",
-        "channel_tampering",
-        "bad_timing",
-        "implausible_speed",
-        "reference_slowed",
-    }
-)
-# The flags the solution worker itself may raise; the others only the parent can.
+# Integrity flags the solution worker raises itself (its in-process guards).
 WORKER_FLAGS = frozenset(
     {
         "input_mutated",
@@ -54,6 +37,14 @@ WORKER_FLAGS = frozenset(
         "monkey_patch",
     }
 )
+# Flags that mean the solution broke the rules: with matching answers, the verdict is `rejected`.
+INTEGRITY_FLAGS = WORKER_FLAGS | {
+    "output_not_tensor",
+    "channel_tampering",
+    "bad_timing",
+    "implausible_speed",
+    "reference_slowed",
+}
 # A measured time this far under the physics floor cannot be explained by measurement error.
 FLOOR_MARGIN = 0.95
 
