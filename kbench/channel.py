@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
+
+from kbench.spec import file_digest
 
 
 class Channel:
@@ -25,3 +28,7 @@ class Channel:
     def phase(self, name: str) -> None:
         """Tell the parent which phase starts now; each phase has its own timeout."""
         self.send(phase=name)
+
+    def announce(self, path: Path) -> None:
+        """Name an output file just written, with its digest: a file changed afterwards no longer matches."""
+        self.send(output=path.name, digest=file_digest(path))

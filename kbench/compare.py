@@ -19,6 +19,7 @@ class Comparison:
     max_abs_error: float | None = None
     max_rel_error: float | None = None
     not_tensor: bool = False  # the solution returned something other than a plain torch.Tensor
+    tampered: bool = False  # the saved output is not what the worker wrote
 
 
 class UnreadableOutput(Exception):
@@ -116,4 +117,5 @@ def merge(so_far: Comparison, latest: Comparison) -> Comparison:
         biggest(so_far.max_abs_error, latest.max_abs_error),
         biggest(so_far.max_rel_error, latest.max_rel_error),
         so_far.not_tensor or latest.not_tensor,
+        so_far.tampered or latest.tampered,
     )

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from kbench.spec import TIMED, WorkerSpec, output_path
+from kbench.channel import Channel
+from kbench.spec import TIMED, WorkerSpec, output_path, state_path
 
 # Bound before any solution is imported, so replacing torch.manual_seed cannot change kbench's inputs.
 _manual_seed = torch.manual_seed
@@ -76,18 +77,26 @@ def pack_outputs(output: Any) -> dict[str, Any]:
     items = list(output) if isinstance(output, tuple | list) else [output]
     tensors: list[torch.Tensor] = []
     for item in items:
-        if type(item) is not torch.Tensor:
-            return {"structure": type(output).__name__, "not_tensor": type(item).__qualname__, "tensors": []}
+        if type(item) is not torch.Tensor or item.layout != torch.strided:
+            kind = type(item).__qualname__ if type(item) is not torch.Tensor else f"{item.layout} tensor"
+            return {"structure": type(output).__name__, "not_tensor": kind, "tensors": []}
         tensors.append(item.detach().to("cpu", copy=True))
     return {"structure": "tensor" if isinstance(output, torch.Tensor) else "sequence", "tensors": tensors}
 
 
-def save_outputs(output: Any, path: Path) -> None:
+def save_outputs(output: Any, path: Path, channel: Channel) -> None:
     torch.save(pack_outputs(output), path)
+    channel.announce(path)
 
 
 def run_calls(
-    call: Callable[[list[Any]], Any], problem: ModuleType, spec: WorkerSpec, seeds: list[int], role: str, kind: str
+    call: Callable[[list[Any]], Any],
+    problem: ModuleType,
+    spec: WorkerSpec,
+    seeds: list[int],
+    role: str,
+    kind: str,
+    channel: Channel,
 ) -> None:
     """One call per seed on fresh seeded inputs (each call gets its own clone), outputs saved for the parent."""
     out_dir = Path(spec.out_dir)
@@ -96,12 +105,18 @@ def run_calls(
         with torch.no_grad():
             output = call(clone_inputs(inputs))
         synchronize(spec.device)
-        save_outputs(output, output_path(out_dir, role, kind, index))
+        save_outputs(output, output_path(out_dir, role, kind, index), channel)
 
 
-def save_timed_outputs(outputs: list[Any], spec: WorkerSpec, role: str) -> None:
+def save_timed_outputs(outputs: list[Any], spec: WorkerSpec, role: str, channel: Channel) -> None:
     for index, output in enumerate(outputs):
-        save_outputs(output, output_path(Path(spec.out_dir), role, TIMED, index))
+        save_outputs(output, output_path(Path(spec.out_dir), role, TIMED, index), channel)
+
+
+def save_state(state: dict[str, torch.Tensor], spec: WorkerSpec, role: str, channel: Channel) -> None:
+    path = state_path(Path(spec.out_dir), role)
+    torch.save(state, path)
+    channel.announce(path)
 
 
 def timing_input_sets(problem: ModuleType, spec: WorkerSpec) -> list[list[Any]]:

@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -25,6 +26,7 @@ LOG_TAIL_CHARS = 20_000
 MAX_LINE_BYTES = 64 * 1024 * 1024
 MAX_MESSAGES = 10_000
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PR_SET_CHILD_SUBREAPER = 36
 
 
 @dataclass
@@ -36,15 +38,15 @@ class WorkerRun:
     log_tail: str = ""
     wall_s: float = 0.0
     garbage_lines: int = 0  # lines on the channel that were not JSON objects
+    violations: list[str] = field(default_factory=list)  # messages the worker's protocol does not allow
+    outputs: dict[str, str] = field(default_factory=dict)  # output file name -> digest announced on writing
+    orphans_killed: int = 0  # descendants that had left the worker's process group
 
     def last(self, key: str) -> dict[str, Any] | None:
         for message in reversed(self.messages):
             if key in message:
                 return message
         return None
-
-    def count(self, key: str) -> int:
-        return sum(1 for message in self.messages if key in message)
 
     def exit_description(self) -> str:
         code = self.returncode
@@ -56,6 +58,42 @@ class WorkerRun:
             except ValueError:
                 return f"was killed by signal {-code}"
         return f"exited with status {code}"
+
+
+class _Protocol:
+    """What a worker may say: its phases once each, in order; ``built``, ``weights``, ``result`` and
+    ``error`` at most once; each output file announced once. Anything else came from the solution."""
+
+    SINGLE = ("built", "weights", "result", "error")
+    OUTPUT_NAME = re.compile(r"(new|ref)_[a-z0-9_]+\.pt")
+
+    def __init__(self, phases: list[str], run: WorkerRun) -> None:
+        self.pending = list(phases)
+        self.run = run
+
+    def accept(self, message: dict[str, Any]) -> str | None:
+        """Record a message; return the phase it starts, if it starts one."""
+        run = self.run
+        keys = set(message)
+        if keys == {"phase"}:
+            if self.pending and message["phase"] == self.pending[0]:
+                return self.pending.pop(0)
+            run.violations.append(f"phase {message['phase']!r} out of order")
+        elif keys == {"output", "digest"}:
+            name = message["output"]
+            if not isinstance(name, str) or not self.OUTPUT_NAME.fullmatch(name) or name in run.outputs:
+                run.violations.append(f"output announcement {name!r}")
+            else:
+                run.outputs[name] = str(message["digest"])
+        elif len(keys) == 1 and keys <= set(self.SINGLE):
+            (key,) = keys
+            if run.last(key) is not None:
+                run.violations.append(f"second {key!r} message")
+            else:
+                run.messages.append(message)
+        else:
+            run.violations.append(f"unknown message {sorted(keys)}")
+        return None
 
 
 def read_log_tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
@@ -81,23 +119,61 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def _children() -> set[int]:
+    """Processes whose parent is this one (orphans are reparented here once we are a subreaper)."""
+    me, found = os.getpid(), set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and int(fields[1]) == me:
+            found.add(int(entry.name))
+    return found
+
+
+def _kill_orphans(before: set[int]) -> int:
+    """Kill descendants that escaped the worker's process group (a double fork with setsid, say): as a
+    subreaper, this process inherits them, and every child that was not here before the job is one."""
+    killed = 0
+    for _ in range(10):  # a killed orphan's own children are reparented here in turn
+        strays = _children() - before
+        if not strays:
+            break
+        for pid in strays:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            killed += 1
+    return killed
+
+
 def run_worker(
     module: str,
     args: list[str],
     log_path: Path,
     phase_timeouts: Mapping[str, float],
-    first_phase: str = "load",
     env: Mapping[str, str] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> WorkerRun:
-    """Start ``python -m module ARGS... FD`` and follow it until it exits or a phase runs out of time.
+    """Start ``python -m module ARGS... FD`` and follow it until it exits or runs out of time.
 
-    ``phase_timeouts`` maps each phase the worker announces (``{"phase": name}``) to its limit in seconds;
-    the clock restarts at each announcement. An unknown phase keeps the previous limit.
+    ``phase_timeouts`` lists the worker's phases in order with their limits in seconds. The worker is in
+    the first phase from the start; announcing the next (``{"phase": name}``) restarts the clock with that
+    phase's limit. The whole run never gets longer than all limits together.
     """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
+    children_before = _children() if sys.platform.startswith("linux") else set()
     read_fd, write_fd = os.pipe()
     run = WorkerRun()
     started = time.monotonic()
+    phases = list(phase_timeouts)
+    protocol = _Protocol(phases[1:], run)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", module, *args, str(write_fd)],
@@ -112,17 +188,18 @@ def run_worker(
     os.close(write_fd)
     if on_start is not None:
         on_start(proc.pid)
-    phase = first_phase
+    phase = phases[0]
     limit = phase_timeouts[phase]
     deadline = started + limit
+    final_deadline = started + sum(phase_timeouts.values())
     buffer = b""
     try:
         while True:
             now = time.monotonic()
-            if now >= deadline:
+            if now >= min(deadline, final_deadline):
                 run.timed_out_phase, run.timeout_s = phase, limit
                 break
-            ready, _, _ = select.select([read_fd], [], [], min(0.2, deadline - now))
+            ready, _, _ = select.select([read_fd], [], [], min(0.2, min(deadline, final_deadline) - now))
             chunk = os.read(read_fd, 1 << 16) if ready else b""
             if ready and not chunk:
                 break  # every writer closed the pipe: the worker is done or dead
@@ -133,13 +210,12 @@ def run_worker(
                 run.garbage_lines += 1
             for line in lines:
                 message = _parse(line)
-                if message is None or len(run.messages) >= MAX_MESSAGES:
+                if message is None or len(run.messages) + len(run.violations) >= MAX_MESSAGES:
                     run.garbage_lines += 1
                     continue
-                run.messages.append(message)
-                if isinstance(message.get("phase"), str):
-                    phase = message["phase"]
-                    limit = phase_timeouts.get(phase, limit)
+                started_phase = protocol.accept(message)
+                if started_phase is not None:
+                    phase, limit = started_phase, phase_timeouts[started_phase]
                     deadline = time.monotonic() + limit
             if not ready and proc.poll() is not None:
                 break  # exited, while a child it left behind may still hold the pipe open
@@ -147,6 +223,8 @@ def run_worker(
         _kill_group(proc.pid)
         os.close(read_fd)
         run.returncode = proc.wait()
+        if sys.platform.startswith("linux"):
+            run.orphans_killed = _kill_orphans(children_before)
     run.wall_s = time.monotonic() - started
     run.log_tail = read_log_tail(log_path)
     return run

@@ -21,7 +21,7 @@ from kbench.config import KbenchConfig, Tolerance
 from kbench.isolation import WorkerRun
 from kbench.reference import ReferenceRun
 from kbench.results import Verdict
-from kbench.spec import PERTURBED, TIMED, TRIAL, output_path, state_path
+from kbench.spec import PERTURBED, TIMED, TRIAL, file_digest, output_path, state_path
 from kbench.stats import median_ms, median_rse, speedup_interval
 
 WORKER_FAILURE_VERDICTS = {Verdict.COMPILE_ERROR, Verdict.LOAD_ERROR, Verdict.RUNTIME_ERROR}
@@ -40,6 +40,7 @@ WORKER_FLAGS = frozenset(
 # Flags that mean the solution broke the rules: with matching answers, the verdict is `rejected`.
 INTEGRITY_FLAGS = WORKER_FLAGS | {
     "output_not_tensor",
+    "output_tampered",
     "channel_tampering",
     "bad_timing",
     "implausible_speed",
@@ -85,15 +86,37 @@ def _valid_samples(samples: Any, least: int, most: int) -> list[float] | None:
     return [float(s) for s in samples]
 
 
+class TamperedOutput(UnreadableOutput):
+    """A solution output file that is not what the worker announced when it wrote it."""
+
+
+def load_announced(path: Path, announced: dict[str, str]) -> dict[str, Any]:
+    """Load a solution output only if the file still has the digest announced when it was written: a file
+    rewritten later (by an exit hook, say) or never announced is refused."""
+    if path.name not in announced:
+        if path.exists():
+            raise TamperedOutput(f"{path.name} was never announced by the worker")
+        raise UnreadableOutput(f"no output file {path.name}")
+    if not path.exists() or file_digest(path) != announced[path.name]:
+        raise TamperedOutput(f"{path.name} changed after the worker wrote it")
+    return load_outputs(path)
+
+
 def compare_kind(
-    out_dir: Path, kind: str, references: list[dict[str, Any]], tolerance_for: Callable[[str], Tolerance]
+    out_dir: Path,
+    kind: str,
+    references: list[dict[str, Any]],
+    tolerance_for: Callable[[str], Tolerance],
+    announced: dict[str, str],
 ) -> tuple[Comparison, list[dict[str, Any]]]:
     """Compare each saved solution output of one kind with the reference output the parent holds."""
     so_far = Comparison(True, "within tolerance", 0.0, 0.0)
     loaded = []
     for index, ref in enumerate(references):
         try:
-            new = load_outputs(output_path(out_dir, "new", kind, index))
+            new = load_announced(output_path(out_dir, "new", kind, index), announced)
+        except TamperedOutput as exc:
+            return merge(so_far, Comparison(False, f"{kind} {index}: {exc}", tampered=True)), loaded
         except UnreadableOutput as exc:
             return merge(so_far, Comparison(False, f"{kind} {index}: {exc}", not_tensor=True)), loaded
         loaded.append(new)
@@ -106,12 +129,22 @@ def compare_kind(
     return so_far, loaded
 
 
-def compare_state(out_dir: Path, reference: dict[str, torch.Tensor], tolerance_for: Callable[[str], Tolerance]) -> str:
+def compare_state(
+    out_dir: Path,
+    reference: dict[str, torch.Tensor],
+    tolerance_for: Callable[[str], Tolerance],
+    announced: dict[str, str],
+) -> str:
     """Empty when ModelNew's buffers after the trials match the reference's; else what differs."""
+    path = state_path(out_dir, "new")
+    if announced.get(path.name) is None or not path.exists() or file_digest(path) != announced[path.name]:
+        return "buffers file missing, or changed after the worker wrote it"
     try:
-        new = torch.load(state_path(out_dir, "new"), map_location="cpu", weights_only=True)
+        new = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         return f"buffers unreadable: {exc}".splitlines()[0]
+    if not isinstance(new, dict):
+        return "buffers file holds no buffers"
     for name, ref in reference.items():
         if name not in new or type(new[name]) is not torch.Tensor:
             return f"buffer {name} missing"
@@ -187,19 +220,26 @@ def judge_timing(
 
 
 def _comparisons(
-    out_dir: Path, reference: ReferenceRun, weights_mode: str | None, config: KbenchConfig, notes: list[str]
+    out_dir: Path,
+    reference: ReferenceRun,
+    weights_mode: str | None,
+    config: KbenchConfig,
+    notes: list[str],
+    announced: dict[str, str],
 ) -> tuple[Comparison, list[dict[str, Any]], list[tuple[str, Comparison]]]:
     """The trials, then (when they pass) timed outputs, buffers and perturbed weights: (trials, the solution's
     trial outputs, every check as (flag on failure, comparison))."""
     tolerance_for = config.tolerance_for
-    trials, new_trials = compare_kind(out_dir, TRIAL, reference.trials, tolerance_for)
+    trials, new_trials = compare_kind(out_dir, TRIAL, reference.trials, tolerance_for, announced)
     checks = [("", trials)]
     if trials.ok:
-        checks.append(("timed_output_mismatch", compare_kind(out_dir, TIMED, reference.timed, tolerance_for)[0]))
+        timed = compare_kind(out_dir, TIMED, reference.timed, tolerance_for, announced)[0]
+        checks.append(("timed_output_mismatch", timed))
     if trials.ok and weights_mode in ("by_name", "by_position"):
-        state_problem = compare_state(out_dir, reference.state, tolerance_for)
+        state_problem = compare_state(out_dir, reference.state, tolerance_for, announced)
         checks.append(("state_mismatch", Comparison(not state_problem, state_problem or "buffers match")))
-        checks.append(("stale_weights", compare_kind(out_dir, PERTURBED, reference.perturbed, tolerance_for)[0]))
+        perturbed = compare_kind(out_dir, PERTURBED, reference.perturbed, tolerance_for, announced)[0]
+        checks.append(("stale_weights", perturbed))
     elif trials.ok:
         notes.append("weights matched by seed only: buffer state and perturbed-weight checks skipped")
     return trials, new_trials, checks
@@ -232,11 +272,12 @@ def _verdict(
     # Wrong trial answers are `incorrect`; otherwise a broken rule is the root cause (an input the solution
     # overwrote also spoils its later outputs), so integrity flags come before the remaining mismatches.
     failures = [c for _, c in checks if not c.ok]
-    if not trials.ok and not trials.not_tensor:
+    if not trials.ok and not trials.not_tensor and not trials.tampered:
         return Verdict.INCORRECT, trials.reason
     if flags & INTEGRITY_FLAGS:
         bad = sorted(flags & INTEGRITY_FLAGS)
-        return Verdict.REJECTED, trials.reason if trials.not_tensor else f"integrity checks failed: {', '.join(bad)}"
+        own_reason = trials.not_tensor or trials.tampered
+        return Verdict.REJECTED, trials.reason if own_reason else f"integrity checks failed: {', '.join(bad)}"
     if failures:
         return Verdict.INCORRECT, failures[0].reason
     return Verdict.CORRECT, f"{trial_count} trials {trials.reason}"
@@ -267,10 +308,11 @@ def judge(
     notes: list[str] = []
     replaced = _strings(payload.get("replaced"))
     detail = "replaced after import: " + ", ".join(replaced) if replaced else ""
-    if worker.count("result") > 1 or worker.garbage_lines:
+    if worker.violations or worker.garbage_lines:
         flags.add("channel_tampering")  # only the solution could have written that to the private pipe
+        detail = "\n".join([detail, *worker.violations[:20]]).strip()
 
-    trials, new_trials, checks = _comparisons(out_dir, reference, weights_mode, config, notes)
+    trials, new_trials, checks = _comparisons(out_dir, reference, weights_mode, config, notes, worker.outputs)
     on_cuda = str(reference.device_info.get("device", "")).startswith("cuda")
     timing = judge_timing(payload, median_ms(reference.timing_ms), config, on_cuda)
     flags |= timing.flags
@@ -279,7 +321,9 @@ def judge(
     kernels = [k for k in kernels if isinstance(k, dict)]
     audit_flags, new_error = _audit_flags(reference, new_trials, timing.new_ms, floor, kernels, config)
     flags |= audit_flags | set(static_flags or [])
-    flags.update(flag for flag, check in checks if flag and not check.ok)
+    flags.update(flag for flag, check in checks if flag and not check.ok and not check.tampered)
+    if any(check.tampered for _, check in checks):
+        flags.add("output_tampered")
     if trials.not_tensor:
         flags.add("output_not_tensor")
     verdict, reason = _verdict(trials, checks, flags, len(reference.trials))

@@ -15,17 +15,23 @@ from pathlib import Path
 from typing import Any
 
 from kbench.channel import Channel
-from kbench.spec import FLOAT64, PERTURBED, TRIAL, WorkerSpec, state_path
+from kbench.spec import FLOAT64, PERTURBED, TRIAL, WorkerSpec
 
 
-def _float64_outputs(model: Any, problem: Any, spec: WorkerSpec) -> str | None:
+def _float64_outputs(model: Any, problem: Any, spec: WorkerSpec, channel: Channel) -> str | None:
     """Run a float64 copy of the model on the trial inputs; return why not, if it cannot."""
     from kbench import execution
 
     try:
         model64 = copy.deepcopy(model).double()
         execution.run_calls(
-            lambda inputs: model64(*execution.to_float64(inputs)), problem, spec, spec.trial_seeds(), "ref", FLOAT64
+            lambda inputs: model64(*execution.to_float64(inputs)),
+            problem,
+            spec,
+            spec.trial_seeds(),
+            "ref",
+            FLOAT64,
+            channel,
         )
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -43,20 +49,19 @@ def _timings(model: Any, input_sets: list[Any], spec: WorkerSpec) -> dict[str, A
     if not spec.time_reference:
         with torch.no_grad():
             return {"timing_ms": [], "last_outputs": [model(*inputs) for inputs in input_sets]}
-    timed = timing.time_models([model], input_sets, spec.device, plan)
+    timed = timing.time_models([model], [input_sets], spec.device, plan)
     found: dict[str, Any] = {"timing_ms": timed.samples_ms[0], "last_outputs": timed.last_outputs}
     if spec.compile_mode is not None:
         try:
             compiled = torch.compile(model, mode=spec.compile_mode)
-            found["compile_timing_ms"] = timing.time_models([compiled], input_sets, spec.device, plan).samples_ms[0]
+            found["compile_timing_ms"] = timing.time_models([compiled], [input_sets], spec.device, plan).samples_ms[0]
         except Exception as exc:  # a problem torch.compile cannot handle has no compile baseline, that's all
             found["compile_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
     return found
 
 
 def main(spec_path: str, fd: str) -> None:
-    channel = Channel(int(fd))
-    channel.phase("load")
+    channel = Channel(int(fd))  # the worker starts in the "load" phase
     try:
         import torch
 
@@ -67,20 +72,20 @@ def main(spec_path: str, fd: str) -> None:
         channel.phase("run")
         model = execution.seeded_model(problem, problem.Model, spec.weights_seed(), spec.device)
         perturbed = weights.perturbed_values(model, spec.perturbation_seed())
-        audit_error = _float64_outputs(model, problem, spec) if spec.audit_float64 else None
-        execution.run_calls(lambda inputs: model(*inputs), problem, spec, spec.trial_seeds(), "ref", TRIAL)
+        audit_error = _float64_outputs(model, problem, spec, channel) if spec.audit_float64 else None
+        execution.run_calls(lambda inputs: model(*inputs), problem, spec, spec.trial_seeds(), "ref", TRIAL, channel)
         state = dict(weights.named_state(model))
-        torch.save(weights.snapshot(state, weights.buffer_names(model)), state_path(Path(spec.out_dir), "ref"))
+        execution.save_state(weights.snapshot(state, weights.buffer_names(model)), spec, "ref", channel)
         input_sets = execution.timing_input_sets(problem, spec)
         timings = _timings(model, input_sets, spec)
         last_outputs = timings.pop("last_outputs")
-        execution.save_timed_outputs(last_outputs, spec, "ref")
+        execution.save_timed_outputs(last_outputs, spec, "ref", channel)
         with torch.no_grad():
             for name, tensor in state.items():
                 if name in perturbed:
                     tensor.copy_(perturbed[name])
         execution.run_calls(
-            lambda inputs: model(*inputs), problem, spec, spec.perturbed_trial_seeds(), "ref", PERTURBED
+            lambda inputs: model(*inputs), problem, spec, spec.perturbed_trial_seeds(), "ref", PERTURBED, channel
         )
         channel.send(
             result={

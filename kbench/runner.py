@@ -226,6 +226,7 @@ class Runner:
             speedup_high=judged.speedup_interval[1] if judged.speedup_interval else None,
             ref_rse=judged.ref_rse,
             new_rse=judged.new_rse,
+            # Interleaved: every round times the reference once and the solution once.
             ref_timing_count=judged.new_timing_count,
             new_timing_count=judged.new_timing_count,
             build_s=judged.build_s,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kbench.channel import Channel
-from kbench.spec import PERTURBED, TRIAL, WorkerSpec, state_path
+from kbench.spec import PERTURBED, TRIAL, WorkerSpec
 
 
 class _Failure(Exception):
@@ -65,6 +65,7 @@ def _build(spec: WorkerSpec, channel: Channel) -> Any:
 
 
 def _run(spec: WorkerSpec, problem: Any, model_new: type, guards: Any, channel: Channel) -> None:
+
     import torch
 
     from kbench import census, execution, integrity, timing, weights
@@ -77,22 +78,30 @@ def _run(spec: WorkerSpec, problem: Any, model_new: type, guards: Any, channel: 
         buffer_names = weights.buffer_names(reference)
         channel.send(weights=state.mode)
         watch = integrity.CallWatch(spec.device, spec.poison_numel)
+        # One untimed reference call first: the thread pools it starts are not the solution's threads.
+        with torch.no_grad():
+            reference(*execution.clone_inputs(execution.seeded_inputs(problem, spec.trial_seeds()[0], spec.device)))
 
         def checked(inputs: list[Any]) -> Any:
             watch.poison()
             return watch.call(candidate, inputs)
 
-        execution.run_calls(checked, problem, spec, spec.trial_seeds(), "new", TRIAL)
-        torch.save(weights.snapshot(state.targets, buffer_names), state_path(Path(spec.out_dir), "new"))
+        execution.run_calls(checked, problem, spec, spec.trial_seeds(), "new", TRIAL, channel)
+        execution.save_state(weights.snapshot(state.targets, buffer_names), spec, "new", channel)
         input_sets = execution.timing_input_sets(problem, spec)
-        # Reference and solution interleaved, round by round; the parent checks this reference time against
-        # the trusted worker's, so slowing the reference down here does not pass unnoticed.
+        pristine = [execution.clone_inputs(inputs) for inputs in input_sets]
+        reference_sets = [execution.clone_inputs(inputs) for inputs in input_sets]
+        # Reference and solution interleaved, round by round, each on its own copies of the inputs; the
+        # parent checks this reference time against the trusted worker's, so holding it back shows.
         plan = timing.TimingPlan.from_dict(spec.timing)
-        timed = timing.time_models([reference, candidate], input_sets, spec.device, plan)
-        execution.save_timed_outputs(timed.last_outputs, spec, "new")
+        timed = timing.time_models([reference, candidate], [reference_sets, input_sets], spec.device, plan)
+        watch.check_inputs_unchanged(input_sets, pristine)
+        if timed.deferred:
+            watch.flags.add("side_stream" if spec.device.startswith("cuda") else "thread")
+        execution.save_timed_outputs(timed.last_outputs, spec, "new", channel)
         if state.mode != "seeded_only":  # without a mapping, the perturbed weights cannot be given to ModelNew
             state.copy_in(perturbed)
-            execution.run_calls(checked, problem, spec, spec.perturbed_trial_seeds(), "new", PERTURBED)
+            execution.run_calls(checked, problem, spec, spec.perturbed_trial_seeds(), "new", PERTURBED, channel)
         kernels = []
         if spec.kernel_census and spec.device.startswith("cuda"):
             source = Path(spec.solution_path or "").read_text(encoding="utf-8")
@@ -112,8 +121,7 @@ def _run(spec: WorkerSpec, problem: Any, model_new: type, guards: Any, channel: 
 
 
 def main(spec_path: str, fd: str) -> None:
-    channel = Channel(int(fd))
-    channel.phase("load")
+    channel = Channel(int(fd))  # the worker starts in the "load" phase
     try:
         from kbench import execution, integrity
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,15 @@ class WorkerSpec:
     @classmethod
     def read(cls, path: Path) -> WorkerSpec:
         return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def file_digest(path: Path) -> str:
+    """BLAKE2b of a file's bytes: the worker announces it on writing, the parent checks it on reading."""
+    digest = hashlib.blake2b(digest_size=32)
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def output_path(out_dir: Path, role: str, kind: str, index: int) -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from kbench.integrity import fingerprint, plain_tensors, same
 from kbench.stats import median_rse
 
 FALLBACK_L2_BYTES = 50 * 1024 * 1024
@@ -52,8 +53,9 @@ class TimingPlan:
 
 @dataclass
 class TimedCalls:
-    samples_ms: list[list[float]]  # per callable, one sample per round
-    last_outputs: list[Any]  # the last timed output of the *last* callable for each input set
+    samples_ms: list[list[float]]  # per model, one sample per round
+    last_outputs: list[Any]  # the last model's last output on each input set, checked by the parent
+    deferred: bool = False  # the last model's output changed after its call had returned (work left running)
 
 
 def _l2_flush_buffer() -> torch.Tensor:
@@ -62,67 +64,98 @@ def _l2_flush_buffer() -> torch.Tensor:
     return torch.empty(2 * l2_bytes // 4, dtype=torch.float32, device="cuda")
 
 
+@dataclass
+class _Timed:
+    call: Callable[[int], None]  # the timed region
+    after: Callable[[int], None] | None = None  # runs right after the timed region, before the next call
+
+
 def time_models(
-    forwards: Sequence[Callable[..., Any]], input_sets: Sequence[Sequence[Any]], device: str, plan: TimingPlan
+    forwards: Sequence[Callable[..., Any]],
+    input_sets: Sequence[Sequence[Sequence[Any]]],
+    device: str,
+    plan: TimingPlan,
 ) -> TimedCalls:
-    """Time each forward in rounds (interleaved when several), rotating through the input sets."""
-    outputs: list[Any] = [None] * len(input_sets)
+    """Time each forward on its own input sets (``input_sets[i]`` for ``forwards[i]``, so no model sees
+    another's tensors), in rounds, interleaved when several. The last forward's outputs are kept and
+    fingerprinted as soon as each call returns, outside the timed region; a fingerprint that differs after
+    the final synchronisation means work was still running when the call returned."""
+    count = len(input_sets[0])
+    outputs: list[Any] = [None] * count
+    early: list[list[torch.Tensor] | None] = [None] * count
 
-    def bind(forward: Callable[..., Any], keep: bool) -> Callable[[int], None]:
-        def timed(index: int) -> None:
-            result = forward(*input_sets[index % len(input_sets)])
-            if keep:
-                outputs[index % len(input_sets)] = result
+    def bind(forward: Callable[..., Any], sets: Sequence[Sequence[Any]], watched: bool) -> _Timed:
+        def call(index: int) -> None:
+            result = forward(*sets[index % count])
+            if watched:
+                outputs[index % count] = result
 
-        return timed
+        def after(index: int) -> None:
+            early[index % count] = fingerprint(plain_tensors(outputs[index % count]))
 
-    calls = [bind(forward, keep=i == len(forwards) - 1) for i, forward in enumerate(forwards)]
-    samples = _time_rounds(calls, device.startswith("cuda"), plan)
-    return TimedCalls(samples, outputs)
+        return _Timed(call, after if watched else None)
+
+    timed = [
+        bind(f, sets, watched=i == len(forwards) - 1)
+        for i, (f, sets) in enumerate(zip(forwards, input_sets, strict=True))
+    ]
+    samples = _time_rounds(timed, device.startswith("cuda"), plan)
+    if not device.startswith("cuda"):
+        time.sleep(0.02)  # as in CallWatch: a thread still writing the last outputs shows within this window
+    late = [fingerprint(plain_tensors(output)) for output in outputs]
+    deferred = any(
+        before is not None and not all(same(a, b) for a, b in zip(before, after, strict=True))
+        for before, after in zip(early, late, strict=True)
+    )
+    return TimedCalls(samples, outputs, deferred)
 
 
-def _time_rounds(calls: list[Callable[[int], None]], cuda: bool, plan: TimingPlan) -> list[list[float]]:
-    samples: list[list[float]] = [[] for _ in calls]
+def _time_rounds(timed: list[_Timed], cuda: bool, plan: TimingPlan) -> list[list[float]]:
+    samples: list[list[float]] = [[] for _ in timed]
     flush = _l2_flush_buffer() if cuda and plan.flush_l2 else None
     with torch.no_grad():
         for i in range(plan.warmup):
-            for call in calls:
-                call(i)
+            for each in timed:
+                each.call(i)
         if cuda:
             _synchronize()
         started = _perf_counter()
         index = plan.warmup
         while True:
             batch = min(plan.repeats, plan.max_repeats - len(samples[0]))
-            batch_samples = _time_batch(calls, index, batch, flush) if cuda else _time_batch_cpu(calls, index, batch)
+            batch_samples = _time_batch(timed, index, batch, flush) if cuda else _time_batch_cpu(timed, index, batch)
             for mine, new in zip(samples, batch_samples, strict=True):
                 mine.extend(new)
             index += batch
             done = len(samples[0]) >= plan.max_repeats or _perf_counter() - started >= plan.budget_s
             if done or all(median_rse(s) <= plan.target_rse for s in samples):
+                if cuda:
+                    _synchronize()
                 return samples
 
 
-def _time_batch_cpu(calls: list[Callable[[int], None]], first: int, count: int) -> list[list[float]]:
-    samples: list[list[float]] = [[] for _ in calls]
+def _time_batch_cpu(timed: list[_Timed], first: int, count: int) -> list[list[float]]:
+    samples: list[list[float]] = [[] for _ in timed]
     for i in range(first, first + count):
-        for call, mine in zip(calls, samples, strict=True):
+        for each, mine in zip(timed, samples, strict=True):
             start = _perf_counter()
-            call(i)
+            each.call(i)
             mine.append((_perf_counter() - start) * 1e3)
+            if each.after is not None:
+                each.after(i)
     return samples
 
 
-def _time_batch(
-    calls: list[Callable[[int], None]], first: int, count: int, flush: torch.Tensor | None
-) -> list[list[float]]:
-    events = [[(_Event(enable_timing=True), _Event(enable_timing=True)) for _ in range(count)] for _ in calls]
+def _time_batch(timed: list[_Timed], first: int, count: int, flush: torch.Tensor | None) -> list[list[float]]:
+    events = [[(_Event(enable_timing=True), _Event(enable_timing=True)) for _ in range(count)] for _ in timed]
     for k, i in enumerate(range(first, first + count)):
-        for call, pairs in zip(calls, events, strict=True):
+        for each, pairs in zip(timed, events, strict=True):
             if flush is not None:
                 flush.zero_()
             _record(pairs[k][0])
-            call(i)
+            each.call(i)
             _record(pairs[k][1])
+            if each.after is not None:
+                each.after(i)
     _synchronize()
     return [[_elapsed_time(start, end) for start, end in pairs] for pairs in events]

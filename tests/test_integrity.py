@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import PROBLEMS, SOLUTIONS, fast_config, run_fixture
 
@@ -57,6 +59,33 @@ def test_outputs_sharing_an_inputs_storage_are_rejected(runner: Runner, fixture:
     assert flags <= set(result.flags)
     honest = run(runner, "honest", SCALED_COPY)
     assert honest.verdict == Verdict.CORRECT and honest.flags == []
+
+
+def test_outputs_rewritten_after_the_worker_reported_are_refused(runner: Runner):
+    result = run(runner, "rewrites_outputs_at_exit")
+    assert result.verdict == Verdict.REJECTED, (result.reason, result.flags)
+    assert "output_tampered" in result.flags and "changed after the worker wrote it" in result.reason
+
+
+def test_a_forged_protocol_message_cannot_switch_checks_off(runner: Runner):
+    result = run(runner, "forges_weights_message", BATCHNORM)
+    assert result.verdict in (Verdict.INCORRECT, Verdict.REJECTED), (result.reason, result.flags)
+    assert "channel_tampering" in result.flags and "second 'weights' message" in result.detail
+
+
+def test_re_announced_phases_do_not_extend_the_timeout():
+    with Runner(fast_config(run_s=5.0), "cpu") as short:
+        result = run(short, "phase_keepalive")
+    assert result.verdict == Verdict.TIMEOUT and result.wall_s < 30, (result.reason, result.wall_s)
+
+
+def test_a_process_left_behind_is_killed_with_the_worker(runner: Runner, tmp_path, monkeypatch):
+    pidfile = tmp_path / "daemon.pid"
+    monkeypatch.setenv("KBENCH_TEST_DAEMON_PIDFILE", str(pidfile))
+    result = run(runner, "leaves_daemon")
+    assert result.verdict == Verdict.CORRECT, (result.reason, result.flags)
+    pid = int(pidfile.read_text())
+    assert not Path(f"/proc/{pid}").exists(), "the daemon outlived its job"
 
 
 def test_a_forged_malformed_result_is_judged_not_fatal(runner: Runner):

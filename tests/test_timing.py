@@ -43,10 +43,10 @@ def test_speedup_interval_covers_the_true_ratio_and_drift_cancels():
 
 def test_timing_stops_at_the_target_the_budget_or_the_cap():
     calls = []
-    assert len(time_models([lambda x: calls.append(x)], [[0]], "cpu", plan()).samples_ms[0]) == 5
-    slow_to_settle = time_models([lambda x: None], [[0]], "cpu", plan(target_rse=1e-12, max_repeats=40))
+    assert len(time_models([lambda x: calls.append(x)], [[[0]]], "cpu", plan()).samples_ms[0]) == 5
+    slow_to_settle = time_models([lambda x: None], [[[0]]], "cpu", plan(target_rse=1e-12, max_repeats=40))
     assert len(slow_to_settle.samples_ms[0]) == 40  # never settles that tightly: the cap stops it
-    budget = time_models([lambda x: None], [[0]], "cpu", plan(target_rse=1e-12, max_repeats=10**6, budget_s=0.2))
+    budget = time_models([lambda x: None], [[[0]]], "cpu", plan(target_rse=1e-12, max_repeats=10**6, budget_s=0.2))
     assert 5 <= len(budget.samples_ms[0]) < 10**6
 
 
@@ -54,13 +54,39 @@ def test_interleaved_rounds_alternate_and_keep_the_last_models_outputs():
     order = []
     timed = time_models(
         [lambda x: order.append("ref") or "r", lambda x: order.append("new") or f"new{x}"],
-        [[0], [1]],
+        [[[0], [1]], [[0], [1]]],
         "cpu",
         plan(warmup=0, repeats=4, max_repeats=4),
     )
     assert order == ["ref", "new"] * 4
     assert [len(s) for s in timed.samples_ms] == [4, 4]
     assert timed.last_outputs == ["new0", "new1"]
+
+
+def test_each_model_times_on_its_own_inputs_and_late_writes_show():
+    import threading
+    import time
+
+    import torch
+
+    ref_input, new_input = torch.ones(4), torch.ones(4)
+
+    def vandal(x):  # scribbles on its input and leaves a thread writing the output
+        x.mul_(100)
+        out = torch.zeros(4)
+        threading.Thread(target=lambda: (time.sleep(0.01), out.fill_(7.0)), daemon=True).start()
+        return out
+
+    seen = []
+    timed = time_models(
+        [lambda x: seen.append(float(x.sum())), vandal],
+        [[[ref_input]], [[new_input]]],
+        "cpu",
+        plan(warmup=0, repeats=3, max_repeats=3),
+    )
+    time.sleep(0.05)
+    assert seen == [4.0, 4.0, 4.0]  # the reference's inputs are its own
+    assert timed.deferred
 
 
 def _payload(ref: float, new: float, n: int = 30) -> dict:
