@@ -36,7 +36,6 @@ class WorkerRun:
     timed_out_phase: str | None = None
     timeout_s: float | None = None
     log_tail: str = ""
-    wall_s: float = 0.0
     garbage_lines: int = 0  # lines on the channel that were not JSON objects
     violations: list[str] = field(default_factory=list)  # messages the worker's protocol does not allow
     outputs: dict[str, str] = field(default_factory=dict)  # output file name -> digest announced on writing
@@ -225,7 +224,6 @@ def run_worker(
         run.returncode = proc.wait()
         if sys.platform.startswith("linux"):
             run.orphans_killed = _kill_orphans(children_before)
-    run.wall_s = time.monotonic() - started
     run.log_tail = read_log_tail(log_path)
     return run
 

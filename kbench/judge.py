@@ -308,6 +308,8 @@ def judge(
     notes: list[str] = []
     replaced = _strings(payload.get("replaced"))
     detail = "replaced after import: " + ", ".join(replaced) if replaced else ""
+    if worker.orphans_killed:
+        notes.append(f"killed {worker.orphans_killed} process(es) the solution left running after its worker")
     if worker.violations or worker.garbage_lines:
         flags.add("channel_tampering")  # only the solution could have written that to the private pipe
         detail = "\n".join([detail, *worker.violations[:20]]).strip()

@@ -86,6 +86,7 @@ def test_a_process_left_behind_is_killed_with_the_worker(runner: Runner, tmp_pat
     assert result.verdict == Verdict.CORRECT, (result.reason, result.flags)
     pid = int(pidfile.read_text())
     assert not Path(f"/proc/{pid}").exists(), "the daemon outlived its job"
+    assert any("left running after its worker" in note for note in result.notes)
 
 
 def test_a_forged_malformed_result_is_judged_not_fatal(runner: Runner):
