@@ -114,7 +114,8 @@ class Recorder:
         except OSError as exc:
             raise RecordError(
                 f"cannot write to {self.run_dir.results.path}: {exc.strerror}. "
-                "Every result finished before this one is in that file."
+                "Every result finished before this one is in that file; fix the cause, then "
+                f"`kbench bench --resume {self.run_dir.run_id}` runs the rest."
             ) from None
 
     def finish(self, device_info: dict[str, Any], references: list[ReferenceCheck]) -> None:

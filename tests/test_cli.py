@@ -250,3 +250,44 @@ def _cmdline_mentions(proc: Path, text: str) -> bool:
         return text in (proc / "cmdline").read_bytes().decode(errors="replace") and os.getpid() != int(proc.name)
     except OSError:
         return False
+
+
+def test_a_full_disk_stops_the_run_with_a_clear_error_and_keeps_finished_results(
+    tmp_path: Path, make_catalog, config_file: Path, monkeypatch
+):
+    import errno
+
+    from kbench.results import ResultsFile
+
+    problems_dir, solutions_dir = make_catalog("affine_relu", ["correct_renamed", "correct_torch"])
+    real_append = ResultsFile.append
+    written = []
+
+    def append_until_full(self, result):
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_append(self, result)
+        written.append(result)
+
+    monkeypatch.setattr(ResultsFile, "append", append_until_full)
+    results_dir = tmp_path / "results"
+    code, out = invoke(
+        "bench",
+        "--all",
+        "--device",
+        "cpu",
+        "--problems-dir",
+        problems_dir,
+        "--solutions-dir",
+        solutions_dir,
+        "--results-dir",
+        results_dir,
+        "--config",
+        config_file,
+    )
+    message = " ".join(out.split())
+    assert code == 2 and "No space left on device" in message and "Every result finished before" in message
+    (run_dir,) = results_dir.iterdir()
+    assert f"kbench bench --resume {run_dir.name}" in message
+    kept = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert [r["solution"] for r in kept] == ["correct_renamed"]
