@@ -238,6 +238,26 @@ def lint(
     raise typer.Exit(EXIT_FAILED if any(c.error or c.warnings for c in checks) else EXIT_OK)
 
 
+@app.command()
+def calibrate(
+    device: DeviceOpt = "auto",
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the ceilings as JSON.")] = False,
+) -> None:
+    """Measure this device's copy bandwidth and matrix-product rates; later runs report each solution's
+    fraction of its bandwidth floor (roofline_fraction)."""
+    try:
+        ceilings = session.calibrate(resolve_device(device), load_config(config))
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        print(json.dumps(vars(ceilings)))
+        return
+    console.print(f"[bold]{ceilings.device_name}[/]: copy {ceilings.copy_gbs:.1f} GB/s (read + write)")
+    for precision, rate in ceilings.gemm_tflops.items():
+        console.print(f"  {precision} matrix product: {rate:.2f} TFLOP/s")
+
+
 def _print_gate(checks: list[GateCheck]) -> int:
     console.print(display.gate_table(checks))
     return EXIT_OK if checks and all(c.passed for c in checks) else EXIT_FAILED

@@ -32,6 +32,7 @@ COLUMNS = [
     "ref_error_fp64",
     "new_error_fp64",
     "floor_ms",
+    "roofline_fraction",
     "build_s",
     "build_cache_hit",
     "weights",

@@ -55,6 +55,7 @@ class JobResult:
     ref_error_fp64: float | None = None  # PyTorch fp32's relative error against a float64 reference
     new_error_fp64: float | None = None  # the solution's relative error against the same float64 reference
     floor_ms: float | None = None  # least time the problem's bytes take at peak memory bandwidth
+    roofline_fraction: float | None = None  # (bytes / measured copy bandwidth) / new_ms; needs `kbench calibrate`
     kernels: list[dict[str, Any]] = field(default_factory=list)  # CUDA kernel census of one forward call
     warnings: list[str] = field(default_factory=list)  # about the problem (degenerate) or the device (throttling)
     device_state: dict[str, Any] = field(default_factory=dict)  # NVML while the solution worker ran (CUDA)

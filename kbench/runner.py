@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kbench import audit
-from kbench.baselines import Baseline, BaselineCache, baseline_key
+from kbench.baselines import Baseline, baseline_key
 from kbench.catalog import PACKAGE_DIR, Problem, Solution
 from kbench.config import KbenchConfig
 from kbench.isolation import run_worker
@@ -26,6 +26,7 @@ from kbench.reference import ReferenceRun, load_reference
 from kbench.results import JobResult, Verdict
 from kbench.spec import WorkerSpec
 from kbench.stats import median_ms
+from kbench.store import JsonStore
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ class Runner:
         device: str,
         cache_root: Path | None = None,
         bandwidth_bytes_per_s: float | None = None,
-        baseline_cache: BaselineCache | None = None,
+        baseline_cache: JsonStore | None = None,
+        measured_bandwidth_bytes_per_s: float | None = None,
         device_name: str = "",
     ) -> None:
         self.config = config
@@ -67,6 +69,7 @@ class Runner:
         self.bandwidth_bytes_per_s = bandwidth_bytes_per_s
         self.baseline_cache = baseline_cache if config.baselines.cache else None
         self.device_name = device_name or device
+        self.measured_bandwidth_bytes_per_s = measured_bandwidth_bytes_per_s
         self._scratch = Path(tempfile.mkdtemp(prefix="kbench-"))
         self._references: dict[str, ReferenceRun] = {}
         self.device_info: dict[str, Any] = {}
@@ -115,7 +118,7 @@ class Runner:
         key = baseline_key(
             problem, overrides, self.device_name, {"timing": self.config.timing.model_dump(), "compile": compile_mode}
         )
-        cached = self.baseline_cache.get(key) if self.baseline_cache else None
+        cached = self.baseline_cache.get(key, Baseline) if self.baseline_cache else None
         spec.time_reference = cached is None
         spec.compile_mode = compile_mode if cached is None else None
         spec.write(spec_path)
@@ -164,6 +167,11 @@ class Runner:
                 detail=traceback.format_exc()[-20_000:],
                 wall_s=time.monotonic() - started,
             )
+
+    def _roofline_fraction(self, reference: ReferenceRun, new_ms: float | None) -> float | None:
+        """How close the solution comes to moving its bytes at the measured copy bandwidth (1.0 = as fast)."""
+        floor = audit.floor_ms(reference.moved_bytes, self.measured_bandwidth_bytes_per_s)
+        return floor / new_ms if floor and new_ms else None
 
     def _run(self, job: Job, started: float) -> JobResult:
         base: dict[str, Any] = {
@@ -235,6 +243,7 @@ class Runner:
             ref_error_fp64=reference.float64_error,
             new_error_fp64=judged.new_error_fp64,
             floor_ms=judged.floor_ms,
+            roofline_fraction=self._roofline_fraction(reference, judged.new_ms) if judged.speedup else None,
             kernels=judged.kernels,
             warnings=reference.warnings + monitor.state.warnings(),
             device_state=asdict(monitor.state) if monitor.state.samples or monitor.state.error else {},

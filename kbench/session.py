@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from kbench import catalog, metadata
-from kbench.baselines import BaselineCache
 from kbench.build_cache import default_cache_root
+from kbench.calibrate import Ceilings, measure
 from kbench.catalog import Problem
 from kbench.config import KbenchConfig
 from kbench.reference import ReferenceRun
@@ -18,6 +18,8 @@ from kbench.results import JobResult
 from kbench.runner import Job, Runner, effective_overrides
 from kbench.runs import RunDir
 from kbench.stats import median_ms
+from kbench.store import JsonStore
+from kbench.timing import TimingPlan
 
 
 class RecordError(Exception):
@@ -168,15 +170,33 @@ def lint(problems: list[Problem], device: str, config: KbenchConfig, overrides: 
     return checks
 
 
+CALIBRATION_FILE = "calibration.json"
+
+
+def device_name(device: str) -> str:
+    """The name caches key on: the GPU's, or the CPU model."""
+    gpus = metadata.gpu_state() if device.startswith("cuda") else []
+    return str(gpus[0]["name"]) if gpus else metadata.cpu_model()
+
+
+def calibrate(device: str, config: KbenchConfig) -> Ceilings:
+    """Measure this device's ceilings and keep them for later runs' roofline fractions."""
+    ceilings = measure(device, device_name(device), TimingPlan.from_dict(config.timing.model_dump()))
+    JsonStore(default_cache_root() / CALIBRATION_FILE).put(ceilings.device_name, ceilings)
+    return ceilings
+
+
 def _runner(config: KbenchConfig, device: str) -> Runner:
     """A runner with this machine's facts: peak bandwidth, device name, and the baseline cache."""
-    gpus = metadata.gpu_state() if device.startswith("cuda") else []
+    name = device_name(device)
+    ceilings = JsonStore(default_cache_root() / CALIBRATION_FILE).get(name, Ceilings)
     return Runner(
         config,
         device,
         bandwidth_bytes_per_s=_bandwidth(config, device),
-        baseline_cache=BaselineCache(default_cache_root() / "baselines.json"),
-        device_name=str(gpus[0]["name"]) if gpus else metadata.cpu_model(),
+        baseline_cache=JsonStore(default_cache_root() / "baselines.json"),
+        device_name=name,
+        measured_bandwidth_bytes_per_s=ceilings.copy_gbs * 1e9 if ceilings else None,
     )
 
 

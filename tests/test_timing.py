@@ -116,11 +116,11 @@ def test_patching_a_function_the_reference_uses_is_rejected():
 
 @pytest.mark.slow
 def test_compile_baseline_is_measured_once_then_taken_from_the_cache(tmp_path):
-    from kbench.baselines import BaselineCache
     from kbench.config import BaselineConfig
+    from kbench.store import JsonStore
 
     config = fast_config().model_copy(update={"baselines": BaselineConfig(compile="on")})
-    cache = BaselineCache(tmp_path / "baselines.json")
+    cache = JsonStore(tmp_path / "baselines.json")
     problem = read_problem(PROBLEMS / "affine_relu.py")
     with Runner(config, "cpu", baseline_cache=cache, device_name="test-cpu") as first:
         measured = run_fixture(first, problem, "correct_torch")
@@ -133,3 +133,29 @@ def test_compile_baseline_is_measured_once_then_taken_from_the_cache(tmp_path):
     with Runner(config, "cpu", baseline_cache=cache, device_name="another-cpu") as elsewhere:
         fresh = run_fixture(elsewhere, problem, "correct_torch")
     assert not any("baseline cache" in note for note in fresh.notes)
+
+
+def test_calibrate_measures_ceilings_and_later_runs_report_the_roofline_fraction(tmp_path, monkeypatch):
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from kbench.cli import app
+
+    monkeypatch.setenv("KBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    config = tmp_path / "fast.yaml"
+    config.write_text(yaml.safe_dump(fast_config().model_dump()))
+    cli = CliRunner(env={"COLUMNS": "200"})
+    result = cli.invoke(app, ["calibrate", "--device", "cpu", "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    ceilings = json.loads(result.output.strip().splitlines()[-1])
+    assert ceilings["copy_gbs"] > 0 and ceilings["gemm_tflops"]["fp32"] > 0
+    assert (tmp_path / "cache" / "calibration.json").exists()
+    problem = str(PROBLEMS / "affine_relu.py")
+    solution = str(PROBLEMS.parent / "solutions" / "affine_relu" / "correct_torch.py")
+    verified = cli.invoke(
+        app, ["verify", problem, "-s", solution, "--device", "cpu", "--config", str(config), "--json"]
+    )
+    line = json.loads(verified.output.strip().splitlines()[-1])
+    assert line["verdict"] == "correct" and line["roofline_fraction"] > 0
