@@ -71,7 +71,7 @@ def main(spec_path: str, fd: str) -> None:
         problem = execution.load_problem(spec)
         channel.phase("run")
         model = execution.seeded_model(problem, problem.Model, spec.weights_seed(), spec.device)
-        perturbed = weights.perturbed_values(model, spec.perturbation_seed())
+        perturbed = weights.perturbed_values(model, spec.perturbation_seed(), spec.perturbation_trials > 0)
         audit_error = _float64_outputs(model, problem, spec, channel) if spec.audit_float64 else None
         execution.run_calls(lambda inputs: model(*inputs), problem, spec, spec.trial_seeds(), "ref", TRIAL, channel)
         state = dict(weights.named_state(model))

@@ -74,7 +74,7 @@ def _run(spec: WorkerSpec, problem: Any, model_new: type, guards: Any, channel: 
         reference = execution.seeded_model(problem, problem.Model, spec.weights_seed(), spec.device)
         candidate = execution.seeded_model(problem, model_new, spec.weights_seed(), spec.device)
         state = weights.copy_reference_weights(reference, candidate)
-        perturbed = weights.perturbed_values(reference, spec.perturbation_seed())
+        perturbed = weights.perturbed_values(reference, spec.perturbation_seed(), spec.perturbation_trials > 0)
         buffer_names = weights.buffer_names(reference)
         channel.send(weights=state.mode)
         watch = integrity.CallWatch(spec.device, spec.poison_numel)

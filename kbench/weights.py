@@ -50,10 +50,12 @@ def copy_reference_weights(reference: nn.Module, candidate: nn.Module) -> StateM
     return state
 
 
-def perturbed_values(reference: nn.Module, seed: int) -> dict[str, torch.Tensor]:
+def perturbed_values(reference: nn.Module, seed: int, wanted: bool = True) -> dict[str, torch.Tensor]:
     """New values for every floating parameter and buffer: each scaled by a random factor in [0.5, 1.5] and
     shifted by up to 10 % of its largest magnitude. Signs mostly survive (variances stay positive) while every
     value changes, so a solution that cached anything derived from the weights gives different answers."""
+    if not wanted:  # no perturbed trials: spare a full copy of every weight
+        return {}
     values = {}
     with torch.no_grad():
         for index, (name, tensor) in enumerate(named_state(reference)):

@@ -165,3 +165,14 @@ def test_relative_error_and_precision_rule():
     assert audit.relative_error({"tensors": [torch.tensor([1.0, 2.0, 2.3])]}, exact) == pytest.approx(0.1)
     assert audit.precision_loss(1e-5, 1e-7, 4.0, 1e-6)
     assert not audit.precision_loss(3e-6, 1e-7, 4.0, 1e-6)  # both under the floor's reach
+
+
+def test_without_perturbed_trials_no_weight_copy_is_made_and_judging_still_works():
+    from kbench.config import IntegrityConfig
+
+    config = fast_config().model_copy(update={"integrity": IntegrityConfig(perturbation_trials=0)})
+    with Runner(config, "cpu") as runner_without:
+        honest = run(runner_without, "correct_torch")
+        stale = run(runner_without, "stale_weights")
+    assert honest.verdict == Verdict.CORRECT and honest.flags == []
+    assert stale.verdict == Verdict.CORRECT  # what perturbation_trials: 0 gives up, as configured
