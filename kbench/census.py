@@ -25,6 +25,11 @@ def _is_own(kernel: str, names: set[str]) -> bool:
     return any(re.search(rf"(^|[\s:*&]){re.escape(name)}\b", kernel) for name in names)
 
 
+def device_kind(event: Any) -> str:
+    """Where a torch.profiler event ran: "CPU", "CUDA", ..."""
+    return str(getattr(event, "device_type", "")).split(".")[-1]
+
+
 def kernel_census(forward: Callable[..., Any], inputs: list[Any], source: str) -> list[dict[str, Any]]:
     from torch.profiler import ProfilerActivity, profile
 
@@ -34,7 +39,7 @@ def kernel_census(forward: Callable[..., Any], inputs: list[Any], source: str) -
     names = own_kernel_names(source)
     rows = []
     for event in prof.key_averages():
-        if str(getattr(event, "device_type", "")).split(".")[-1] != "CUDA":
+        if device_kind(event) != "CUDA":
             continue
         device_us = getattr(event, "device_time_total", None)
         if device_us is None:

@@ -12,10 +12,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from kbench import catalog, display, report, session
 from kbench.catalog import CatalogError
-from kbench.config import ConfigError, KbenchConfig, load_config
+from kbench.config import ConfigError, KbenchConfig, check_timing_mode, load_config
 from kbench.gate import GateCheck, evaluate, load_gate
 from kbench.results import JobResult, Verdict
 from kbench.runs import RunNotFound, find_run, new_run
@@ -36,6 +37,14 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Run configurat
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a problem's module-level constant, e.g. --set batch_size=8. Repeatable."),
+]
+TimingModeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--timing-mode",
+        help="events (CUDA events per call), graph (CUDA-graph replays) or kernel (profiler kernel time); "
+        "overrides timing.mode of the config. graph and kernel need CUDA.",
+    ),
 ]
 ResultsDirOpt = Annotated[Path, typer.Option("--results-dir", help="Folder holding run directories.")]
 ProblemsDirOpt = Annotated[
@@ -61,6 +70,15 @@ def resolve_device(requested: str) -> str:
     if requested == "cuda" and not torch.cuda.is_available():
         raise fail("--device cuda, but this torch sees no CUDA device (use --device cpu)")
     return requested
+
+
+def settings(config: Path | None, device: str, timing_mode: str | None = None) -> tuple[KbenchConfig, str]:
+    """The run's configuration and device, checked together: a timing mode the device cannot use is an error
+    before anything runs."""
+    cfg = load_config(config, timing_mode)
+    dev = resolve_device(device)
+    check_timing_mode(cfg, dev)
+    return cfg, dev
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -127,6 +145,7 @@ def verify(
     device: DeviceOpt = "auto",
     overrides: SetOpt = None,
     config: ConfigOpt = None,
+    timing_mode: TimingModeOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per job on stdout.")] = False,
     problems_dir: ProblemsDirOpt = catalog.PROBLEMS_DIR,
     solutions_dir: SolutionsDirOpt = catalog.SOLUTIONS_DIR,
@@ -134,8 +153,7 @@ def verify(
     """Check that solutions give the reference's answers, and time both."""
     registry = catalog.Catalog(problems_dir, solutions_dir)
     try:
-        cfg = load_config(config)
-        dev = resolve_device(device)
+        cfg, dev = settings(config, device, timing_mode)
         target = registry.resolve_problem(problem)
         sizes = parse_overrides(overrides)
         if not solution and not [s for s in registry.registered_solutions(target) if dev in s.devices]:
@@ -163,6 +181,7 @@ def bench(
     device: DeviceOpt = "auto",
     overrides: SetOpt = None,
     config: ConfigOpt = None,
+    timing_mode: TimingModeOpt = None,
     results_dir: ResultsDirOpt = Path("results"),
     gate: Annotated[Path | None, typer.Option("--gate", help="Also apply this gate file to the run.")] = None,
     problems_dir: ProblemsDirOpt = catalog.PROBLEMS_DIR,
@@ -171,6 +190,8 @@ def bench(
     """Verify and time every problem x solution; record the run under results/<run-id>/."""
     if resume is not None and (problems or run_all):
         raise fail("--resume takes no problem selection: the run's own is used")
+    if resume is not None and timing_mode is not None:
+        raise fail("--resume takes no --timing-mode: the run's own configuration is used")
     if resume is None and run_all == bool(problems):
         raise fail("name the problems to run, or pass --all (not both)")
     try:
@@ -180,11 +201,11 @@ def bench(
             resumption = session.plan_resume(run_dir)
             # A run resumes with its own configuration, on its own device.
             planned, cfg, dev = resumption.plan, resumption.config, resolve_device(resumption.device)
+            check_timing_mode(cfg, dev)
             console.print(f"resuming {run_dir.run_id}: {resumption.done} jobs done, {len(planned.jobs)} to run")
             recorder = session.Recorder.reopen(run_dir, sys.argv)
         else:
-            cfg = load_config(config)
-            dev = resolve_device(device)
+            cfg, dev = settings(config, device, timing_mode)
             registry = catalog.Catalog(problems_dir, solutions_dir)
             targets = registry.list_problems() if run_all else [registry.resolve_problem(p) for p in problems or []]
             sizes = parse_overrides(overrides)
@@ -221,8 +242,7 @@ def lint(
     if run_all == bool(problems):
         raise fail("name the problems to check, or pass --all (not both)")
     try:
-        cfg = load_config(config)
-        dev = resolve_device(device)
+        cfg, dev = settings(config, device)
         registry = catalog.Catalog(problems_dir)
         targets = registry.list_problems() if run_all else [registry.resolve_problem(p) for p in problems or []]
         checks = session.lint(targets, dev, cfg, parse_overrides(overrides))
@@ -247,7 +267,8 @@ def calibrate(
     """Measure this device's copy bandwidth and matrix-product rates; later runs report each solution's
     fraction of its bandwidth floor (roofline_fraction)."""
     try:
-        ceilings = session.calibrate(resolve_device(device), load_config(config))
+        cfg, dev = settings(config, device)
+        ceilings = session.calibrate(dev, cfg)
     except ConfigError as exc:
         raise fail(str(exc)) from None
     if as_json:
@@ -256,6 +277,12 @@ def calibrate(
     console.print(f"[bold]{ceilings.device_name}[/]: copy {ceilings.copy_gbs:.1f} GB/s (read + write)")
     for precision, rate in ceilings.gemm_tflops.items():
         console.print(f"  {precision} matrix product: {rate:.2f} TFLOP/s")
+    if not dev.startswith("cuda"):
+        console.print("  events vs kernel timing: not available on the CPU (kernel timing needs CUDA)")
+    for name, difference in ceilings.kernel_agreement.items():
+        console.print(f"  events vs kernel timing, {name}: medians differ by {difference:.2%}")
+    for note in ceilings.notes:
+        console.print(f"  [yellow]{escape(note)}[/]", highlight=False)
 
 
 def _print_gate(checks: list[GateCheck]) -> int:

@@ -7,12 +7,21 @@ test keeps the two identical.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 DType = Literal["float64", "float32", "float16", "bfloat16"]
+# events: CUDA events around each call (perf_counter on the CPU); graph: CUDA-graph replays timed with events;
+# kernel: the device time of the kernels each call launched, from torch.profiler (see docs/timing.md).
+TimingMode = Literal["events", "graph", "kernel"]
+TIMING_MODES: tuple[str, ...] = get_args(TimingMode)
+# Why a mode cannot time a CPU run: it is refused before any job runs rather than silently replaced.
+NEEDS_CUDA = {
+    "graph": "it replays CUDA graphs",
+    "kernel": "it sums the CUDA kernel times torch.profiler records",
+}
 
 
 class ConfigError(Exception):
@@ -44,6 +53,7 @@ class Timeouts(_Strict):
 
 
 class TimingConfig(_Strict):
+    mode: TimingMode = "events"  # how one call is timed; --timing-mode overrides it
     warmup: int = Field(default=5, ge=0)
     repeats: int = Field(default=30, ge=1)  # timed rounds at least, and per batch between stopping checks
     max_repeats: int = Field(default=2000, ge=1)  # timed rounds at most
@@ -118,11 +128,28 @@ def validation_message(path: Path, exc: ValidationError) -> str:
     return f"{path}: " + "; ".join(problems)
 
 
-def load_config(path: Path | None) -> KbenchConfig:
-    if path is None:
-        return KbenchConfig()
-    data = read_yaml(path)
-    try:
-        return KbenchConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(validation_message(path, exc)) from None
+def load_config(path: Path | None, timing_mode: str | None = None) -> KbenchConfig:
+    """The configuration in ``path`` (the defaults without one), with ``timing_mode`` (--timing-mode) over it."""
+    config = KbenchConfig()
+    if path is not None:
+        try:
+            config = KbenchConfig.model_validate(read_yaml(path))
+        except ValidationError as exc:
+            raise ConfigError(validation_message(path, exc)) from None
+    return config if timing_mode is None else with_timing_mode(config, timing_mode)
+
+
+def with_timing_mode(config: KbenchConfig, mode: str) -> KbenchConfig:
+    if mode not in TIMING_MODES:
+        raise ConfigError(f"--timing-mode must be {', '.join(TIMING_MODES[:-1])} or {TIMING_MODES[-1]}, not '{mode}'")
+    return config.model_copy(update={"timing": config.timing.model_copy(update={"mode": mode})})
+
+
+def check_timing_mode(config: KbenchConfig, device: str) -> None:
+    """Graph and kernel timing need CUDA: asking for them on the CPU is a configuration error, raised before any
+    job runs, never a silent switch to another timer."""
+    mode = config.timing.mode
+    if mode in NEEDS_CUDA and not device.startswith("cuda"):
+        raise ConfigError(
+            f"timing mode '{mode}' needs CUDA ({NEEDS_CUDA[mode]}); on the {device} use timing mode 'events'"
+        )

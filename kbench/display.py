@@ -86,6 +86,8 @@ def print_details(console: Console, results: list[JobResult], kernels: bool = Fa
             console.print(f"{name}: correct, flagged: {', '.join(r.flags)}")
         if r.new_error_fp64 is not None and r.ref_error_fp64 is not None and (kernels or "precision_loss" in r.flags):
             console.print(f"{name}: error vs float64 {r.new_error_fp64:.2e} (PyTorch fp32: {r.ref_error_fp64:.2e})")
+        if r.timing_fallback:
+            console.print(f"{name}: [yellow]timed with {r.timing_mode}:[/] {escape(r.timing_fallback)}")
         for note in r.notes:
             console.print(f"{name}: [dim]{escape(note)}[/]")
         for warning in r.warnings:

@@ -30,6 +30,17 @@ TIMER_PATHS = (
     "torch.cuda.Event.query",
     "torch.cuda.current_stream",
     "torch.cuda.Stream.synchronize",
+    # graph and kernel timing (kbench.timing_modes)
+    "torch.cuda.Stream",
+    "torch.cuda.Stream.wait_stream",
+    "torch.cuda.stream",
+    "torch.cuda.graph",
+    "torch.cuda.CUDAGraph",
+    "torch.cuda.CUDAGraph.capture_begin",
+    "torch.cuda.CUDAGraph.capture_end",
+    "torch.cuda.CUDAGraph.replay",
+    "torch.profiler.profile",
+    "torch.profiler.record_function",
 )
 # Functions a solution has no business replacing: comparisons, the harness, the problem's own definitions.
 # All of torch's public functions, Tensor methods and nn modules are watched as well (see _torch_namespaces).

@@ -64,6 +64,8 @@ class Judgement:
     speedup_interval: tuple[float, float] | None = None
     new_rse: float | None = None
     ref_rse: float | None = None
+    timing_mode: str | None = None
+    timing_fallback: str | None = None
     build_s: float | None = None
     build_cache_hit: bool | None = None
     weights: str | None = None
@@ -191,19 +193,35 @@ class TimingFacts:
     interval: tuple[float, float] | None = None
     new_rse: float | None = None
     ref_rse: float | None = None
+    mode: str | None = None
+    fallback: str | None = None
     flags: set[str] = field(default_factory=set)
+
+
+def timing_mode_used(payload: dict[str, Any], requested: str) -> tuple[str, str | None] | None:
+    """(mode, fallback reason) as the worker reports them, or None when that cannot be true: a worker times in
+    the requested mode, or falls back to events and says why."""
+    mode, fallback = payload.get("timing_mode"), payload.get("timing_fallback")
+    if mode == requested and fallback is None:
+        return requested, None
+    if mode == "events" and requested != "events" and isinstance(fallback, str) and fallback.strip():
+        return "events", fallback.strip()[:500]
+    return None
 
 
 def judge_timing(
     payload: dict[str, Any], trusted_ref_ms: float | None, config: KbenchConfig, on_cuda: bool
 ) -> TimingFacts:
-    """Medians, the paired speedup and its interval, and whether the interleaved reference was held back."""
+    """Medians, the paired speedup and its interval, the timing mode used, and whether the interleaved
+    reference was held back."""
     least, most = config.timing.repeats, config.timing.max_repeats
     new = _valid_samples(payload.get("timing_ms"), least, most)
     ref = _valid_samples(payload.get("ref_timing_ms"), least, most)
-    if new is None or ref is None or len(new) != len(ref):
+    used = timing_mode_used(payload, config.timing.mode)
+    if new is None or ref is None or len(new) != len(ref) or used is None:
         return TimingFacts(flags={"bad_timing"})
     facts = TimingFacts(median_ms(new), median_ms(ref), len(new), new_rse=median_rse(new), ref_rse=median_rse(ref))
+    facts.mode, facts.fallback = used
     facts.speedup = facts.ref_ms / facts.new_ms if facts.ref_ms and facts.new_ms else None
     facts.interval = speedup_interval(ref, new)
     # The reference beside the solution runs in the solution's process. Slower there than in the trusted
@@ -316,7 +334,16 @@ def judge(
 
     trials, new_trials, checks = _comparisons(out_dir, reference, weights_mode, config, notes, worker.outputs)
     on_cuda = str(reference.device_info.get("device", "")).startswith("cuda")
-    timing = judge_timing(payload, median_ms(reference.timing_ms), config, on_cuda)
+    # A reference alone timed in another mode (one of them fell back to events) is no yardstick for the
+    # reference beside the solution: its drift is then not judged.
+    used = timing_mode_used(payload, config.timing.mode)
+    same_mode = used is None or reference.timing_mode in (None, used[0])
+    timing = judge_timing(payload, median_ms(reference.timing_ms) if same_mode else None, config, on_cuda)
+    if not same_mode:
+        notes.append(
+            f"reference drift not judged: the reference alone was timed with {reference.timing_mode}, "
+            f"beside the solution with {timing.mode}"
+        )
     flags |= timing.flags
     floor = audit.floor_ms(reference.moved_bytes, bandwidth_bytes_per_s)
     kernels = payload.get("kernels") if isinstance(payload.get("kernels"), list) else []
@@ -343,6 +370,8 @@ def judge(
         speedup_interval=timing.interval if correct else None,
         new_rse=timing.new_rse,
         ref_rse=timing.ref_rse,
+        timing_mode=timing.mode,
+        timing_fallback=timing.fallback,
         new_error_fp64=new_error,
         floor_ms=floor,
         kernels=kernels,

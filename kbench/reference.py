@@ -25,6 +25,9 @@ class ReferenceRun:
     compile_timing_ms: list[float] = field(default_factory=list)  # torch.compile(Model), when measured
     compile_error: str | None = None
     baseline_cached: bool = False  # the timings came from the baseline cache, not this run
+    timing_mode: str | None = None  # the timing mode actually used for timing_ms (see docs/timing.md)
+    compile_timing_mode: str | None = None  # ... and for compile_timing_ms
+    timing_notes: list[str] = field(default_factory=list)  # why a timing fell back to another mode
     device_info: dict[str, Any] = field(default_factory=dict)
     moved_bytes: int = 0  # inputs + outputs + parameters and buffers: what one call must at least move
     audit_error: str | None = None
@@ -56,6 +59,8 @@ def load_reference(out_dir: Path, spec: WorkerSpec, result: dict[str, Any]) -> R
     run.timing_ms = [float(s) for s in result.get("timing_ms", [])]
     run.compile_timing_ms = [float(s) for s in result.get("compile_timing_ms", [])]
     run.compile_error = result.get("compile_error")
+    run.timing_mode, run.compile_timing_mode = result.get("timing_mode"), result.get("compile_timing_mode")
+    run.timing_notes = [str(note) for note in result.get("timing_notes", [])]
     run.device_info = result.get("device_info", {})
     run.audit_error = result.get("audit_error")
     run.moved_bytes = sum(int(result.get(key, 0)) for key in ("input_bytes", "output_bytes", "state_bytes"))

@@ -12,10 +12,13 @@ import copy
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kbench.channel import Channel
 from kbench.spec import FLOAT64, PERTURBED, TRIAL, WorkerSpec
+
+if TYPE_CHECKING:
+    from kbench.timing import TimedCalls
 
 
 def _float64_outputs(model: Any, problem: Any, spec: WorkerSpec, channel: Channel) -> str | None:
@@ -49,15 +52,27 @@ def _timings(model: Any, input_sets: list[Any], spec: WorkerSpec) -> dict[str, A
     if not spec.time_reference:
         with torch.no_grad():
             return {"timing_ms": [], "last_outputs": [model(*inputs) for inputs in input_sets]}
-    timed = timing.time_models([model], [input_sets], spec.device, plan)
-    found: dict[str, Any] = {"timing_ms": timed.samples_ms[0], "last_outputs": timed.last_outputs}
+    timed = timing.time_models([model], [input_sets], spec.device, plan, ["reference"])
+    found: dict[str, Any] = {
+        "timing_ms": timed.samples_ms[0],
+        "last_outputs": timed.last_outputs,
+        "timing_mode": timed.mode,
+        "timing_notes": _fallback_notes("reference alone", timed),
+    }
     if spec.compile_mode is not None:
         try:
             compiled = torch.compile(model, mode=spec.compile_mode)
-            found["compile_timing_ms"] = timing.time_models([compiled], [input_sets], spec.device, plan).samples_ms[0]
+            timed = timing.time_models([compiled], [input_sets], spec.device, plan, ["torch.compile(reference)"])
+            found["compile_timing_ms"] = timed.samples_ms[0]
+            found["compile_timing_mode"] = timed.mode
+            found["timing_notes"] += _fallback_notes("torch.compile baseline", timed)
         except Exception as exc:  # a problem torch.compile cannot handle has no compile baseline, that's all
             found["compile_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
     return found
+
+
+def _fallback_notes(what: str, timed: TimedCalls) -> list[str]:
+    return [f"{what} timed with {timed.mode}: {timed.fallback}"] if timed.fallback else []
 
 
 def main(spec_path: str, fd: str) -> None:

@@ -39,11 +39,23 @@ COLUMNS = [
     "trials",
     "ref_timing_count",
     "new_timing_count",
+    "timing_mode",
+    "timing_fallback",
     "device",
     "overrides",
     "wall_s",
 ]
-MARKDOWN_COLUMNS = ["problem", "solution", "verdict", "max_abs_error", "ref_ms", "new_ms", "speedup", "flags"]
+MARKDOWN_COLUMNS = [
+    "problem",
+    "solution",
+    "verdict",
+    "max_abs_error",
+    "ref_ms",
+    "new_ms",
+    "speedup",
+    "timing_mode",
+    "flags",
+]
 
 
 def results_frame(results: list[JobResult]) -> pd.DataFrame:

@@ -49,6 +49,8 @@ class JobResult:
     new_rse: float | None = None
     ref_timing_count: int | None = None
     new_timing_count: int | None = None
+    timing_mode: str | None = None  # how ref_ms and new_ms were timed: events | graph | kernel (docs/timing.md)
+    timing_fallback: str | None = None  # why the configured mode could not be used (then timing_mode is events)
     build_s: float | None = None
     build_cache_hit: bool | None = None
     weights: str | None = None  # by_name | by_position | seeded_only

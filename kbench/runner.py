@@ -18,9 +18,9 @@ from typing import Any
 from kbench import audit
 from kbench.baselines import Baseline, baseline_key
 from kbench.catalog import PACKAGE_DIR, Problem, Solution
-from kbench.config import KbenchConfig
+from kbench.config import KbenchConfig, check_timing_mode
 from kbench.isolation import run_worker
-from kbench.judge import judge
+from kbench.judge import Judgement, judge
 from kbench.monitor import DeviceMonitor
 from kbench.reference import ReferenceRun, load_reference
 from kbench.results import JobResult, Verdict
@@ -63,6 +63,7 @@ class Runner:
         measured_bandwidth_bytes_per_s: float | None = None,
         device_name: str = "",
     ) -> None:
+        check_timing_mode(config, device)  # a mode this device cannot time is refused before any job runs
         self.config = config
         self.device = device
         self.cache_root = cache_root
@@ -109,15 +110,20 @@ class Runner:
             self._references[key] = self._run_reference(problem, overrides)
         return self._references[key]
 
+    def _compile_mode(self) -> str | None:
+        baselines = self.config.baselines
+        return baselines.compile_mode if baselines.compile_on(self.device) else None
+
+    def baseline_key(self, problem: Problem, overrides: dict[str, Any]) -> str:
+        """Where this problem's reference timings are cached: timing settings and mode included."""
+        return baseline_key(problem, overrides, self.device_name, self.config.timing.model_dump(), self._compile_mode())
+
     def _run_reference(self, problem: Problem, overrides: dict[str, Any]) -> ReferenceRun:
         out_dir = Path(tempfile.mkdtemp(prefix="ref-", dir=self._scratch))
         spec_path = out_dir / "spec.json"
         spec = self._spec(problem, overrides, out_dir, None)
-        baselines = self.config.baselines
-        compile_mode = baselines.compile_mode if baselines.compile_on(self.device) else None
-        key = baseline_key(
-            problem, overrides, self.device_name, {"timing": self.config.timing.model_dump(), "compile": compile_mode}
-        )
+        compile_mode = self._compile_mode()
+        key = self.baseline_key(problem, overrides)
         cached = self.baseline_cache.get(key, Baseline) if self.baseline_cache else None
         spec.time_reference = cached is None
         spec.compile_mode = compile_mode if cached is None else None
@@ -145,9 +151,19 @@ class Runner:
             if cached is not None:
                 reference.timing_ms, reference.compile_timing_ms = cached.eager_ms, cached.compile_ms
                 reference.compile_error, reference.baseline_cached = cached.compile_error, True
+                reference.timing_mode, reference.compile_timing_mode = cached.timing_mode, cached.compile_timing_mode
+                reference.timing_notes = cached.timing_notes
             elif self.baseline_cache is not None:
                 self.baseline_cache.put(
-                    key, Baseline(reference.timing_ms, reference.compile_timing_ms, reference.compile_error)
+                    key,
+                    Baseline(
+                        reference.timing_ms,
+                        reference.compile_timing_ms,
+                        reference.compile_error,
+                        reference.timing_mode,
+                        reference.compile_timing_mode,
+                        reference.timing_notes,
+                    ),
                 )
         return reference
 
@@ -227,7 +243,7 @@ class Runner:
             ref_ms=judged.ref_ms if judged.ref_ms is not None else ref_ms,
             ref_ms_alone=ref_ms,
             compile_ms=compile_ms,
-            speedup_vs_compile=compile_ms / judged.new_ms if compile_ms and judged.new_ms and judged.speedup else None,
+            speedup_vs_compile=_speedup_vs_compile(reference, judged),
             new_ms=judged.new_ms,
             speedup=judged.speedup,
             speedup_low=judged.speedup_interval[0] if judged.speedup_interval else None,
@@ -247,13 +263,23 @@ class Runner:
             kernels=judged.kernels,
             warnings=reference.warnings + monitor.state.warnings(),
             device_state=asdict(monitor.state) if monitor.state.samples or monitor.state.error else {},
-            notes=judged.notes + _reference_notes(reference),
+            notes=judged.notes + _reference_notes(reference, judged),
+            timing_mode=judged.timing_mode,
+            timing_fallback=judged.timing_fallback,
             detail=judged.detail[-20_000:],
             wall_s=time.monotonic() - started,
         )
 
 
-def _reference_notes(reference: ReferenceRun) -> list[str]:
+def _speedup_vs_compile(reference: ReferenceRun, judged: Judgement) -> float | None:
+    """compile_ms / new_ms for a correct solution, when both were timed in the same mode."""
+    compile_ms = median_ms(reference.compile_timing_ms)
+    if not (compile_ms and judged.new_ms and judged.speedup) or reference.compile_timing_mode != judged.timing_mode:
+        return None
+    return compile_ms / judged.new_ms
+
+
+def _reference_notes(reference: ReferenceRun, judged: Judgement) -> list[str]:
     notes = []
     if reference.audit_error:
         notes.append(f"float64 audit skipped: {reference.audit_error}")
@@ -261,6 +287,12 @@ def _reference_notes(reference: ReferenceRun) -> list[str]:
         notes.append(f"no torch.compile baseline: {reference.compile_error}")
     if reference.baseline_cached:
         notes.append("reference timings (alone, and torch.compile) from the baseline cache")
+    notes.extend(reference.timing_notes)
+    compiled = reference.compile_timing_mode
+    if compiled and judged.speedup and judged.timing_mode and compiled != judged.timing_mode:
+        notes.append(
+            f"no speedup_vs_compile: torch.compile timed with {compiled}, the solution with {judged.timing_mode}"
+        )
     return notes
 
 

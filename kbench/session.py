@@ -12,7 +12,7 @@ from kbench import catalog, metadata
 from kbench.build_cache import default_cache_root
 from kbench.calibrate import Ceilings, measure
 from kbench.catalog import Problem
-from kbench.config import KbenchConfig
+from kbench.config import KbenchConfig, check_timing_mode
 from kbench.reference import ReferenceRun
 from kbench.results import JobResult
 from kbench.runner import Job, Runner, effective_overrides
@@ -181,6 +181,7 @@ def device_name(device: str) -> str:
 
 def calibrate(device: str, config: KbenchConfig) -> Ceilings:
     """Measure this device's ceilings and keep them for later runs' roofline fractions."""
+    check_timing_mode(config, device)
     ceilings = measure(device, device_name(device), TimingPlan.from_dict(config.timing.model_dump()))
     JsonStore(default_cache_root() / CALIBRATION_FILE).put(ceilings.device_name, ceilings)
     return ceilings

@@ -94,7 +94,9 @@ def _run(spec: WorkerSpec, problem: Any, model_new: type, guards: Any, channel: 
         # Reference and solution interleaved, round by round, each on its own copies of the inputs; the
         # parent checks this reference time against the trusted worker's, so holding it back shows.
         plan = timing.TimingPlan.from_dict(spec.timing)
-        timed = timing.time_models([reference, candidate], [reference_sets, input_sets], spec.device, plan)
+        timed = timing.time_models(
+            [reference, candidate], [reference_sets, input_sets], spec.device, plan, ("reference", "solution")
+        )
         watch.check_inputs_unchanged(input_sets, pristine)
         if timed.deferred:
             watch.flags.add("side_stream" if spec.device.startswith("cuda") else "thread")
@@ -113,6 +115,8 @@ def _run(spec: WorkerSpec, problem: Any, model_new: type, guards: Any, channel: 
         result={
             "timing_ms": timed.samples_ms[1],
             "ref_timing_ms": timed.samples_ms[0],
+            "timing_mode": timed.mode,
+            "timing_fallback": timed.fallback,
             "flags": sorted({*flags, *watch.flags}),
             "replaced": replaced,
             "kernels": kernels,

@@ -5,6 +5,8 @@ interleaved (ABAB...), so clock drift and thermal changes hit both alike. Each c
 of a buffer twice the size of L2, outside the timed region, and takes the next of several input sets.
 Timing stops once every callable's median has a relative standard error under the target, or the time
 budget or the maximum count is reached, whichever comes first; never before ``repeats`` rounds.
+On CUDA the plan's mode picks what one sample is: events around the call (``events``), events around a
+CUDA-graph replay of it (``graph``), or the device time of its kernels (``kernel``); see ``timing_modes``.
 """
 
 from __future__ import annotations
@@ -18,16 +20,26 @@ import torch
 
 from kbench.integrity import fingerprint, plain_tensors, same
 from kbench.stats import median_rse
+from kbench.timing_modes import (
+    ModeUnavailable,
+    Sampler,
+    Timed,
+    _synchronize,
+    capture_graphs,
+    each_call,
+    kernel_batch,
+    probe_kernels,
+)
 
 FALLBACK_L2_BYTES = 50 * 1024 * 1024
 
 # Bound when kbench is imported, before any solution is: a solution that later replaces these module
-# attributes changes nothing here (and the worker's guards flag the attempt as timer tampering).
+# attributes changes nothing here (and the worker's guards flag the attempt as timer tampering). The graph and
+# profiler functions, and ``_synchronize``, are bound the same way in ``timing_modes``.
 _perf_counter = time.perf_counter
 _Event = torch.cuda.Event
 _record = torch.cuda.Event.record
 _elapsed_time = torch.cuda.Event.elapsed_time
-_synchronize = torch.cuda.synchronize
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,7 @@ class TimingPlan:
     target_rse: float  # stop once every median's relative standard error is below this
     budget_s: float  # or once timing has taken this long
     flush_l2: bool
+    mode: str = "events"  # events | graph | kernel (CUDA only for the last two)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TimingPlan:
@@ -48,6 +61,7 @@ class TimingPlan:
             target_rse=float(data["target_rse"]),
             budget_s=float(data["budget_s"]),
             flush_l2=bool(data["flush_l2"]),
+            mode=str(data.get("mode", "events")),
         )
 
 
@@ -56,6 +70,8 @@ class TimedCalls:
     samples_ms: list[list[float]]  # per model, one sample per round
     last_outputs: list[Any]  # the last model's last output on each input set, checked by the parent
     deferred: bool = False  # the last model's output changed after its call had returned (work left running)
+    mode: str = "events"  # the mode actually used
+    fallback: str | None = None  # why the plan's mode could not be used, when it could not
 
 
 def _l2_flush_buffer() -> torch.Tensor:
@@ -64,27 +80,28 @@ def _l2_flush_buffer() -> torch.Tensor:
     return torch.empty(2 * l2_bytes // 4, dtype=torch.float32, device="cuda")
 
 
-@dataclass
-class _Timed:
-    call: Callable[[int], None]  # the timed region
-    after: Callable[[int], None] | None = None  # runs right after the timed region, before the next call
-
-
 def time_models(
     forwards: Sequence[Callable[..., Any]],
     input_sets: Sequence[Sequence[Sequence[Any]]],
     device: str,
     plan: TimingPlan,
+    labels: Sequence[str] | None = None,
 ) -> TimedCalls:
     """Time each forward on its own input sets (``input_sets[i]`` for ``forwards[i]``, so no model sees
     another's tensors), in rounds, interleaved when several. The last forward's outputs are kept and
     fingerprinted as soon as each call returns, outside the timed region; a fingerprint that differs after
-    the final synchronisation means work was still running when the call returned."""
+    the final synchronisation means work was still running when the call returned. ``labels`` name the
+    forwards in a fallback reason."""
+    if plan.mode not in ("events", *_SETUP):
+        raise ValueError(f"unknown timing mode '{plan.mode}'")
+    if plan.mode != "events" and not device.startswith("cuda"):
+        raise ValueError(f"timing mode '{plan.mode}' needs CUDA")  # refused before anything runs
     count = len(input_sets[0])
     outputs: list[Any] = [None] * count
     early: list[list[torch.Tensor] | None] = [None] * count
+    names = list(labels) if labels is not None else [f"model {i}" for i in range(len(forwards))]
 
-    def bind(forward: Callable[..., Any], sets: Sequence[Sequence[Any]], watched: bool) -> _Timed:
+    def bind(forward: Callable[..., Any], sets: Sequence[Sequence[Any]], label: str, watched: bool) -> Timed:
         def call(index: int) -> None:
             result = forward(*sets[index % count])
             if watched:
@@ -93,13 +110,13 @@ def time_models(
         def after(index: int) -> None:
             early[index % count] = fingerprint(plain_tensors(outputs[index % count]))
 
-        return _Timed(call, after if watched else None)
+        return Timed(call, label, after if watched else None, outputs=outputs if watched else None)
 
     timed = [
-        bind(f, sets, watched=i == len(forwards) - 1)
-        for i, (f, sets) in enumerate(zip(forwards, input_sets, strict=True))
+        bind(f, sets, label, watched=i == len(forwards) - 1)
+        for i, (f, sets, label) in enumerate(zip(forwards, input_sets, names, strict=True))
     ]
-    samples = _time_rounds(timed, device.startswith("cuda"), plan)
+    samples, fallback = _time_rounds(timed, count, device.startswith("cuda"), plan)
     if not device.startswith("cuda"):
         time.sleep(0.02)  # as in CallWatch: a thread still writing the last outputs shows within this window
     late = [fingerprint(plain_tensors(output)) for output in outputs]
@@ -107,55 +124,87 @@ def time_models(
         before is not None and not all(same(a, b) for a, b in zip(before, after, strict=True))
         for before, after in zip(early, late, strict=True)
     )
-    return TimedCalls(samples, outputs, deferred)
+    return TimedCalls(samples, outputs, deferred, "events" if fallback else plan.mode, fallback)
 
 
-def _time_rounds(timed: list[_Timed], cuda: bool, plan: TimingPlan) -> list[list[float]]:
+def _probed_kernels(
+    timed: list[Timed], count: int, plan: TimingPlan, flush: torch.Tensor | None
+) -> tuple[Sampler, list[Timed]]:
+    probe_kernels(timed, plan.warmup, flush)
+    return kernel_batch, timed
+
+
+# How the CUDA-only modes set up once the eager warm-up is done (graph capture, the profiler's first round),
+# untimed: (timed, input set count, plan, flush buffer) -> (the batch timer, the calls it times).
+_SETUP: dict[str, Callable[[list[Timed], int, TimingPlan, torch.Tensor | None], tuple[Sampler, list[Timed]]]] = {
+    "graph": lambda timed, count, plan, flush: (_time_batch, capture_graphs(timed, count)),
+    "kernel": _probed_kernels,
+}
+
+
+def _sampler(
+    timed: list[Timed], count: int, cuda: bool, plan: TimingPlan, flush: torch.Tensor | None
+) -> tuple[Sampler, list[Timed], str | None]:
+    """Warm up, then the batch timer for the plan's mode, the calls it times, and why it fell back to events
+    (None: it did not)."""
+    if plan.mode == "events":
+        # Warm-up rounds go through the timer itself, samples discarded: the first timed round then pays no
+        # first-use cost of the timed path.
+        sampler = _time_batch if cuda else _time_batch_cpu
+        sampler(timed, 0, plan.warmup, flush)
+        return sampler, timed, None
+    for i in range(plan.warmup):
+        for each in timed:
+            each.call(i)
+    _synchronize()
+    try:
+        return (*_SETUP[plan.mode](timed, count, plan, flush), None)
+    except ModeUnavailable as exc:
+        _synchronize()
+        return _time_batch, timed, str(exc)
+
+
+def _time_rounds(timed: list[Timed], count: int, cuda: bool, plan: TimingPlan) -> tuple[list[list[float]], str | None]:
+    """(samples per model, the fallback reason or None)."""
     samples: list[list[float]] = [[] for _ in timed]
     flush = _l2_flush_buffer() if cuda and plan.flush_l2 else None
     with torch.no_grad():
-        for i in range(plan.warmup):
-            for each in timed:
-                each.call(i)
-        if cuda:
-            _synchronize()
+        sampler, timed, fallback = _sampler(timed, count, cuda, plan, flush)
         started = _perf_counter()
         index = plan.warmup
         while True:
             batch = min(plan.repeats, plan.max_repeats - len(samples[0]))
-            batch_samples = _time_batch(timed, index, batch, flush) if cuda else _time_batch_cpu(timed, index, batch)
-            for mine, new in zip(samples, batch_samples, strict=True):
+            for mine, new in zip(samples, sampler(timed, index, batch, flush), strict=True):
                 mine.extend(new)
             index += batch
             done = len(samples[0]) >= plan.max_repeats or _perf_counter() - started >= plan.budget_s
             if done or all(median_rse(s) <= plan.target_rse for s in samples):
                 if cuda:
                     _synchronize()
-                return samples
+                return samples, fallback
 
 
-def _time_batch_cpu(timed: list[_Timed], first: int, count: int) -> list[list[float]]:
+def _time_batch_cpu(timed: list[Timed], first: int, count: int, flush: torch.Tensor | None) -> list[list[float]]:
     samples: list[list[float]] = [[] for _ in timed]
-    for i in range(first, first + count):
-        for each, mine in zip(timed, samples, strict=True):
-            start = _perf_counter()
-            each.call(i)
-            mine.append((_perf_counter() - start) * 1e3)
-            if each.after is not None:
-                each.after(i)
+
+    def region(m: int, k: int, call: Callable[[], None]) -> None:
+        start = _perf_counter()
+        call()
+        samples[m].append((_perf_counter() - start) * 1e3)
+
+    each_call(timed, first, count, None, region)
     return samples
 
 
-def _time_batch(timed: list[_Timed], first: int, count: int, flush: torch.Tensor | None) -> list[list[float]]:
+def _time_batch(timed: list[Timed], first: int, count: int, flush: torch.Tensor | None) -> list[list[float]]:
     events = [[(_Event(enable_timing=True), _Event(enable_timing=True)) for _ in range(count)] for _ in timed]
-    for k, i in enumerate(range(first, first + count)):
-        for each, pairs in zip(timed, events, strict=True):
-            if flush is not None:
-                flush.zero_()
-            _record(pairs[k][0])
-            each.call(i)
-            _record(pairs[k][1])
-            if each.after is not None:
-                each.after(i)
+
+    def region(m: int, k: int, call: Callable[[], None]) -> None:
+        start, end = events[m][k]
+        _record(start)
+        call()
+        _record(end)
+
+    each_call(timed, first, count, flush, region)
     _synchronize()
     return [[_elapsed_time(start, end) for start, end in pairs] for pairs in events]

@@ -87,3 +87,83 @@ def test_gpu_faults_are_judged_and_the_gpu_stays_usable(short_run: Path):
     code, lines = verify("-s", faulty, "-s", CUDA_FUSED, *SMALL, "--config", short_run, env=env)
     assert code == 1
     assert [line["verdict"] for line in lines] == ["timeout", "correct"], lines
+
+
+# --- timing modes (issue #5) ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["graph", "kernel"])
+def test_cuda_solution_is_timed_in_each_timing_mode(mode: str):
+    code, (line,) = verify("--timing-mode", mode)
+    assert code == 0, line
+    assert line["verdict"] == "correct" and line["solution"] == "cuda_fused", line
+    assert line["timing_mode"] == mode and line["timing_fallback"] is None, line
+    assert line["new_ms"] > 0 and line["ref_ms"] > 0 and line["new_timing_count"] >= 30
+    assert not any(note.startswith("reference alone timed with events") for note in line["notes"]), line["notes"]
+
+
+def test_a_solution_that_cannot_be_captured_is_timed_with_events_and_says_why():
+    code, (line,) = verify("-s", CUDA_FIXTURES / "host_sync.py", *SMALL, "--timing-mode", "graph")
+    assert code == 0 and line["verdict"] == "correct", line
+    assert line["timing_mode"] == "events", line
+    assert line["timing_fallback"].startswith("the solution cannot be captured in a CUDA graph"), line
+    assert line["new_ms"] > 0 and line["speedup"] > 0
+    # The reference alone was captured, the one beside the solution was not: its drift is not judged.
+    assert any("reference drift not judged" in note for note in line["notes"]), line["notes"]
+
+
+def test_side_stream_work_is_still_rejected_in_graph_mode():
+    code, (line,) = verify("-s", CUDA_FIXTURES / "side_stream.py", *SMALL, "--timing-mode", "graph")
+    assert code == 1
+    assert line["verdict"] == "rejected" and "side_stream" in line["flags"], line
+
+
+def test_kernel_time_agrees_with_events_on_a_long_matrix_product():
+    import statistics
+
+    import torch
+
+    from kbench.timing import TimingPlan, time_models
+
+    a, b = (torch.rand(8192, 8192, device="cuda") for _ in range(2))  # fp32: many milliseconds on any GPU
+    medians = {}
+    for mode in ("events", "kernel"):
+        plan = TimingPlan(
+            warmup=2, repeats=10, max_repeats=10, target_rse=1.0, budget_s=120.0, flush_l2=True, mode=mode
+        )
+        timed = time_models([torch.mm], [[[a, b]]], "cuda", plan, ["fp32 matrix product"])
+        assert timed.mode == mode and timed.fallback is None, timed.fallback
+        assert len(timed.samples_ms[0]) == 10
+        medians[mode] = statistics.median(timed.samples_ms[0])
+    assert medians["events"] >= 1.0, medians
+    # The product's kernel is nearly all of the call; the events add only launch latency around it.
+    assert 0.8 <= medians["kernel"] / medians["events"] <= 1.1, medians
+
+
+def test_graph_mode_checks_the_outputs_of_its_replays():
+    import torch
+
+    from kbench.timing import TimingPlan, time_models
+
+    sets = [[torch.full((1 << 20,), float(k + 1), device="cuda")] for k in range(3)]
+    plan = TimingPlan(warmup=1, repeats=5, max_repeats=5, target_rse=1.0, budget_s=30.0, flush_l2=True, mode="graph")
+    timed = time_models([lambda x: x * 2], [sets], "cuda", plan, ["doubling"])
+    assert timed.mode == "graph" and timed.fallback is None and not timed.deferred
+    for output, (x,) in zip(timed.last_outputs, sets, strict=True):
+        assert torch.equal(output, x * 2)
+
+
+def test_calibrate_compares_events_and_kernel_timing(tmp_path: Path):
+    config = tmp_path / "fast.yaml"
+    config.write_text(yaml.safe_dump({"timing": {"warmup": 2, "repeats": 10, "target_rse": 1.0}}))
+    result = cli.invoke(
+        app,
+        ["calibrate", "--device", "cuda", "--config", str(config), "--json"],
+        env={"KBENCH_CACHE_DIR": str(tmp_path)},
+    )
+    assert result.exit_code == 0, result.output
+    ceilings = json.loads(result.output.strip().splitlines()[-1])
+    assert set(ceilings["kernel_agreement"]) == {"copy", "fp32"}, ceilings["notes"]
+    # Both are long, single-kernel calls: the two timers agree closely (issue #5 asks for 2 %; this is a
+    # sanity bound, not that target).
+    assert all(0 <= difference < 0.1 for difference in ceilings["kernel_agreement"].values()), ceilings

@@ -90,7 +90,7 @@ def test_each_model_times_on_its_own_inputs_and_late_writes_show():
 
 
 def _payload(ref: float, new: float, n: int = 30) -> dict:
-    return {"timing_ms": [new] * n, "ref_timing_ms": [ref] * n}
+    return {"timing_ms": [new] * n, "ref_timing_ms": [ref] * n, "timing_mode": "events"}
 
 
 def test_reference_held_back_beside_the_solution_is_flagged_on_cuda():
@@ -130,6 +130,10 @@ def test_compile_baseline_is_measured_once_then_taken_from_the_cache(tmp_path):
         reused = run_fixture(second, problem, "correct_torch")
     assert reused.ref_ms_alone == measured.ref_ms_alone and reused.compile_ms == measured.compile_ms
     assert any("baseline cache" in note for note in reused.notes)
+    # The cached entry keeps the modes its timings were taken in, so drift and speedup_vs_compile still apply.
+    (entry,) = cache.entries().values()
+    assert entry["timing_mode"] == entry["compile_timing_mode"] == reused.timing_mode == "events"
+    assert reused.speedup_vs_compile is not None
     with Runner(config, "cpu", baseline_cache=cache, device_name="another-cpu") as elsewhere:
         fresh = run_fixture(elsewhere, problem, "correct_torch")
     assert not any("baseline cache" in note for note in fresh.notes)
@@ -151,6 +155,7 @@ def test_calibrate_measures_ceilings_and_later_runs_report_the_roofline_fraction
     assert result.exit_code == 0, result.output
     ceilings = json.loads(result.output.strip().splitlines()[-1])
     assert ceilings["copy_gbs"] > 0 and ceilings["gemm_tflops"]["fp32"] > 0
+    assert ceilings["kernel_agreement"] == {}  # kernel timing needs CUDA
     assert (tmp_path / "cache" / "calibration.json").exists()
     problem = str(PROBLEMS / "affine_relu.py")
     solution = str(PROBLEMS.parent / "solutions" / "affine_relu" / "correct_torch.py")
