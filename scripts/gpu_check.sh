@@ -13,12 +13,17 @@ fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
 { nvidia-smi; nvidia-smi -q -d CLOCK; } >"$OUT/nvidia-smi.txt" 2>&1
 
-# --gpu-only: just the gpu-marked tests, four at a time (their CUDA builds then overlap); default: all tests.
-if [ "${1:-}" = "--gpu-only" ]; then
-    python3 -m pytest -q -rs --durations=10 -m gpu -n 4 2>&1 | tee "$OUT/pytest.log"
-else
-    python3 -m pytest -q -rs --durations=10 2>&1 | tee "$OUT/pytest.log"
-fi
+# Phases, so that each fits in one device call: `tests` runs the gpu-marked tests, four at a time (their CUDA
+# builds then overlap); `commands` runs the daily commands on CUDA; `all` (default) runs every test, then the
+# commands.
+PHASE=${1:-all}
+case "$PHASE" in
+    tests) python3 -m pytest -q -rs --durations=10 -m gpu -n 4 2>&1 | tee "$OUT/pytest.log" ;;
+    all) python3 -m pytest -q -rs --durations=10 2>&1 | tee "$OUT/pytest.log" ;;
+    commands) ;;
+    *) echo "usage: $0 [all|tests|commands]" >&2; exit 2 ;;
+esac
+[ "$PHASE" = tests ] && exit 0
 {
     echo "== kbench verify example_scale_bias_relu6 --device cuda"
     kbench verify example_scale_bias_relu6 --device cuda; echo "exit=$?"
@@ -26,6 +31,8 @@ fi
     kbench verify example_scale_bias_relu6 --device cuda -s tests/fixtures/cuda/wrong_relu6.py; echo "exit=$?"
     echo "== kbench lint --all"
     kbench lint --all; echo "exit=$?"
+    echo "== kbench calibrate --device cuda"
+    kbench calibrate --device cuda; echo "exit=$?"
     echo "== kbench bench --all"
     kbench bench --all --results-dir "$OUT/results"; echo "exit=$?"
     kbench report --results-dir "$OUT/results" --csv "$OUT/report.csv"; echo "exit=$?"
