@@ -102,6 +102,20 @@ def compare_records(new: dict[str, Any], ref: dict[str, Any], tolerance_for: Cal
     return worst
 
 
+def rounded_like(exact: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+    """A float64 evaluation's record with each floating tensor rounded to the dtype of the reference's tensor,
+    so that it is compared exactly as the reference is (same dtype check, same tolerance)."""
+
+    def rounded(e: Any, r: Any) -> Any:
+        floating = isinstance(e, torch.Tensor) and isinstance(r, torch.Tensor)
+        if floating and (e.is_floating_point() or e.is_complex()) and (r.is_floating_point() or r.is_complex()):
+            return e.to(r.dtype)
+        return e
+
+    tensors = [rounded(e, r) for e, r in zip(exact["tensors"], ref["tensors"], strict=False)]
+    return {**exact, "tensors": tensors + exact["tensors"][len(tensors) :]}
+
+
 def merge(so_far: Comparison, latest: Comparison) -> Comparison:
     """Fold one more comparison in: the largest errors seen, the first failure's reason."""
 

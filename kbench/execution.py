@@ -108,9 +108,9 @@ def run_calls(
         save_outputs(output, output_path(out_dir, role, kind, index), channel)
 
 
-def save_timed_outputs(outputs: list[Any], spec: WorkerSpec, role: str, channel: Channel) -> None:
+def save_timed_outputs(outputs: list[Any], spec: WorkerSpec, role: str, channel: Channel, kind: str = TIMED) -> None:
     for index, output in enumerate(outputs):
-        save_outputs(output, output_path(Path(spec.out_dir), role, TIMED, index), channel)
+        save_outputs(output, output_path(Path(spec.out_dir), role, kind, index), channel)
 
 
 def save_state(state: dict[str, torch.Tensor], spec: WorkerSpec, role: str, channel: Channel) -> None:

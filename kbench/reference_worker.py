@@ -1,8 +1,9 @@
 """Trusted worker: computes everything the solution is judged against, from the problem file alone.
 
-It imports the problem file and nothing a solution wrote. In order: float64 outputs (accuracy audit), the
-correctness trials, the buffers after them, the timed calls (the last output per input set is kept), and
-trials after every weight was perturbed. The solution worker repeats the same sequence.
+It imports the problem file and nothing a solution wrote. In order: the correctness trials, the buffers
+after them, the timed calls (the last output per input set is kept), and trials after every weight was
+perturbed; the solution worker repeats the same sequence. Each kind of output is also evaluated in float64
+(``Float64Audit``).
 Usage (by the parent only): ``python -m kbench.reference_worker SPEC_JSON CHANNEL_FD``.
 """
 
@@ -11,34 +12,42 @@ from __future__ import annotations
 import copy
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kbench.channel import Channel
-from kbench.spec import FLOAT64, PERTURBED, TRIAL, WorkerSpec
+from kbench.spec import PERTURBED, TIMED, TRIAL, WorkerSpec, float64_kind
 
 if TYPE_CHECKING:
     from kbench.timing import TimedCalls
 
 
-def _float64_outputs(model: Any, problem: Any, spec: WorkerSpec, channel: Channel) -> str | None:
-    """Run a float64 copy of the model on the trial inputs; return why not, if it cannot."""
-    from kbench import execution
+class Float64Audit:
+    """The reference evaluated in float64 beside each fp32 sequence: trials, timed input sets, perturbed trials.
 
-    try:
-        model64 = copy.deepcopy(model).double()
-        execution.run_calls(
-            lambda inputs: model64(*execution.to_float64(inputs)),
-            problem,
-            spec,
-            spec.trial_seeds(),
-            "ref",
-            FLOAT64,
-            channel,
-        )
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}".splitlines()[0]
-    return None
+    Each evaluation runs on a fresh float64 copy of the model as it is just then (weights and buffers), so it
+    sees what the fp32 calls see. The parent accepts outputs within tolerance of either evaluation, and uses
+    the trials for the accuracy audit. All or nothing: after one failure no more are made, and the parent
+    uses none of them.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.error: str | None = None
+
+    def run(self, model: Any, calls: Callable[[Callable[[list[Any]], Any]], None]) -> None:
+        """``calls(forward64)`` makes and saves the float64 calls, each forward taking fp32 inputs."""
+        if not self.enabled or self.error is not None:
+            return
+        from kbench import execution
+
+        # The copy (twice the fp32 weights' bytes) is freed on return, before the next fp32 calls.
+        try:
+            model64 = copy.deepcopy(model).double()
+            calls(lambda inputs: model64(*execution.to_float64(inputs)))
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
 def _timings(model: Any, input_sets: list[Any], spec: WorkerSpec) -> dict[str, Any]:
@@ -71,6 +80,18 @@ def _timings(model: Any, input_sets: list[Any], spec: WorkerSpec) -> dict[str, A
     return found
 
 
+def _save_float64_timed(
+    forward: Callable[[list[Any]], Any], input_sets: list[Any], spec: WorkerSpec, channel: Channel
+) -> None:
+    import torch
+
+    from kbench import execution
+
+    with torch.no_grad():
+        outputs = [forward(execution.clone_inputs(inputs)) for inputs in input_sets]
+    execution.save_timed_outputs(outputs, spec, "ref", channel, float64_kind(TIMED))
+
+
 def _fallback_notes(what: str, timed: TimedCalls) -> list[str]:
     return [f"{what} timed with {timed.mode}: {timed.fallback}"] if timed.fallback else []
 
@@ -87,26 +108,31 @@ def main(spec_path: str, fd: str) -> None:
         channel.phase("run")
         model = execution.seeded_model(problem, problem.Model, spec.weights_seed(), spec.device)
         perturbed = weights.perturbed_values(model, spec.perturbation_seed(), spec.perturbation_trials > 0)
-        audit_error = _float64_outputs(model, problem, spec, channel) if spec.audit_float64 else None
-        execution.run_calls(lambda inputs: model(*inputs), problem, spec, spec.trial_seeds(), "ref", TRIAL, channel)
+        exact = Float64Audit(spec.audit_float64)
+
+        def calls_on(seeds: list[int], kind: str) -> Callable[[Callable[[list[Any]], Any]], None]:
+            return lambda forward: execution.run_calls(forward, problem, spec, seeds, "ref", kind, channel)
+
+        exact.run(model, calls_on(spec.trial_seeds(), float64_kind(TRIAL)))
+        calls_on(spec.trial_seeds(), TRIAL)(lambda inputs: model(*inputs))
         state = dict(weights.named_state(model))
         execution.save_state(weights.snapshot(state, weights.buffer_names(model)), spec, "ref", channel)
         input_sets = execution.timing_input_sets(problem, spec)
         timings = _timings(model, input_sets, spec)
         last_outputs = timings.pop("last_outputs")
         execution.save_timed_outputs(last_outputs, spec, "ref", channel)
+        exact.run(model, lambda forward: _save_float64_timed(forward, input_sets, spec, channel))
         with torch.no_grad():
             for name, tensor in state.items():
                 if name in perturbed:
                     tensor.copy_(perturbed[name])
-        execution.run_calls(
-            lambda inputs: model(*inputs), problem, spec, spec.perturbed_trial_seeds(), "ref", PERTURBED, channel
-        )
+        exact.run(model, calls_on(spec.perturbed_trial_seeds(), float64_kind(PERTURBED)))
+        calls_on(spec.perturbed_trial_seeds(), PERTURBED)(lambda inputs: model(*inputs))
         channel.send(
             result={
                 **timings,
                 "device_info": execution.describe_device(spec.device),
-                "audit_error": audit_error,
+                "audit_error": exact.error,
                 "input_bytes": execution.tensor_bytes(input_sets[0]),
                 "output_bytes": execution.tensor_bytes(last_outputs[0]),
                 "state_bytes": sum(t.numel() * t.element_size() for t in state.values()),

@@ -9,9 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Kinds of saved outputs: correctness trials, the last timed call on each input set, trials after the
-# weights were perturbed, and the reference evaluated in float64.
-TRIAL, TIMED, PERTURBED, FLOAT64 = "trial", "timed", "perturbed", "fp64"
+# Kinds of saved outputs: correctness trials, the last timed call on each input set, and trials after the
+# weights were perturbed. The reference also saves each kind evaluated in float64 (``float64_kind``).
+TRIAL, TIMED, PERTURBED = "trial", "timed", "perturbed"
+
+
+def float64_kind(kind: str) -> str:
+    """The kind of the reference's float64 outputs for the same inputs and weights as ``kind``."""
+    return f"{kind}_fp64_"
 
 
 @dataclass

@@ -1,0 +1,49 @@
+"""Outputs within tolerance of the reference's float64 evaluation pass even where the fp32 reference is the
+inexact one; outputs wrong against both, or right only on the weights a solution cached, still fail."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import PROBLEMS, fast_config, run_fixture
+
+from kbench.catalog import read_problem
+from kbench.config import IntegrityConfig
+from kbench.results import JobResult, Verdict
+from kbench.runner import Runner
+
+ROUNDED = read_problem(PROBLEMS / "rounded_offset.py")
+
+
+@pytest.fixture(scope="module")
+def judged() -> dict[str, JobResult]:
+    with Runner(fast_config(), "cpu") as runner:
+        return {name: run_fixture(runner, ROUNDED, name) for name in ("exact", "off_by_a_little", "stale_exact")}
+
+
+def test_an_answer_more_exact_than_the_fp32_reference_is_correct(judged: dict[str, JobResult]):
+    exact = judged["exact"]
+    assert exact.verdict == Verdict.CORRECT, exact.reason
+    # It passed against float64 where fp32 failed it, on the trials, the timed outputs and the perturbed trials.
+    for kind in ("trial", "timed", "perturbed"):
+        note = f"{kind} output(s) within tolerance of the float64 evaluation"
+        assert any(note in line for line in exact.notes), exact.notes
+    assert exact.max_abs_error is not None and exact.max_abs_error < 1e-6  # reported against float64 there
+    assert exact.new_error_fp64 is not None and exact.ref_error_fp64 is not None
+    assert exact.new_error_fp64 * 100 < exact.ref_error_fp64
+
+
+def test_an_answer_wrong_against_both_evaluations_is_incorrect(judged: dict[str, JobResult]):
+    wrong = judged["off_by_a_little"]
+    assert wrong.verdict == Verdict.INCORRECT and "outside atol" in wrong.reason, wrong.reason
+
+
+def test_stale_weights_are_caught_though_trials_pass_against_float64(judged: dict[str, JobResult]):
+    stale = judged["stale_exact"]
+    assert stale.verdict == Verdict.INCORRECT and "stale_weights" in stale.flags, (stale.reason, stale.flags)
+
+
+def test_without_the_float64_audit_only_the_fp32_reference_counts():
+    config = fast_config().model_copy(update={"integrity": IntegrityConfig(audit_float64=False)})
+    with Runner(config, "cpu") as runner:
+        exact = run_fixture(runner, ROUNDED, "exact")
+    assert exact.verdict == Verdict.INCORRECT and "outside atol" in exact.reason, exact.reason
