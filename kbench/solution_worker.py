@@ -68,7 +68,7 @@ def _run(spec: WorkerSpec, problem: Any, model_new: type, guards: Any, channel: 
 
     import torch
 
-    from kbench import census, execution, integrity, timing, weights
+    from kbench import census, execution, integrity, timing, timing_modes, weights
 
     try:
         reference = execution.seeded_model(problem, problem.Model, spec.weights_seed(), spec.device)
@@ -78,9 +78,11 @@ def _run(spec: WorkerSpec, problem: Any, model_new: type, guards: Any, channel: 
         buffer_names = weights.buffer_names(reference)
         channel.send(weights=state.mode)
         watch = integrity.CallWatch(spec.device, spec.poison_numel)
-        # One untimed reference call first: the thread pools it starts are not the solution's threads.
-        with torch.no_grad():
-            reference(*execution.clone_inputs(execution.seeded_inputs(problem, spec.trial_seeds()[0], spec.device)))
+        # One untimed reference call first: the thread pools it starts are not the solution's threads. Under
+        # kernel timing it runs inside a profiler session, whose threads outlive it: they are kbench's too.
+        first_inputs = execution.clone_inputs(execution.seeded_inputs(problem, spec.trial_seeds()[0], spec.device))
+        with torch.no_grad(), timing_modes.profiler_session(spec.timing.get("mode") == "kernel"):
+            reference(*first_inputs)
 
         def checked(inputs: list[Any]) -> Any:
             watch.poison()

@@ -8,22 +8,23 @@ input set ``index % count``, with ``before``/``after`` hooks and the L2 flush ou
   model that cannot be captured makes the whole timing fall back to events (``ModeUnavailable``), so the models
   timed together are always timed alike.
 - ``kernel``: each call runs inside a uniquely named ``record_function`` range under torch.profiler. A sample is
-  the summed device time of the kernels, copies and fills launched by operators that started inside the range:
-  the L2 flush, the output fingerprints and anything else outside the call are not counted.
+  the summed device time of the kernels, copies and fills whose launching CUDA API call started inside the
+  range: the L2 flush, the output fingerprints and anything else outside the call are not counted.
 """
 
 from __future__ import annotations
 
 import bisect
+import re
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
 import torch
 
-from kbench.census import device_kind
 from kbench.integrity import plain_tensors
 
 # Bound when kbench is imported, before any solution is: a solution that later replaces these module
@@ -152,20 +153,52 @@ def capture_graphs(timed: list[Timed], count: int) -> list[Timed]:
 # --- kernel -------------------------------------------------------------------------------------------------
 
 
-def kernel_totals_ms(events: Iterable[Any], prefix: str) -> dict[str, float]:
+@dataclass(frozen=True)
+class Activity:
+    """One raw profiler record: a host event (an operator, a range, a CUDA API call) or a device one."""
+
+    name: str
+    on_device: bool
+    correlation: int  # CUPTI gives an API call and the device work it launched the same id
+    start_ns: int
+    duration_ns: int
+
+    @classmethod
+    def from_kineto(cls, event: Any) -> Activity:
+        on_device = str(event.device_type()).split(".")[-1] != "CPU"
+        return cls(event.name(), on_device, event.correlation_id(), event.start_ns(), event.duration_ns())
+
+
+# CUDA runtime and driver API calls (cudaLaunchKernel, cuLaunchKernelEx, cudaMemcpyAsync, ...), as the profiler
+# names them; operators are named "aten::...", and kbench's ranges carry their prefix.
+_API_CALL = re.compile(r"cu(da)?[A-Z]\w*$")
+
+
+def kernel_totals_ms(activities: Iterable[Activity], prefix: str) -> dict[str, float]:
     """Device time (ms) per profiler range whose name starts with ``prefix``: the kernels, copies and fills
-    torch.profiler attached to CPU operators that started inside the range. The GPU-side copy of a range
-    (named like it) is a span, not work, and is left out."""
-    cpu = [e for e in events if device_kind(e) == "CPU" and not e.is_async]
-    windows = sorted((e.time_range.start, e.time_range.end, e.name) for e in cpu if e.name.startswith(prefix))
+    whose launching API call started on the host inside the range. Work a call launches through an operator
+    or straight from an extension is found alike, by its correlation id; the GPU-side copy of a range (named
+    like it) is a span, not work, and is left out. A correlation id held by more than one API call cannot be
+    attributed safely: ModeUnavailable."""
+    activities = list(activities)
+    host = [a for a in activities if not a.on_device]
+    windows = sorted((a.start_ns, a.start_ns + a.duration_ns, a.name) for a in host if a.name.startswith(prefix))
     starts = [start for start, _, _ in windows]
-    totals_us = {name: 0.0 for _, _, name in windows}
-    for event in cpu:
-        device_us = sum(k.duration for k in event.kernels if not str(k.name).startswith(prefix))
-        at = bisect.bisect_right(starts, event.time_range.start) - 1
-        if device_us and at >= 0 and event.time_range.start <= windows[at][1]:
-            totals_us[windows[at][2]] += device_us
-    return {name: us / 1e3 for name, us in totals_us.items()}
+    launched_at: dict[int, list[int]] = {}
+    for a in host:
+        if _API_CALL.match(a.name):
+            launched_at.setdefault(a.correlation, []).append(a.start_ns)
+    totals_ns = {name: 0 for _, _, name in windows}
+    for work in activities:
+        if not work.on_device or work.name.startswith(prefix) or work.correlation not in launched_at:
+            continue
+        if len(launched_at[work.correlation]) > 1:
+            raise ModeUnavailable(f"the profiler gave correlation id {work.correlation} to several API calls")
+        (launch,) = launched_at[work.correlation]
+        at = bisect.bisect_right(starts, launch) - 1
+        if at >= 0 and launch <= windows[at][1]:
+            totals_ns[windows[at][2]] += work.duration_ns
+    return {name: ns / 1e6 for name, ns in totals_ns.items()}
 
 
 def kernel_batch(timed: list[Timed], first: int, count: int, flush: torch.Tensor | None) -> list[list[float]]:
@@ -179,11 +212,24 @@ def kernel_batch(timed: list[Timed], first: int, count: int, flush: torch.Tensor
     with _profile(activities=_ACTIVITIES) as prof:
         each_call(timed, first, count, flush, region)
         _synchronize()  # work still running when the profiler stops would be lost
-    totals = kernel_totals_ms(prof.events(), prefix)
+    # The raw records: torch.profiler's own event tree attaches a kernel to an operator only, and loses the
+    # kernels an extension launches without one.
+    totals = kernel_totals_ms(map(Activity.from_kineto, prof.profiler.kineto_results.events()), prefix)
     try:
         return [[totals[f"{prefix}{k}.{m}"] for k in range(count)] for m in range(len(timed))]
     except KeyError as exc:
         raise ModeUnavailable(f"torch.profiler recorded no range for timed call {exc}") from None
+
+
+@contextmanager
+def profiler_session(wanted: bool) -> Iterator[None]:
+    """A torch.profiler session around the block when ``wanted`` (else nothing), synchronised before it ends."""
+    if not wanted:
+        yield
+        return
+    with _profile(activities=_ACTIVITIES):
+        yield
+        _synchronize()
 
 
 def probe_kernels(timed: list[Timed], index: int, flush: torch.Tensor | None) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -31,7 +30,7 @@ from kbench.judge import judge_timing
 from kbench.report import COLUMNS, MARKDOWN_COLUMNS
 from kbench.runner import Runner
 from kbench.timing import TimingPlan, time_models
-from kbench.timing_modes import kernel_totals_ms
+from kbench.timing_modes import Activity, ModeUnavailable, kernel_totals_ms
 
 cli = CliRunner(env={"COLUMNS": "200"})
 AFFINE = PROBLEMS / "affine_relu.py"
@@ -257,26 +256,45 @@ def test_a_model_that_cannot_be_captured_is_timed_with_events_and_the_reason_kep
 # --- kernel mode ------------------------------------------------------------------------------------------
 
 
-def profiled(name: str, start: float, end: float, kernels: tuple = (), device: str = "CPU") -> SimpleNamespace:
-    return SimpleNamespace(
-        name=name,
-        time_range=SimpleNamespace(start=start, end=end),
-        device_type=device,
-        is_async=False,
-        kernels=[SimpleNamespace(name=n, duration=us) for n, us in kernels],
-    )
+def host(name: str, start: int, end: int, correlation: int = 0) -> Activity:
+    return Activity(name, False, correlation, start, end - start)
+
+
+def device(name: str, correlation: int, duration: int) -> Activity:
+    return Activity(name, True, correlation, 10_000, duration)
 
 
 def test_kernel_time_counts_only_work_launched_inside_each_call():
-    events = [
-        profiled("aten::zero_", 0, 5, [("fill", 100.0)]),  # the L2 flush before the call
-        profiled("call.0", 10, 20, [("own_kernel", 30.0), ("call.0", 55.0)]),  # the GPU-side span is not work
-        profiled("aten::mm", 11, 15, [("gemm", 200.0)]),
-        profiled("aten::sum", 21, 22, [("reduce", 7.0)]),  # the output fingerprint after the call
-        profiled("call.1", 30, 40),  # a call that launched nothing
-        profiled("call.0", 10, 25, device="CUDA"),
+    # As the profiler records them on an H100: an operator's kernel and an extension's kernel are each linked to
+    # their cudaLaunchKernel by a correlation id, and only that API call's host time places them in a call.
+    activities = [
+        host("aten::zero_", 0, 5, correlation=900),  # the L2 flush, launched before the call
+        host("cudaLaunchKernel", 1, 2, correlation=1),
+        device("fill", 1, 100_000),
+        host("call.0", 10, 20, correlation=901),
+        host("aten::mm", 11, 15, correlation=902),
+        host("cudaLaunchKernel", 12, 13, correlation=2),
+        device("gemm", 2, 200_000),
+        host("cudaLaunchKernel", 16, 17, correlation=3),  # the extension's own launch, under no operator
+        device("own_kernel", 3, 30_000),
+        device("call.0", 901, 400_000),  # the GPU-side span of the range is not work
+        host("cudaLaunchKernel", 21, 22, correlation=4),  # the output fingerprint, after the call
+        device("reduce", 4, 7_000),
+        host("call.1", 30, 40, correlation=903),  # a call that launched nothing
+        device("orphan", 77, 1_000),  # no API call recorded for it
     ]
-    assert kernel_totals_ms(events, "call.") == {"call.0": pytest.approx(0.23), "call.1": 0.0}
+    assert kernel_totals_ms(activities, "call.") == {"call.0": pytest.approx(0.23), "call.1": 0.0}
+
+
+def test_kernel_time_refuses_a_correlation_id_it_cannot_place():
+    activities = [
+        host("call.0", 10, 20),
+        host("cudaLaunchKernel", 12, 13, correlation=5),
+        host("cudaLaunchKernel", 30, 31, correlation=5),
+        device("own_kernel", 5, 30_000),
+    ]
+    with pytest.raises(ModeUnavailable, match="correlation id 5"):
+        kernel_totals_ms(activities, "call.")
 
 
 def test_kernel_mode_takes_one_sample_per_call_from_the_profiler(fake_cuda):
