@@ -68,6 +68,7 @@ class JobResult:
     problem_path: str = ""
     detail: str = ""  # compiler / Python error text, kept for the user
     wall_s: float = 0.0
+    stage_s: dict[str, float] = field(default_factory=dict)  # where wall_s went: reference, solution worker, judging
 
     def to_dict(self) -> dict[str, Any]:
         # JSON has no NaN/Infinity; a non-finite number is recorded as "unknown" rather than breaking the file.

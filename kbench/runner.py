@@ -200,6 +200,7 @@ class Runner:
             "trials": self.config.trials,
         }
         reference = self.reference(job.problem, job.overrides)
+        reference_done = time.monotonic()
         ref_ms = median_ms(reference.timing_ms)
         compile_ms = median_ms(reference.compile_timing_ms)
         if reference.error is not None:
@@ -225,9 +226,11 @@ class Runner:
                 env=_worker_env(),
                 on_start=monitor.worker_started,
             )
+        worker_done = time.monotonic()
         judged = judge(
             worker, out_dir, reference, self.config, self.bandwidth_bytes_per_s, static_flags(job.solution.path)
         )
+        judged_at = time.monotonic()
         shutil.rmtree(out_dir, ignore_errors=True)
         tolerance = self.config.tolerance_for(_first_dtype(reference.trials))
         comparison = judged.comparison
@@ -268,6 +271,11 @@ class Runner:
             timing_fallback=judged.timing_fallback,
             detail=judged.detail[-20_000:],
             wall_s=time.monotonic() - started,
+            stage_s={
+                "reference": reference_done - started,  # 0 when this run already has the problem's reference
+                "solution_worker": worker_done - reference_done,
+                "judge": judged_at - worker_done,
+            },
         )
 
 
