@@ -12,43 +12,75 @@ cuda_source = r"""
 #include <torch/extension.h>
 #include <c10/cuda/CUDAStream.h>
 
-constexpr int kColsPerBlock = 256;  // one column per thread: a warp reads 128 consecutive bytes of a row
-constexpr int kRowsPerChunk = 128;  // rows summed by one block; the partial sums of the chunks are added after
+constexpr int kThreads = 128;        // per block of column_partial_sums; each thread sums 4 (or 1) columns
+constexpr int kRowsPerChunk = 256;   // rows summed by one block; the chunks' partial sums are added after
+constexpr int kInFlight = 8;         // rows loaded before they are added: loads in flight per thread
+constexpr int kFinishCols = 32;      // finish_column_sums: a block takes 32 columns ...
+constexpr int kFinishGroups = 8;     // ... and splits their chunks among 8 groups of threads
 
-// partial[chunk][k] = sum of W[j][k] over the rows j of the chunk, in double.
+template <int V> struct Lanes;       // V columns per thread: float4 where rows are 16-byte aligned, else float
+template <> struct Lanes<4> { using type = float4; };
+template <> struct Lanes<1> { using type = float; };
+__device__ __forceinline__ void add_to(double* acc, float4 v) {
+    acc[0] += v.x;
+    acc[1] += v.y;
+    acc[2] += v.z;
+    acc[3] += v.w;
+}
+__device__ __forceinline__ void add_to(double* acc, float v) { acc[0] += v; }
+
+// partial[chunk][k] = sum of W[j][k] over the rows j of the chunk, in double, rows in order. W is read once, with
+// streaming loads (it is not needed again), kInFlight rows at a time.
+template <int V>
 __global__ void column_partial_sums(const float* __restrict__ w, double* __restrict__ partial,
                                     int64_t rows, int64_t cols) {
-    const int64_t k = blockIdx.x * (int64_t)kColsPerBlock + threadIdx.x;
-    const int64_t first = blockIdx.y * (int64_t)kRowsPerChunk;
+    using Vec = typename Lanes<V>::type;
+    const int64_t k = (blockIdx.x * (int64_t)kThreads + threadIdx.x) * V;
     if (k >= cols) return;
+    const int64_t first = blockIdx.y * (int64_t)kRowsPerChunk;
     const int64_t last = min(first + kRowsPerChunk, rows);
-    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;  // four loads in flight per thread
+    double acc[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i) acc[i] = 0.0;
     int64_t j = first;
-    for (; j + 4 <= last; j += 4) {
-        a0 += w[j * cols + k];
-        a1 += w[(j + 1) * cols + k];
-        a2 += w[(j + 2) * cols + k];
-        a3 += w[(j + 3) * cols + k];
+    for (; j + kInFlight <= last; j += kInFlight) {
+        Vec v[kInFlight];
+#pragma unroll
+        for (int u = 0; u < kInFlight; ++u) v[u] = __ldcs(reinterpret_cast<const Vec*>(w + (j + u) * cols + k));
+#pragma unroll
+        for (int u = 0; u < kInFlight; ++u) add_to(acc, v[u]);
     }
-    for (; j < last; ++j) a0 += w[j * cols + k];
-    partial[blockIdx.y * cols + k] = (a0 + a1) + (a2 + a3);
+    for (; j < last; ++j) add_to(acc, __ldcs(reinterpret_cast<const Vec*>(w + j * cols + k)));
+#pragma unroll
+    for (int i = 0; i < V; ++i) partial[blockIdx.y * cols + k + i] = acc[i];
 }
 
-// colsum[k] = sum over chunks of partial[chunk][k]; block 0 also sums the bias into colsum[cols].
+// colsum[k] = sum over chunks of partial[chunk][k], in a fixed order (so every call gives the same bits); block 0
+// also sums the bias into colsum[cols].
 __global__ void finish_column_sums(const double* __restrict__ partial, const float* __restrict__ bias,
                                    double* __restrict__ colsum, int64_t chunks, int64_t cols, int64_t rows) {
-    const int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    __shared__ double group_sums[kFinishGroups][kFinishCols];
+    const int c = threadIdx.x % kFinishCols, g = threadIdx.x / kFinishCols;
+    const int64_t k = blockIdx.x * (int64_t)kFinishCols + c;
+    double s = 0.0;
     if (k < cols) {
-        double s = 0.0;
-        for (int64_t c = 0; c < chunks; ++c) s += partial[c * cols + k];
-        colsum[k] = s;
+#pragma unroll 4
+        for (int64_t chunk = g; chunk < chunks; chunk += kFinishGroups) s += partial[chunk * cols + k];
+    }
+    group_sums[g][c] = s;
+    __syncthreads();
+    if (g == 0 && k < cols) {
+        double total = 0.0;
+        for (int i = 0; i < kFinishGroups; ++i) total += group_sums[i][c];
+        colsum[k] = total;
     }
     if (blockIdx.x == 0) {
         __shared__ double warp_sums[32];
-        double s = 0.0;
-        for (int64_t j = threadIdx.x; j < rows; j += blockDim.x) s += bias[j];
-        for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
-        if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
+        double b = 0.0;
+#pragma unroll 8
+        for (int64_t j = threadIdx.x; j < rows; j += blockDim.x) b += bias[j];
+        for (int off = 16; off > 0; off >>= 1) b += __shfl_down_sync(0xffffffffu, b, off);
+        if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = b;
         __syncthreads();
         if (threadIdx.x == 0) {
             double total = 0.0;
@@ -63,7 +95,8 @@ __global__ void row_dot(const float* __restrict__ x, const double* __restrict__ 
                         int64_t cols) {
     const float* xr = x + blockIdx.x * cols;
     double s = 0.0;
-    for (int64_t k = threadIdx.x; k < cols; k += blockDim.x) s += (double)xr[k] * colsum[k];
+#pragma unroll 8
+    for (int64_t k = threadIdx.x; k < cols; k += blockDim.x) s += (double)__ldcs(xr + k) * colsum[k];
     __shared__ double warp_sums[32];
     for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
     if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
@@ -97,18 +130,25 @@ torch::Tensor rowsum_linear(torch::Tensor x, torch::Tensor weight, torch::Tensor
     if (batch == 0) return out;
     const int64_t chunks = std::max<int64_t>(1, (rows + kRowsPerChunk - 1) / kRowsPerChunk);
     auto dopts = xc.options().dtype(torch::kFloat64);
-    auto partial = torch::zeros({chunks, cols}, dopts);  // zeros: a weight with no rows sums to 0
+    // Every entry is written when there are rows; a weight with no rows sums to 0.
+    auto partial = rows > 0 ? torch::empty({chunks, cols}, dopts) : torch::zeros({chunks, cols}, dopts);
     auto colsum = torch::empty({cols + 1}, dopts);
     auto stream = c10::cuda::getCurrentCUDAStream();
     if (rows > 0 && cols > 0) {
-        dim3 grid((unsigned)((cols + kColsPerBlock - 1) / kColsPerBlock), (unsigned)chunks);
-        column_partial_sums<<<grid, kColsPerBlock, 0, stream>>>(wc.data_ptr<float>(), partial.data_ptr<double>(),
-                                                                rows, cols);
+        const float* w = wc.data_ptr<float>();
+        const bool vector_rows = cols % 4 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
+        const int64_t lanes = vector_rows ? 4 : 1;
+        dim3 grid((unsigned)((cols + kThreads * lanes - 1) / (kThreads * lanes)), (unsigned)chunks);
+        if (vector_rows) {
+            column_partial_sums<4><<<grid, kThreads, 0, stream>>>(w, partial.data_ptr<double>(), rows, cols);
+        } else {
+            column_partial_sums<1><<<grid, kThreads, 0, stream>>>(w, partial.data_ptr<double>(), rows, cols);
+        }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    const unsigned finish_blocks = (unsigned)std::max<int64_t>(1, (cols + 255) / 256);
-    finish_column_sums<<<finish_blocks, 256, 0, stream>>>(partial.data_ptr<double>(), bc.data_ptr<float>(),
-                                                         colsum.data_ptr<double>(), chunks, cols, rows);
+    const unsigned finish_blocks = (unsigned)std::max<int64_t>(1, (cols + kFinishCols - 1) / kFinishCols);
+    finish_column_sums<<<finish_blocks, kFinishCols * kFinishGroups, 0, stream>>>(
+        partial.data_ptr<double>(), bc.data_ptr<float>(), colsum.data_ptr<double>(), chunks, cols, rows);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     row_dot<<<(unsigned)batch, 256, 0, stream>>>(xc.data_ptr<float>(), colsum.data_ptr<double>(),
                                                  out.data_ptr<float>(), cols);
