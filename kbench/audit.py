@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from kbench.compare import flat_chunks
 from kbench.config import Tolerance
 
 
@@ -25,10 +26,11 @@ def relative_error(new: dict[str, Any], exact: dict[str, Any]) -> float | None:
     for a, b in pairs:
         if a.shape != b.shape or not (a.is_floating_point() and b.is_floating_point()):
             return None
-        finite = torch.isfinite(a) & torch.isfinite(b)
-        a64, b64 = a[finite].double(), b[finite].double()
-        diff_sq += float(((a64 - b64) ** 2).sum())
-        ref_sq += float((b64**2).sum())
+        for a_part, b_part in flat_chunks(a, b):  # slice by slice: outputs can be hundreds of MiB
+            finite = torch.isfinite(a_part) & torch.isfinite(b_part)
+            a64, b64 = a_part[finite].double(), b_part[finite].double()
+            diff_sq += float(((a64 - b64) ** 2).sum())
+            ref_sq += float((b64**2).sum())
     if ref_sq == 0.0:
         return 0.0 if diff_sq == 0.0 else math.inf
     return math.sqrt(diff_sq / ref_sq)

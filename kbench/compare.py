@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,16 +39,46 @@ def load_outputs(path: Path) -> dict[str, Any]:
     return data
 
 
-def _errors(new: torch.Tensor, ref: torch.Tensor, atol: float) -> tuple[float, float]:
-    """Max absolute error, and max relative error with |ref| floored at atol (so zeros don't divide)."""
-    both_finite = torch.isfinite(new) & torch.isfinite(ref)
-    if not both_finite.any():
-        return 0.0, 0.0
-    a = new[both_finite].double()
-    b = ref[both_finite].double()
-    diff = (a - b).abs()
-    rel = diff / b.abs().clamp_min(max(atol, torch.finfo(torch.float64).tiny))
-    return float(diff.max()), float(rel.max())
+# Elements per slice when comparing: large outputs (hundreds of MiB) are compared slice by slice, so the
+# temporaries stay small instead of costing several copies of the whole tensor in double.
+CHUNK = 1 << 20
+
+
+def flat_chunks(*tensors: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Matching slices of the flattened tensors (all of one shape)."""
+    flat = [t.reshape(-1) for t in tensors]
+    for start in range(0, flat[0].numel(), CHUNK):
+        yield tuple(f[start : start + CHUNK] for f in flat)
+
+
+@dataclass
+class _Tally:
+    """What one pass over a floating output finds: errors over the elements finite in both, and mismatches."""
+
+    max_abs: float = 0.0
+    max_rel: float = 0.0  # |ref| floored at atol, so zeros don't divide
+    nan_misplaced: int = 0
+    inf_misplaced: int = 0
+    not_close: int = 0
+
+
+def _tally(new: torch.Tensor, ref: torch.Tensor, tol: Tolerance) -> _Tally:
+    tally = _Tally()
+    floor = max(tol.atol, torch.finfo(torch.float64).tiny)
+    for a, b in flat_chunks(new, ref):
+        tally.nan_misplaced += int((torch.isnan(a) != torch.isnan(b)).sum())
+        a_inf, b_inf = torch.isinf(a), torch.isinf(b)
+        tally.inf_misplaced += int(((a_inf & (a > 0)) != (b_inf & (b > 0))).sum())
+        tally.inf_misplaced += int(((a_inf & (a < 0)) != (b_inf & (b < 0))).sum())
+        tally.not_close += int((~torch.isclose(a, b, atol=tol.atol, rtol=tol.rtol, equal_nan=True)).sum())
+        finite = torch.isfinite(a) & torch.isfinite(b)
+        if not bool(finite.all()):
+            a, b = a[finite], b[finite]
+        if a.numel():
+            diff = (a.double() - b.double()).abs()
+            tally.max_abs = max(tally.max_abs, float(diff.max()))
+            tally.max_rel = max(tally.max_rel, float((diff / b.double().abs().clamp_min(floor)).max()))
+    return tally
 
 
 def compare_tensor(new: torch.Tensor, ref: torch.Tensor, tolerance_for: Callable[[str], Tolerance]) -> Comparison:
@@ -61,19 +91,16 @@ def compare_tensor(new: torch.Tensor, ref: torch.Tensor, tolerance_for: Callable
         equal = torch.equal(new, ref)
         mismatches = int((new != ref).sum())
         return Comparison(equal, "exact match" if equal else f"{mismatches} elements differ", 0.0, 0.0)
-    max_abs, max_rel = _errors(new, ref, tol.atol)
-    if not torch.equal(torch.isnan(new), torch.isnan(ref)):
-        count = int((torch.isnan(new) != torch.isnan(ref)).sum())
-        return Comparison(False, f"NaN in {count} places where the reference differs", max_abs, max_rel)
-    if not torch.equal(torch.isinf(new) & (new > 0), torch.isinf(ref) & (ref > 0)) or not torch.equal(
-        torch.isinf(new) & (new < 0), torch.isinf(ref) & (ref < 0)
-    ):
+    tally = _tally(new, ref, tol)
+    max_abs, max_rel = tally.max_abs, tally.max_rel
+    if tally.nan_misplaced:
+        return Comparison(False, f"NaN in {tally.nan_misplaced} places where the reference differs", max_abs, max_rel)
+    if tally.inf_misplaced:
         return Comparison(False, "Inf placement differs from the reference", max_abs, max_rel)
-    if not torch.allclose(new, ref, atol=tol.atol, rtol=tol.rtol, equal_nan=True):
-        bad = int((~torch.isclose(new, ref, atol=tol.atol, rtol=tol.rtol, equal_nan=True)).sum())
+    if tally.not_close:
         return Comparison(
             False,
-            f"{bad} of {ref.numel()} elements outside atol={tol.atol:g} rtol={tol.rtol:g} "
+            f"{tally.not_close} of {ref.numel()} elements outside atol={tol.atol:g} rtol={tol.rtol:g} "
             f"(max abs error {max_abs:.3g})",
             max_abs,
             max_rel,

@@ -4,6 +4,7 @@ so no solution process can alter what it is compared with."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ class ReferenceRun:
     error: str | None = None
     detail: str = ""
 
-    @property
+    @cached_property
     def float64_error(self) -> float | None:
         """PyTorch fp32's own error against float64: the yardstick for a solution's precision."""
         exact = self.float64.get(TRIAL)
