@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from kbench import catalog, display, report, session
+from kbench import catalog, display, report, session, spread
 from kbench.catalog import CatalogError
 from kbench.config import ConfigError, KbenchConfig, check_timing_mode, load_config
 from kbench.gate import GateCheck, evaluate, load_gate
@@ -311,6 +311,41 @@ def report_command(
         raise fail(f"cannot write the report: {exc}") from None
     print(f"run {run_dir.run_id}\n")
     print(report.to_markdown(frame))
+
+
+@app.command("compare")
+def compare_command(
+    runs: Annotated[list[str], typer.Argument(help="Two or more run ids or directories.")],
+    results_dir: ResultsDirOpt = Path("results"),
+    within: Annotated[
+        float,
+        typer.Option("--within", min=0.0, help="Largest allowed spread of a solution's median, e.g. 0.005 for 0.5 %."),
+    ] = 0.005,
+    csv: Annotated[Path | None, typer.Option("--csv", help="Write the comparison as CSV here.")] = None,
+) -> None:
+    """Compare the same jobs across runs (back to back, or timed in different modes): each median's spread.
+    Exit 1 when a solution's median moved by more than --within."""
+    try:
+        run_dirs = [find_run(results_dir, r) for r in runs]
+        if len({run_dir.path.resolve() for run_dir in run_dirs}) != len(runs) or len(runs) < 2:
+            raise fail("name at least two runs to compare, each once")
+        found = spread.spreads({name: run_dir.results.read() for name, run_dir in zip(runs, run_dirs, strict=True)})
+        if csv:
+            report.write_csv(spread.spread_frame(found), csv)
+    except RunNotFound as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"cannot write the comparison: {exc}") from None
+    if not found:
+        raise fail("no job was timed correct in two of these runs", EXIT_FAILED)
+    console.print(display.spread_table(found, within))
+    for s in found:
+        name = f"{escape(s.problem)} / {escape(s.solution)}"
+        if s.solution_changed:
+            console.print(f"{name}: [yellow]the solution file differs between these runs[/]")
+        if s.missing:
+            console.print(f"{name}: not timed in {', '.join(s.missing)}")
+    raise typer.Exit(EXIT_OK if all(s.within(within) for s in found) else EXIT_FAILED)
 
 
 @app.command("gate")

@@ -13,6 +13,7 @@ from rich.table import Table
 from kbench.catalog import Problem, Solution
 from kbench.gate import GateCheck
 from kbench.results import JobResult, Verdict
+from kbench.spread import Spread
 
 VERDICT_STYLE = {
     Verdict.CORRECT: "green",
@@ -136,6 +137,26 @@ def gate_table(checks: list[GateCheck]) -> Table:
             _num(c.speedup, ".3g"),
             f"{c.required_speedup:g}x",
             escape(c.reason),
+        )
+    return table
+
+
+def spread_table(found: list[Spread], bound: float) -> Table:
+    table = Table(title=f"kbench compare: medians across runs (bound {bound:.2%})")
+    for column in ("problem", "solution", "modes", "new ms", "spread", "ref ms beside", "spread", "speedup", "spread"):
+        table.add_column(column, justify="left" if column in ("problem", "solution", "modes") else "right")
+    for s in found:
+        style = "green" if s.within(bound) else "red"
+        table.add_row(
+            escape(s.problem),
+            escape(s.solution),
+            " / ".join(sorted(set(s.timing_modes))),
+            " / ".join(f"{v:.4g}" for v in s.new_ms),
+            f"[{style}]{s.new_spread:.2%}[/]",
+            " / ".join(f"{v:.4g}" for v in s.ref_ms),
+            f"{s.ref_spread:.2%}",
+            " / ".join(f"{v:.3g}" for v in s.speedup),
+            f"{s.speedup_spread:.2%}",
         )
     return table
 

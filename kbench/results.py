@@ -65,6 +65,7 @@ class JobResult:
     trials: int = 0
     overrides: dict[str, Any] = field(default_factory=dict)
     solution_path: str = ""
+    solution_digest: str = ""  # BLAKE2b of the solution file as judged: tells runs of changed code apart
     problem_path: str = ""
     detail: str = ""  # compiler / Python error text, kept for the user
     wall_s: float = 0.0

@@ -24,7 +24,7 @@ from kbench.judge import Judgement, judge
 from kbench.monitor import DeviceMonitor
 from kbench.reference import ReferenceRun, load_reference
 from kbench.results import JobResult, Verdict
-from kbench.spec import WorkerSpec
+from kbench.spec import WorkerSpec, file_digest
 from kbench.stats import median_ms
 from kbench.store import JsonStore
 
@@ -197,6 +197,7 @@ class Runner:
             "overrides": job.overrides,
             "problem_path": str(job.problem.path),
             "solution_path": str(job.solution.path),
+            "solution_digest": _digest_or_empty(job.solution.path),
             "trials": self.config.trials,
         }
         reference = self.reference(job.problem, job.overrides)
@@ -313,6 +314,13 @@ def static_flags(solution: Path) -> list[str]:
     except OSError:
         return []
     return sorted({finding.flag for finding in scan_source(source)})
+
+
+def _digest_or_empty(path: Path) -> str:
+    try:
+        return file_digest(path)
+    except OSError:
+        return ""  # an unreadable solution fails in its worker, with its own reason
 
 
 def _first_dtype(outputs: list[dict[str, Any]]) -> str:

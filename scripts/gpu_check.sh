@@ -5,7 +5,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/kbench-gpu-check}
 mkdir -p "$OUT"
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} PYTHONUNBUFFERED=1 COLUMNS=160
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} PYTHONUNBUFFERED=1 COLUMNS=200
 if [ -d .whl ] && ! python3 -c "import pydantic" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -15,15 +15,42 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log
 
 # Phases, so that each fits in one device call: `tests` runs the gpu-marked tests, four at a time (their CUDA
 # builds then overlap); `commands` runs the daily commands on CUDA; `all` (default) runs every test, then the
-# commands.
+# commands. For issue #5's timing evidence, `bench NAME [bench args]` runs one timed `kbench bench --all` into
+# $RUNS (kept on the machine, so calls made while it stays up add to it) and `compare` compares the runs named
+# events1, events2, events3 (0.5 % bound) and events3 with kernel (2 % bound), e.g.
+#   gpu_check.sh bench events1; gpu_check.sh bench events2          (one call: cold, then warm)
+#   gpu_check.sh bench events3; gpu_check.sh bench kernel --timing-mode kernel; gpu_check.sh compare
+# Both pack $RUNS into $OUT/runs.tgz.
 PHASE=${1:-all}
+RUNS=${KBENCH_RUNS:-/tmp/kbench-runs}
+mkdir -p "$RUNS"
+pack() { tar czf "$OUT/runs.tgz" -C "$(dirname "$RUNS")" "$(basename "$RUNS")"; }
+run_named() { sed -n 's/^results: //p' "$RUNS/$1.log" 2>/dev/null | tail -1 | grep . || echo "(no finished $1 run)"; }
 case "$PHASE" in
-    tests) python3 -m pytest -q -rs --durations=10 -m gpu -n 4 2>&1 | tee "$OUT/pytest.log" ;;
+    tests) python3 -m pytest -q -rs --durations=10 -m gpu -n 4 2>&1 | tee "$OUT/pytest.log"; exit 0 ;;
     all) python3 -m pytest -q -rs --durations=10 2>&1 | tee "$OUT/pytest.log" ;;
     commands) ;;
-    *) echo "usage: $0 [all|tests|commands]" >&2; exit 2 ;;
+    bench)
+        name=${2:?usage: $0 bench NAME [bench args]}
+        shift 2
+        start=$(date +%s%N)
+        kbench bench --all --results-dir "$RUNS" "$@" >"$RUNS/$name.log" 2>&1
+        echo "$name $* exit=$? wall_s=$(( ($(date +%s%N) - start) / 1000000000 ))" | tee -a "$RUNS/walls.txt"
+        pack
+        exit 0 ;;
+    compare)
+        {
+            kbench compare "$(run_named events1)" "$(run_named events2)" "$(run_named events3)" --within 0.005 \
+                --csv "$RUNS/events_spread.csv"
+            echo "exit=$?"
+            kbench compare "$(run_named events3)" "$(run_named kernel)" --within 0.02 --csv "$RUNS/events_vs_kernel.csv"
+            echo "exit=$?"
+        } 2>&1 | tee "$RUNS/compare.log"
+        pack
+        exit 0 ;;
+    *) echo "usage: $0 [all|tests|commands|bench NAME [args]|compare]" >&2; exit 2 ;;
 esac
-[ "$PHASE" = tests ] && exit 0
+
 {
     echo "== kbench verify example_scale_bias_relu6 --device cuda"
     kbench verify example_scale_bias_relu6 --device cuda; echo "exit=$?"
