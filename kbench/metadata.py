@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import platform
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +29,16 @@ def _git_commit() -> dict[str, Any]:
         return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
+
+
+def source_digest(root: Path = PACKAGE_DIR) -> str:
+    """BLAKE2b of kbench's own Python files (its problems and solutions included), by path and content: names
+    the code a run used where git cannot (a copy of the tree without its history, uncommitted changes)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for path in sorted(root.rglob("*.py")):
+        if "__pycache__" not in path.parts:
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def cpu_model() -> str:
@@ -97,6 +109,7 @@ def collect(device: str, config: dict[str, Any], command: list[str]) -> dict[str
     return {
         "kbench_version": __version__,
         "git": _git_commit(),
+        "source_digest": source_digest(),
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": command,
         "device": device,

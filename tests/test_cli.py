@@ -17,6 +17,7 @@ from conftest import PROBLEMS, SOLUTIONS, fast_config
 from typer.testing import CliRunner
 
 from kbench.cli import app
+from kbench.metadata import source_digest
 from kbench.report import COLUMNS
 
 cli = CliRunner(env={"COLUMNS": "200"})  # wide enough that rich never truncates a name
@@ -138,6 +139,7 @@ def test_bench_records_a_run_that_report_and_gate_read(tmp_path: Path, make_cata
     meta = json.loads((run_dir / "metadata.json").read_text())
     assert meta["torch"] and meta["device"] == "cpu" and meta["config"]["trials"] == 2 and meta["finished_at"]
     assert meta["device_info"]["device"] == "cpu"
+    assert meta["source_digest"] == source_digest()  # names the code that ran, with or without git
 
     csv = tmp_path / "out.csv"
     code, out = invoke("report", "--results-dir", results_dir, "--csv", csv)

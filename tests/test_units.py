@@ -202,3 +202,15 @@ def test_non_finite_numbers_are_recorded_as_unknown(tmp_path: Path):
     result.max_abs_error = float("inf")
     store.append(result)
     assert json.loads(store.path.read_text())["max_abs_error"] is None
+
+
+def test_source_digest_changes_with_any_python_file(tmp_path: Path):
+    from kbench.metadata import source_digest
+
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.py").write_text("y = 2\n")
+    before = source_digest(tmp_path)
+    assert source_digest(tmp_path) == before
+    (tmp_path / "sub" / "b.py").write_text("y = 3\n")
+    assert source_digest(tmp_path) != before
