@@ -177,26 +177,30 @@ _API_CALL = re.compile(r"cu(da)?[A-Z]\w*$")
 def kernel_totals_ms(activities: Iterable[Activity], prefix: str) -> dict[str, float]:
     """Device time (ms) per profiler range whose name starts with ``prefix``: the kernels, copies and fills
     whose launching API call started on the host inside the range. Work a call launches through an operator
-    or straight from an extension is found alike, by its correlation id; the GPU-side copy of a range (named
-    like it) is a span, not work, and is left out. A correlation id held by more than one API call cannot be
-    attributed safely: ModeUnavailable."""
+    or straight from an extension is found alike, by its correlation id. The GPU-side copy of a range (a
+    device record named like a host range of its correlation id) is a span, not work, and is left out.
+    Device work that cannot be placed safely raises ModeUnavailable, so the timing falls back to events
+    rather than leave work out: a correlation id held by several API calls, or one held by none."""
     activities = list(activities)
     host = [a for a in activities if not a.on_device]
     windows = sorted((a.start_ns, a.start_ns + a.duration_ns, a.name) for a in host if a.name.startswith(prefix))
     starts = [start for start, _, _ in windows]
     launched_at: dict[int, list[int]] = {}
+    host_names: dict[int, set[str]] = {}
     for a in host:
+        host_names.setdefault(a.correlation, set()).add(a.name)
         if _API_CALL.match(a.name):
             launched_at.setdefault(a.correlation, []).append(a.start_ns)
     totals_ns = {name: 0 for _, _, name in windows}
     for work in activities:
-        if not work.on_device or work.name.startswith(prefix) or work.correlation not in launched_at:
+        if not work.on_device or work.name in host_names.get(work.correlation, ()):
             continue
-        if len(launched_at[work.correlation]) > 1:
-            raise ModeUnavailable(f"the profiler gave correlation id {work.correlation} to several API calls")
-        (launch,) = launched_at[work.correlation]
-        at = bisect.bisect_right(starts, launch) - 1
-        if at >= 0 and launch <= windows[at][1]:
+        launches = launched_at.get(work.correlation, [])
+        if len(launches) != 1:
+            found = "several API calls" if launches else "no API call"
+            raise ModeUnavailable(f"the profiler linked device work {work.name[:80]!r} to {found}")
+        at = bisect.bisect_right(starts, launches[0]) - 1
+        if at >= 0 and launches[0] <= windows[at][1]:
             totals_ns[windows[at][2]] += work.duration_ns
     return {name: ns / 1e6 for name, ns in totals_ns.items()}
 

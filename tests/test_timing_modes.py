@@ -281,19 +281,23 @@ def test_kernel_time_counts_only_work_launched_inside_each_call():
         host("cudaLaunchKernel", 21, 22, correlation=4),  # the output fingerprint, after the call
         device("reduce", 4, 7_000),
         host("call.1", 30, 40, correlation=903),  # a call that launched nothing
-        device("orphan", 77, 1_000),  # no API call recorded for it
+        host("user_range", 31, 39, correlation=904),  # someone else's record_function range ...
+        device("user_range", 904, 9_000),  # ... and its GPU-side span: not work either
     ]
     assert kernel_totals_ms(activities, "call.") == {"call.0": pytest.approx(0.23), "call.1": 0.0}
 
 
-def test_kernel_time_refuses_a_correlation_id_it_cannot_place():
+@pytest.mark.parametrize(
+    ("launches", "found"),
+    [([12, 30], "several API calls"), ([], "no API call")],
+)
+def test_kernel_time_refuses_device_work_it_cannot_place(launches: list[int], found: str):
     activities = [
         host("call.0", 10, 20),
-        host("cudaLaunchKernel", 12, 13, correlation=5),
-        host("cudaLaunchKernel", 30, 31, correlation=5),
+        *[host("cudaLaunchKernel", t, t + 1, correlation=5) for t in launches],
         device("own_kernel", 5, 30_000),
     ]
-    with pytest.raises(ModeUnavailable, match="correlation id 5"):
+    with pytest.raises(ModeUnavailable, match=f"'own_kernel' to {found}"):
         kernel_totals_ms(activities, "call.")
 
 
