@@ -40,6 +40,7 @@ class WorkerRun:
     violations: list[str] = field(default_factory=list)  # messages the worker's protocol does not allow
     outputs: dict[str, str] = field(default_factory=dict)  # output file name -> digest announced on writing
     orphans_killed: int = 0  # descendants that had left the worker's process group
+    phase_s: dict[str, float] = field(default_factory=dict)  # how long each phase lasted, by the parent's clock
 
     def last(self, key: str) -> dict[str, Any] | None:
         for message in reversed(self.messages):
@@ -188,6 +189,7 @@ def run_worker(
     if on_start is not None:
         on_start(proc.pid)
     phase = phases[0]
+    phase_began = started
     limit = phase_timeouts[phase]
     deadline = started + limit
     final_deadline = started + sum(phase_timeouts.values())
@@ -214,11 +216,13 @@ def run_worker(
                     continue
                 started_phase = protocol.accept(message)
                 if started_phase is not None:
+                    phase_began = _end_phase(run, phase, phase_began)
                     phase, limit = started_phase, phase_timeouts[started_phase]
                     deadline = time.monotonic() + limit
             if not ready and proc.poll() is not None:
                 break  # exited, while a child it left behind may still hold the pipe open
     finally:
+        _end_phase(run, phase, phase_began)
         _kill_group(proc.pid)
         os.close(read_fd)
         run.returncode = proc.wait()
@@ -226,6 +230,13 @@ def run_worker(
             run.orphans_killed = _kill_orphans(children_before)
     run.log_tail = read_log_tail(log_path)
     return run
+
+
+def _end_phase(run: WorkerRun, phase: str, began: float) -> float:
+    """Record how long ``phase`` lasted; return now, when the next one begins."""
+    now = time.monotonic()
+    run.phase_s[phase] = now - began
+    return now
 
 
 def _parse(line: bytes) -> dict[str, Any] | None:

@@ -69,7 +69,8 @@ class JobResult:
     problem_path: str = ""
     detail: str = ""  # compiler / Python error text, kept for the user
     wall_s: float = 0.0
-    stage_s: dict[str, float] = field(default_factory=dict)  # where wall_s went: reference, solution worker, judging
+    # Where wall_s went: the reference, the solution worker's phases (load, build, run), judging.
+    stage_s: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         # JSON has no NaN/Infinity; a non-finite number is recorded as "unknown" rather than breaking the file.

@@ -274,7 +274,7 @@ class Runner:
             wall_s=time.monotonic() - started,
             stage_s={
                 "reference": reference_done - started,  # 0 when this run already has the problem's reference
-                "solution_worker": worker_done - reference_done,
+                **{f"solution_{phase}": seconds for phase, seconds in worker.phase_s.items()},
                 "judge": judged_at - worker_done,
             },
         )

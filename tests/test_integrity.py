@@ -142,7 +142,9 @@ def test_any_worker_death_is_a_crash(runner: Runner, fixture: str, reason: str):
 def test_physics_floor_rejects_impossible_times():
     solution = read_solution(SOLUTIONS / "affine_relu" / "correct_torch.py")
     config = fast_config()
-    with Runner(config, "cpu", bandwidth_bytes_per_s=1e6) as slow_world:
+    # About 7 KB to move at 1 KB/s: a floor of seconds, far above any real call even on a loaded machine
+    # (at 1 MB/s the 7 ms floor was sometimes under a CPU call's time when other jobs shared the cores).
+    with Runner(config, "cpu", bandwidth_bytes_per_s=1e3) as slow_world:
         result = slow_world.run(Job(AFFINE, solution))
     assert result.verdict == Verdict.REJECTED and "implausible_speed" in result.flags
     assert result.floor_ms > result.new_ms

@@ -54,8 +54,8 @@ def test_correct_solution_passes_with_errors_and_timing(runner: Runner):
     assert result.atol == 1e-4 and result.rtol == 1e-4
     assert result.ref_ms > 0 and result.new_ms > 0 and result.speedup == pytest.approx(result.ref_ms / result.new_ms)
     assert result.new_timing_count == 3 and result.ref_timing_count == 3
-    assert set(result.stage_s) == {"reference", "solution_worker", "judge"}
-    assert result.stage_s["solution_worker"] > 0 and sum(result.stage_s.values()) <= result.wall_s
+    assert set(result.stage_s) == {"reference", "solution_load", "solution_build", "solution_run", "judge"}
+    assert result.stage_s["solution_run"] > 0 and sum(result.stage_s.values()) <= result.wall_s
 
 
 def test_renamed_parameters_are_copied_by_position(runner: Runner):
