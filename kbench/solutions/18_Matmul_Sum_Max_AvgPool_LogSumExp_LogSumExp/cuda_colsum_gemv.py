@@ -90,13 +90,26 @@ __global__ void finish_column_sums(const double* __restrict__ partial, const flo
     }
 }
 
-// out[b] = x[b] . colsum + colsum[cols] (the bias sum): one block per row of x.
+// out[b] = x[b] . colsum + colsum[cols] (the bias sum): one block per row of x; float4 loads of x where the
+// row is 16-byte aligned and cols % 4 == 0, else scalar.
 __global__ void row_dot(const float* __restrict__ x, const double* __restrict__ colsum, float* __restrict__ out,
                         int64_t cols) {
     const float* xr = x + blockIdx.x * cols;
     double s = 0.0;
+    const bool vec = cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+    if (vec) {
+        const float4* x4 = reinterpret_cast<const float4*>(xr);
+        const double2* c2 = reinterpret_cast<const double2*>(colsum);
+#pragma unroll 4
+        for (int64_t q = threadIdx.x; q < cols / 4; q += blockDim.x) {
+            const float4 v = __ldcs(x4 + q);
+            const double2 c0 = c2[2 * q], c1 = c2[2 * q + 1];
+            s += (double)v.x * c0.x + (double)v.y * c0.y + (double)v.z * c1.x + (double)v.w * c1.y;
+        }
+    } else {
 #pragma unroll 8
-    for (int64_t k = threadIdx.x; k < cols; k += blockDim.x) s += (double)__ldcs(xr + k) * colsum[k];
+        for (int64_t k = threadIdx.x; k < cols; k += blockDim.x) s += (double)__ldcs(xr + k) * colsum[k];
+    }
     __shared__ double warp_sums[32];
     for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
     if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
