@@ -5,6 +5,7 @@ Trusted side. Nothing here imports a solution; workers are separate processes (s
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -15,8 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from kbench import audit
 from kbench.baselines import Baseline, baseline_key
+from kbench.build_cache import default_cache_root
 from kbench.catalog import PACKAGE_DIR, Problem, Solution
 from kbench.config import KbenchConfig, check_timing_mode
 from kbench.isolation import run_worker
@@ -42,12 +46,22 @@ def effective_overrides(problem: Problem, device: str, overrides: dict[str, Any]
     return {**base, **overrides}
 
 
-def _worker_env() -> dict[str, str]:
+def _worker_env(cache_root: Path | None) -> dict[str, str]:
     env = dict(os.environ)
     # Workers run in a scratch folder; make sure they import this very kbench.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if "PYTHONPYCACHEPREFIX" not in env and not _bytecode_cached_in_place():
+        # Where torch's bytecode is not kept beside its sources (a read-only install, or writing disabled),
+        # every worker would compile its ~1000 modules again: seconds per worker. Keep it in kbench's cache.
+        env["PYTHONPYCACHEPREFIX"] = str((cache_root or default_cache_root()) / "pycache")
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
+
+
+def _bytecode_cached_in_place() -> bool:
+    """Whether torch (already imported here) has its bytecode beside its sources, where workers find it."""
+    return Path(importlib.util.cache_from_source(torch.__file__)).is_file()
 
 
 class Runner:
@@ -134,7 +148,7 @@ class Runner:
             [str(spec_path)],
             out_dir / "worker.log",
             {"load": timeout, "run": timeout},
-            env=_worker_env(),
+            env=_worker_env(self.cache_root),
         )
         result, error = worker.last("result"), worker.last("error")
         if worker.timed_out_phase:
@@ -224,7 +238,7 @@ class Runner:
                 [str(spec_path)],
                 out_dir / "worker.log",
                 {"load": timeouts.run_s, "build": timeouts.build_s, "run": timeouts.run_s},
-                env=_worker_env(),
+                env=_worker_env(self.cache_root),
                 on_start=monitor.worker_started,
             )
         worker_done = time.monotonic()

@@ -214,3 +214,27 @@ def test_source_digest_changes_with_any_python_file(tmp_path: Path):
     assert source_digest(tmp_path) == before
     (tmp_path / "sub" / "b.py").write_text("y = 3\n")
     assert source_digest(tmp_path) != before
+
+
+# --- worker environment ---------------------------------------------------------------------------------
+
+
+def test_workers_keep_bytecode_in_kbench_cache_when_the_install_cannot(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from kbench import runner
+
+    monkeypatch.delenv("PYTHONPYCACHEPREFIX", raising=False)
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.setattr(runner, "_bytecode_cached_in_place", lambda: False)
+    env = runner._worker_env(tmp_path)
+    assert env["PYTHONPYCACHEPREFIX"] == str(tmp_path / "pycache")
+    subprocess.run([sys.executable, "-c", "import kbench.stats"], env=env, check=True)
+    assert list((tmp_path / "pycache").rglob("stats*.pyc")), "the worker's bytecode was not kept"
+
+    monkeypatch.setattr(runner, "_bytecode_cached_in_place", lambda: True)
+    assert "PYTHONPYCACHEPREFIX" not in runner._worker_env(tmp_path)  # an ordinary install: left alone
+    monkeypatch.setenv("PYTHONPYCACHEPREFIX", "/elsewhere")
+    monkeypatch.setattr(runner, "_bytecode_cached_in_place", lambda: False)
+    assert runner._worker_env(tmp_path)["PYTHONPYCACHEPREFIX"] == "/elsewhere"  # the user's choice wins
