@@ -11,12 +11,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kbench.spec import file_digest
+from kbench.spec import bytes_digest
 
 
 class Channel:
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, announce_outputs: bool = True) -> None:
         self._fd = fd
+        self._announce_outputs = announce_outputs
 
     def send(self, **message: Any) -> None:
         data = (json.dumps(message, default=str) + "\n").encode()
@@ -29,6 +30,9 @@ class Channel:
         """Tell the parent which phase starts now; each phase has its own timeout."""
         self.send(phase=name)
 
-    def announce(self, path: Path) -> None:
-        """Name an output file just written, with its digest: a file changed afterwards no longer matches."""
-        self.send(output=path.name, digest=file_digest(path))
+    def write_announced(self, path: Path, data: bytes | memoryview) -> None:
+        """Write an output file, then name it with the digest of what was written: a file changed afterwards
+        no longer matches. The digest is of the bytes in hand, so the file is never read back."""
+        path.write_bytes(data)
+        if self._announce_outputs:
+            self.send(output=path.name, digest=bytes_digest(data))

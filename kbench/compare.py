@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +27,11 @@ class UnreadableOutput(Exception):
     """An output file that cannot be loaded as plain tensors (missing, torn, or holding other objects)."""
 
 
-def load_outputs(path: Path) -> dict[str, Any]:
-    """Load a worker's saved outputs without running any code from the file (``weights_only``)."""
+def load_outputs(path: Path, content: bytes | None = None) -> dict[str, Any]:
+    """Load a worker's saved outputs without running any code from the file (``weights_only``); from
+    ``content``, the file's bytes, when they were read already (to check their digest)."""
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path if content is None else io.BytesIO(content), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UnreadableOutput(f"no output file {path.name}") from None
     except Exception as exc:

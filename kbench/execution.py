@@ -6,6 +6,7 @@ Runs inside worker processes only; the parent never calls this.
 from __future__ import annotations
 
 import importlib.util
+import io
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -84,9 +85,14 @@ def pack_outputs(output: Any) -> dict[str, Any]:
     return {"structure": "tensor" if isinstance(output, torch.Tensor) else "sequence", "tensors": tensors}
 
 
+def _save(value: Any, path: Path, channel: Channel) -> None:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    channel.write_announced(path, buffer.getbuffer())
+
+
 def save_outputs(output: Any, path: Path, channel: Channel) -> None:
-    torch.save(pack_outputs(output), path)
-    channel.announce(path)
+    _save(pack_outputs(output), path, channel)
 
 
 def run_calls(
@@ -114,9 +120,7 @@ def save_timed_outputs(outputs: list[Any], spec: WorkerSpec, role: str, channel:
 
 
 def save_state(state: dict[str, torch.Tensor], spec: WorkerSpec, role: str, channel: Channel) -> None:
-    path = state_path(Path(spec.out_dir), role)
-    torch.save(state, path)
-    channel.announce(path)
+    _save(state, state_path(Path(spec.out_dir), role), channel)
 
 
 def timing_input_sets(problem: ModuleType, spec: WorkerSpec) -> list[list[Any]]:

@@ -7,6 +7,7 @@ comparisons of saved outputs with the reference's, and only when the worker also
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from kbench.config import KbenchConfig, Tolerance
 from kbench.isolation import WorkerRun
 from kbench.reference import ReferenceRun
 from kbench.results import Verdict
-from kbench.spec import PERTURBED, TIMED, TRIAL, file_digest, output_path, state_path
+from kbench.spec import PERTURBED, TIMED, TRIAL, bytes_digest, output_path, state_path
 from kbench.stats import median_ms, median_rse, speedup_interval
 
 WORKER_FAILURE_VERDICTS = {Verdict.COMPILE_ERROR, Verdict.LOAD_ERROR, Verdict.RUNTIME_ERROR}
@@ -100,16 +101,25 @@ class TamperedOutput(UnreadableOutput):
     """A solution output file that is not what the worker announced when it wrote it."""
 
 
-def load_announced(path: Path, announced: dict[str, str]) -> dict[str, Any]:
-    """Load a solution output only if the file still has the digest announced when it was written: a file
-    rewritten later (by an exit hook, say) or never announced is refused."""
+def read_announced(path: Path, announced: dict[str, str]) -> bytes:
+    """A solution file's bytes, only if they still have the digest announced when it was written: a file
+    rewritten later (by an exit hook, say) or never announced is refused. Read once, then checked and loaded
+    from memory, so what is checked is what is loaded."""
     if path.name not in announced:
         if path.exists():
             raise TamperedOutput(f"{path.name} was never announced by the worker")
         raise UnreadableOutput(f"no output file {path.name}")
-    if not path.exists() or file_digest(path) != announced[path.name]:
+    try:
+        content = path.read_bytes()
+    except OSError:
+        raise TamperedOutput(f"{path.name} was removed after the worker wrote it") from None
+    if bytes_digest(content) != announced[path.name]:
         raise TamperedOutput(f"{path.name} changed after the worker wrote it")
-    return load_outputs(path)
+    return content
+
+
+def load_announced(path: Path, announced: dict[str, str]) -> dict[str, Any]:
+    return load_outputs(path, read_announced(path, announced))
 
 
 def compare_kind(
@@ -162,11 +172,12 @@ def compare_state(
     announced: dict[str, str],
 ) -> str:
     """Empty when ModelNew's buffers after the trials match the reference's; else what differs."""
-    path = state_path(out_dir, "new")
-    if announced.get(path.name) is None or not path.exists() or file_digest(path) != announced[path.name]:
+    try:
+        content = read_announced(state_path(out_dir, "new"), announced)
+    except UnreadableOutput:
         return "buffers file missing, or changed after the worker wrote it"
     try:
-        new = torch.load(path, map_location="cpu", weights_only=True)
+        new = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
     except Exception as exc:
         return f"buffers unreadable: {exc}".splitlines()[0]
     if not isinstance(new, dict):
