@@ -62,7 +62,7 @@ def test_overriding_one_tolerance_keeps_the_others(tmp_path: Path):
 
 def test_problem_constants_and_small_sizes_are_read_without_running_the_file():
     problem = catalog.Catalog().resolve_problem("example_scale_bias_relu6")
-    assert problem.constants["batch_size"] == 8192
+    assert problem.constants["batch_size"] == 4096
     assert problem.small_sizes == {"batch_size": 512, "features": 1024}
 
 
