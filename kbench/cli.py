@@ -104,7 +104,10 @@ def _run(
         def on_result(result: JobResult) -> None:
             progress.advance(task)
 
-        return session.execute(planned, config, device, recorder, on_start, on_result)
+        def on_prepare() -> None:
+            progress.update(task, description="references with cached timings, side by side")
+
+        return session.execute(planned, config, device, recorder, on_start, on_result, on_prepare)
 
 
 def _exit_for(results: list[JobResult], references: list[session.ReferenceCheck]) -> int:

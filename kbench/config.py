@@ -77,6 +77,7 @@ class BaselineConfig(_Strict):
     compile: Literal["auto", "on", "off"] = "auto"  # time torch.compile(Model) too; auto: on CUDA only
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     cache: bool = True  # reuse reference timings of an unchanged problem on the same device and torch
+    parallel: int = Field(default=4, ge=1)  # references with cached timings (they time nothing) run this many at once
 
     def compile_on(self, device: str) -> bool:
         return self.compile == "on" or (self.compile == "auto" and device.startswith("cuda"))

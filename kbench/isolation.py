@@ -151,6 +151,87 @@ def _kill_orphans(before: set[int]) -> int:
     return killed
 
 
+@dataclass(frozen=True)
+class WorkerCommand:
+    """``python -m module ARGS... FD``, with its log file and its phases' time limits (see ``run_workers``)."""
+
+    module: str
+    args: list[str]
+    log_path: Path
+    phase_timeouts: Mapping[str, float]
+    env: Mapping[str, str] | None = None
+    on_start: Callable[[int], None] | None = None  # called with the worker's pid once it runs
+
+
+class _Follower:
+    """One started worker: its channel read as it comes, its phase clock, and its end."""
+
+    def __init__(self, command: WorkerCommand) -> None:
+        self.read_fd, write_fd = os.pipe()
+        self.run = WorkerRun()
+        self.log_path = command.log_path
+        started = time.monotonic()
+        self.timeouts = command.phase_timeouts
+        phases = list(self.timeouts)
+        self.protocol = _Protocol(phases[1:], self.run)
+        with command.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", command.module, *command.args, str(write_fd)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(write_fd,),
+                start_new_session=True,  # its own process group, killed as one
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                env=dict(command.env) if command.env is not None else None,
+            )
+        os.close(write_fd)
+        if command.on_start is not None:
+            command.on_start(self.proc.pid)
+        self.phase, self.phase_began = phases[0], started
+        self.limit = self.timeouts[self.phase]
+        self.deadline = started + self.limit
+        self.final_deadline = started + sum(self.timeouts.values())
+        self.buffer = b""
+
+    def time_left(self, now: float) -> float:
+        return min(self.deadline, self.final_deadline) - now
+
+    def expired(self, now: float) -> bool:
+        if self.time_left(now) > 0:
+            return False
+        self.run.timed_out_phase, self.run.timeout_s = self.phase, self.limit
+        return True
+
+    def read(self) -> bool:
+        """Take what the channel has; False once every writer has closed it (the worker is done or dead)."""
+        chunk = os.read(self.read_fd, 1 << 16)
+        if not chunk:
+            return False
+        *lines, self.buffer = (self.buffer + chunk).split(b"\n")
+        if len(self.buffer) > MAX_LINE_BYTES:
+            self.buffer = b""
+            self.run.garbage_lines += 1
+        for line in lines:
+            message = _parse(line)
+            if message is None or len(self.run.messages) + len(self.run.violations) >= MAX_MESSAGES:
+                self.run.garbage_lines += 1
+                continue
+            started_phase = self.protocol.accept(message)
+            if started_phase is not None:
+                self.phase_began = _end_phase(self.run, self.phase, self.phase_began)
+                self.phase, self.limit = started_phase, self.timeouts[started_phase]
+                self.deadline = time.monotonic() + self.limit
+        return True
+
+    def close(self) -> None:
+        _end_phase(self.run, self.phase, self.phase_began)
+        _kill_group(self.proc.pid)
+        os.close(self.read_fd)
+        self.run.returncode = self.proc.wait()
+        self.run.log_tail = read_log_tail(self.log_path)
+
+
 def run_worker(
     module: str,
     args: list[str],
@@ -159,77 +240,54 @@ def run_worker(
     env: Mapping[str, str] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> WorkerRun:
-    """Start ``python -m module ARGS... FD`` and follow it until it exits or runs out of time.
+    """Start ``python -m module ARGS... FD`` and follow it until it exits or runs out of time."""
+    return run_workers([WorkerCommand(module, args, log_path, phase_timeouts, env, on_start)])[0]
 
-    ``phase_timeouts`` lists the worker's phases in order with their limits in seconds. The worker is in
-    the first phase from the start; announcing the next (``{"phase": name}``) restarts the clock with that
-    phase's limit. The whole run never gets longer than all limits together.
+
+def run_workers(commands: list[WorkerCommand], at_once: int | None = None) -> list[WorkerRun]:
+    """Run the workers, ``at_once`` at a time (default: all), each followed until it exits or runs out of
+    time; their runs, in order.
+
+    ``phase_timeouts`` lists a worker's phases in order with their limits in seconds. The worker is in the
+    first phase from the start; announcing the next (``{"phase": name}``) restarts the clock with that
+    phase's limit. The whole run never gets longer than all limits together. Descendants that escaped a
+    worker's process group are killed once every worker has exited, so none of the others is taken for one;
+    each run reports how many there were, for all the workers together.
     """
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
     children_before = _children() if sys.platform.startswith("linux") else set()
-    read_fd, write_fd = os.pipe()
-    run = WorkerRun()
-    started = time.monotonic()
-    phases = list(phase_timeouts)
-    protocol = _Protocol(phases[1:], run)
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module, *args, str(write_fd)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            pass_fds=(write_fd,),
-            start_new_session=True,  # its own process group, killed as one
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-            env=dict(env) if env is not None else None,
-        )
-    os.close(write_fd)
-    if on_start is not None:
-        on_start(proc.pid)
-    phase = phases[0]
-    phase_began = started
-    limit = phase_timeouts[phase]
-    deadline = started + limit
-    final_deadline = started + sum(phase_timeouts.values())
-    buffer = b""
+    followers: list[_Follower] = []
+    active: list[_Follower] = []
+    waiting = list(commands)
     try:
-        while True:
+        while active or waiting:
+            while waiting and len(active) < (at_once or len(commands)):
+                followers.append(_Follower(waiting.pop(0)))
+                active.append(followers[-1])
             now = time.monotonic()
-            if now >= min(deadline, final_deadline):
-                run.timed_out_phase, run.timeout_s = phase, limit
-                break
-            ready, _, _ = select.select([read_fd], [], [], min(0.2, min(deadline, final_deadline) - now))
-            chunk = os.read(read_fd, 1 << 16) if ready else b""
-            if ready and not chunk:
-                break  # every writer closed the pipe: the worker is done or dead
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            if len(buffer) > MAX_LINE_BYTES:
-                buffer = b""
-                run.garbage_lines += 1
-            for line in lines:
-                message = _parse(line)
-                if message is None or len(run.messages) + len(run.violations) >= MAX_MESSAGES:
-                    run.garbage_lines += 1
-                    continue
-                started_phase = protocol.accept(message)
-                if started_phase is not None:
-                    phase_began = _end_phase(run, phase, phase_began)
-                    phase, limit = started_phase, phase_timeouts[started_phase]
-                    deadline = time.monotonic() + limit
-            if not ready and proc.poll() is not None:
-                break  # exited, while a child it left behind may still hold the pipe open
+            for follower in [f for f in active if f.expired(now)]:
+                active.remove(follower)
+                follower.close()
+            if not active:
+                continue
+            wait = min(0.2, *(f.time_left(now) for f in active))
+            ready, _, _ = select.select([f.read_fd for f in active], [], [], max(0.0, wait))
+            for follower in list(active):
+                # Done when the channel is closed, or when the worker exited while a child it left
+                # behind still holds the channel open.
+                done = not follower.read() if follower.read_fd in ready else follower.proc.poll() is not None
+                if done:
+                    active.remove(follower)
+                    follower.close()
     finally:
-        _end_phase(run, phase, phase_began)
-        _kill_group(proc.pid)
-        os.close(read_fd)
-        run.returncode = proc.wait()
-        if sys.platform.startswith("linux"):
-            run.orphans_killed = _kill_orphans(children_before)
-    run.log_tail = read_log_tail(log_path)
-    return run
+        for follower in active:
+            follower.close()
+        orphans = _kill_orphans(children_before) if sys.platform.startswith("linux") else 0
+    for follower in followers:
+        follower.run.orphans_killed = orphans
+    return [follower.run for follower in followers]
 
 
 def _end_phase(run: WorkerRun, phase: str, began: float) -> float:

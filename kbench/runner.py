@@ -23,7 +23,7 @@ from kbench.baselines import Baseline, baseline_key
 from kbench.build_cache import default_cache_root
 from kbench.catalog import PACKAGE_DIR, Problem, Solution
 from kbench.config import KbenchConfig, check_timing_mode
-from kbench.isolation import run_worker
+from kbench.isolation import WorkerCommand, WorkerRun, run_worker, run_workers
 from kbench.judge import Judgement, judge
 from kbench.monitor import DeviceMonitor
 from kbench.reference import ReferenceRun, load_reference
@@ -38,6 +38,21 @@ class Job:
     problem: Problem
     solution: Solution
     overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _ReferenceJob:
+    """A reference worker ready to start, and what its result is read with."""
+
+    spec: WorkerSpec
+    out_dir: Path
+    baseline_key: str
+    cached: Baseline | None  # the baseline cache's timings; None: the worker times the reference itself
+    command: WorkerCommand
+
+
+def _reference_key(problem: Problem, overrides: dict[str, Any]) -> str:
+    return json.dumps([str(problem.path), overrides], sort_keys=True, default=str)
 
 
 def effective_overrides(problem: Problem, device: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -119,10 +134,29 @@ class Runner:
         )
 
     def reference(self, problem: Problem, overrides: dict[str, Any]) -> ReferenceRun:
-        key = json.dumps([str(problem.path), overrides], sort_keys=True, default=str)
+        key = _reference_key(problem, overrides)
         if key not in self._references:
-            self._references[key] = self._run_reference(problem, overrides)
+            job = self._reference_job(problem, overrides, self._cached_baseline(problem, overrides))
+            self._references[key] = self._finish_reference(job, run_workers([job.command])[0])
         return self._references[key]
+
+    def prepare_references(self, wanted: list[tuple[Problem, dict[str, Any]]]) -> int:
+        """Run side by side, ``baselines.parallel`` at a time, the references that time nothing (their timings
+        are in the baseline cache), so that jobs find them done. One that fails here is left for its job to run
+        alone: running beside the others (short of memory, say) must not be what fails it. A reference that
+        times runs alone, when its job asks for it. Returns how many ran here."""
+        pending: dict[str, _ReferenceJob] = {}
+        for problem, overrides in wanted:
+            key = _reference_key(problem, overrides)
+            cached = self._cached_baseline(problem, overrides)
+            if cached is not None and key not in self._references and key not in pending:
+                pending[key] = self._reference_job(problem, overrides, cached)
+        workers = run_workers([job.command for job in pending.values()], at_once=self.config.baselines.parallel)
+        for (key, job), worker in zip(pending.items(), workers, strict=True):
+            reference = self._finish_reference(job, worker)
+            if reference.error is None:
+                self._references[key] = reference
+        return len(pending)
 
     def _compile_mode(self) -> str | None:
         baselines = self.config.baselines
@@ -132,36 +166,42 @@ class Runner:
         """Where this problem's reference timings are cached: timing settings and mode included."""
         return baseline_key(problem, overrides, self.device_name, self.config.timing.model_dump(), self._compile_mode())
 
-    def _run_reference(self, problem: Problem, overrides: dict[str, Any]) -> ReferenceRun:
+    def _cached_baseline(self, problem: Problem, overrides: dict[str, Any]) -> Baseline | None:
+        if self.baseline_cache is None:
+            return None
+        return self.baseline_cache.get(self.baseline_key(problem, overrides), Baseline)
+
+    def _reference_job(self, problem: Problem, overrides: dict[str, Any], cached: Baseline | None) -> _ReferenceJob:
         out_dir = Path(tempfile.mkdtemp(prefix="ref-", dir=self._scratch))
         spec_path = out_dir / "spec.json"
         spec = self._spec(problem, overrides, out_dir, None)
-        compile_mode = self._compile_mode()
-        key = self.baseline_key(problem, overrides)
-        cached = self.baseline_cache.get(key, Baseline) if self.baseline_cache else None
         spec.time_reference = cached is None
-        spec.compile_mode = compile_mode if cached is None else None
+        spec.compile_mode = self._compile_mode() if cached is None else None
         spec.write(spec_path)
         timeout = self.config.timeouts.reference_s
-        worker = run_worker(
+        command = WorkerCommand(
             "kbench.reference_worker",
             [str(spec_path)],
             out_dir / "worker.log",
             {"load": timeout, "run": timeout},
             env=_worker_env(self.cache_root),
         )
+        return _ReferenceJob(spec, out_dir, self.baseline_key(problem, overrides), cached, command)
+
+    def _finish_reference(self, job: _ReferenceJob, worker: WorkerRun) -> ReferenceRun:
         result, error = worker.last("result"), worker.last("error")
         if worker.timed_out_phase:
-            return ReferenceRun(error=f"reference timed out after {timeout:g} s", detail=worker.log_tail)
+            return ReferenceRun(error=f"reference timed out after {worker.timeout_s:g} s", detail=worker.log_tail)
         if error is not None or result is None or worker.returncode != 0:
             info = error["error"] if error else {}
             reason = info.get("reason") or f"reference worker {worker.exit_description()} without a result"
             return ReferenceRun(error=reason, detail=f"{info.get('detail', '')}\n{worker.log_tail}")
-        reference = load_reference(out_dir, spec, result["result"])
-        shutil.rmtree(out_dir, ignore_errors=True)  # now held in memory, where no worker can reach it
+        reference = load_reference(job.out_dir, job.spec, result["result"])
+        shutil.rmtree(job.out_dir, ignore_errors=True)  # now held in memory, where no worker can reach it
         if reference.error is None:
             self.device_info = reference.device_info
             reference.warnings = audit.degenerate_warnings(reference.trials, self.config.tolerance_for)
+            cached = job.cached
             if cached is not None:
                 reference.timing_ms, reference.compile_timing_ms = cached.eager_ms, cached.compile_ms
                 reference.compile_error, reference.baseline_cached = cached.compile_error, True
@@ -169,7 +209,7 @@ class Runner:
                 reference.timing_notes = cached.timing_notes
             elif self.baseline_cache is not None:
                 self.baseline_cache.put(
-                    key,
+                    job.baseline_key,
                     Baseline(
                         reference.timing_ms,
                         reference.compile_timing_ms,

@@ -161,12 +161,12 @@ def plan_resume(run_dir: RunDir) -> Resumption:
 
 def lint(problems: list[Problem], device: str, config: KbenchConfig, overrides: dict[str, Any]) -> list[ReferenceCheck]:
     """Run each problem's reference alone and report degenerate outputs (see ``audit.degenerate_warnings``)."""
-    checks = []
+    for problem in problems:
+        catalog.check_overrides(problem, overrides)
+    wanted = [(problem, effective_overrides(problem, device, overrides)) for problem in problems]
     with _runner(config, device) as runner:
-        for problem in problems:
-            catalog.check_overrides(problem, overrides)
-            reference = runner.reference(problem, effective_overrides(problem, device, overrides))
-            checks.append(ReferenceCheck.of(problem, reference))
+        runner.prepare_references(wanted)
+        checks = [ReferenceCheck.of(problem, runner.reference(problem, sizes)) for problem, sizes in wanted]
     return checks
 
 
@@ -214,10 +214,13 @@ def execute(
     recorder: Recorder | None = None,
     on_start: Callable[[Job], None] = lambda job: None,
     on_result: Callable[[JobResult], None] = lambda result: None,
+    on_prepare: Callable[[], None] = lambda: None,
 ) -> SessionOutcome:
     results: list[JobResult] = []
     references: list[ReferenceCheck] = []
     with _runner(config, device) as runner:
+        on_prepare()
+        runner.prepare_references([(job.problem, job.overrides) for job in session.jobs] + session.reference_only)
         for job in session.jobs:
             on_start(job)
             result = runner.run(job)

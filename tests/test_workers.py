@@ -1,0 +1,107 @@
+"""Workers run side by side: each followed on its own clock, none taken for another's orphan; and the
+references that time nothing run together before the jobs, a failure there retried alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from conftest import PROBLEMS, fast_config
+
+from kbench.catalog import read_problem
+from kbench.isolation import WorkerCommand, run_workers
+from kbench.runner import Runner
+from kbench.store import JsonStore
+
+# A stand-in worker: ``python -m sleepy_worker SECONDS [orphan] FD`` sleeps, may leave a detached process
+# behind (a double fork into a new session), then reports its pid.
+SLEEPY = """
+import json, os, subprocess, sys, time
+seconds, *rest = sys.argv[1:-1]
+fd = int(sys.argv[-1])
+if rest == ["orphan"]:
+    subprocess.Popen([sys.executable, "-c", "import os, time; os.setsid(); time.sleep(60)"], start_new_session=True)
+time.sleep(float(seconds))
+os.write(fd, (json.dumps({"result": {"pid": os.getpid()}}) + "\\n").encode())
+"""
+
+
+@pytest.fixture
+def sleepy(tmp_path: Path):
+    (tmp_path / "sleepy_worker.py").write_text(SLEEPY)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+    def command(*args: str, timeout: float = 30.0) -> WorkerCommand:
+        log = tmp_path / f"{len(list(tmp_path.glob('*.log')))}.log"
+        return WorkerCommand("sleepy_worker", list(args), log, {"run": timeout}, env=env)
+
+    return command
+
+
+def test_workers_run_side_by_side_or_in_turn(sleepy):
+    started = time.monotonic()
+    runs = run_workers([sleepy("1.5"), sleepy("1.5"), sleepy("1.5")])
+    together = time.monotonic() - started
+    assert [run.last("result") is not None for run in runs] == [True] * 3
+    started = time.monotonic()
+    run_workers([sleepy("1.5"), sleepy("1.5"), sleepy("1.5")], at_once=1)
+    in_turn = time.monotonic() - started
+    assert together < 3.0 <= 4.5 <= in_turn, (together, in_turn)
+
+
+def test_each_worker_has_its_own_clock(sleepy):
+    hung, quick = run_workers([sleepy("60", timeout=1.0), sleepy("0.5")])
+    assert hung.timed_out_phase == "run" and hung.last("result") is None
+    assert quick.timed_out_phase is None and quick.last("result") is not None
+
+
+def test_an_orphan_is_killed_after_all_workers_not_a_worker_beside_it(sleepy):
+    leaves, slower = run_workers([sleepy("0.2", "orphan"), sleepy("2.0")])
+    assert slower.returncode == 0 and slower.last("result") is not None, slower.log_tail
+    assert leaves.orphans_killed >= 1
+
+
+def _problem_failing_once(tmp_path: Path) -> Path:
+    """affine_relu, with a reference that fails the first time it is loaded (a marker file says when)."""
+    marker = tmp_path / "fail-next-load"
+    source = (PROBLEMS / "affine_relu.py").read_text()
+    path = tmp_path / "flaky_affine.py"
+    path.write_text(
+        f"import pathlib\n_marker = pathlib.Path({str(marker)!r})\n"
+        "if _marker.exists():\n    _marker.unlink()\n    raise MemoryError('out of memory beside the others')\n"
+        + source
+    )
+    return path
+
+
+def test_cached_references_run_together_and_one_that_fails_there_runs_again_alone(tmp_path: Path, monkeypatch):
+    problems = [read_problem(PROBLEMS / "affine_relu.py"), read_problem(_problem_failing_once(tmp_path))]
+    store = JsonStore(tmp_path / "baselines.json")
+    with Runner(fast_config(), "cpu", baseline_cache=store) as cold:
+        first = [cold.reference(problem, {}) for problem in problems]  # times each, alone: fills the cache
+        assert cold.prepare_references([(problem, {}) for problem in problems]) == 0  # all done already
+    assert all(ref.error is None and not ref.baseline_cached for ref in first)
+    assert len(json.loads((tmp_path / "baselines.json").read_text())) == 2
+
+    (tmp_path / "fail-next-load").touch()
+    import kbench.runner
+
+    batches: list[int] = []
+    real = kbench.runner.run_workers
+
+    def counting(commands, at_once=None):
+        batches.append(len(commands))
+        return real(commands, at_once)
+
+    monkeypatch.setattr(kbench.runner, "run_workers", counting)
+    with Runner(fast_config(), "cpu", baseline_cache=store) as warm:
+        assert warm.prepare_references([(problem, {}) for problem in problems]) == 2
+        assert batches == [2]
+        steady, flaky = (warm.reference(problem, {}) for problem in problems)
+    assert batches == [2, 1], "only the reference that failed beside the other runs again, alone"
+    assert steady.error is None and flaky.error is None, flaky.error
+    assert steady.baseline_cached and flaky.baseline_cached
+    assert not (tmp_path / "fail-next-load").exists()
