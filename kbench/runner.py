@@ -349,7 +349,8 @@ def _reference_notes(reference: ReferenceRun, judged: Judgement) -> list[str]:
     if reference.compile_error:
         notes.append(f"no torch.compile baseline: {reference.compile_error}")
     if reference.baseline_cached:
-        notes.append("reference timings (alone, and torch.compile) from the baseline cache")
+        timed = "alone, and torch.compile" if reference.compile_timing_ms else "alone"
+        notes.append(f"reference timings ({timed}) from the baseline cache")
     notes.extend(reference.timing_notes)
     compiled = reference.compile_timing_mode
     if compiled and judged.speedup and judged.timing_mode and compiled != judged.timing_mode:
