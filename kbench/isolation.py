@@ -174,18 +174,23 @@ class _Follower:
         self.timeouts = command.phase_timeouts
         phases = list(self.timeouts)
         self.protocol = _Protocol(phases[1:], self.run)
-        with command.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", command.module, *command.args, str(write_fd)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                pass_fds=(write_fd,),
-                start_new_session=True,  # its own process group, killed as one
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-                env=dict(command.env) if command.env is not None else None,
-            )
-        os.close(write_fd)
+        try:
+            with command.log_path.open("wb") as log:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", command.module, *command.args, str(write_fd)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(write_fd,),
+                    start_new_session=True,  # its own process group, killed as one
+                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                    env=dict(command.env) if command.env is not None else None,
+                )
+        except BaseException:  # no worker (a full disk for its log, say): leave no pipe behind
+            os.close(self.read_fd)
+            raise
+        finally:
+            os.close(write_fd)
         if command.on_start is not None:
             command.on_start(self.proc.pid)
         self.phase, self.phase_began = phases[0], started
