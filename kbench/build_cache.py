@@ -13,13 +13,6 @@ from pathlib import Path
 import torch
 
 
-def default_cache_root() -> Path:
-    if os.environ.get("KBENCH_CACHE_DIR"):
-        return Path(os.environ["KBENCH_CACHE_DIR"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "kbench"
-
-
 def target_arch(device: str) -> str:
     if not device.startswith("cuda"):
         return "cpu"

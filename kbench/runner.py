@@ -5,7 +5,6 @@ Trusted side. Nothing here imports a solution; workers are separate processes (s
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -16,11 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from kbench import audit
+from kbench import audit, caches
 from kbench.baselines import Baseline, baseline_key
-from kbench.build_cache import default_cache_root
 from kbench.catalog import PACKAGE_DIR, Problem, Solution
 from kbench.config import KbenchConfig, check_timing_mode
 from kbench.isolation import WorkerCommand, WorkerRun, run_worker, run_workers
@@ -66,17 +62,8 @@ def _worker_env(cache_root: Path | None) -> dict[str, str]:
     # Workers run in a scratch folder; make sure they import this very kbench.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
-    if "PYTHONPYCACHEPREFIX" not in env and not _bytecode_cached_in_place():
-        # Where torch's bytecode is not kept beside its sources (a read-only install, or writing disabled),
-        # every worker would compile its ~1000 modules again: seconds per worker. Keep it in kbench's cache.
-        env["PYTHONPYCACHEPREFIX"] = str((cache_root or default_cache_root()) / "pycache")
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    caches.bytecode_env(env, cache_root)
     return env
-
-
-def _bytecode_cached_in_place() -> bool:
-    """Whether torch (already imported here) has its bytecode beside its sources, where workers find it."""
-    return Path(importlib.util.cache_from_source(torch.__file__)).is_file()
 
 
 class Runner:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kbench import catalog, metadata
-from kbench.build_cache import default_cache_root
+from kbench.caches import default_cache_root
 from kbench.calibrate import Ceilings, measure
 from kbench.catalog import Problem
 from kbench.config import KbenchConfig, check_timing_mode

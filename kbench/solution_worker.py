@@ -44,10 +44,10 @@ def _describe(exc: BaseException) -> str:
 
 
 def _build(spec: WorkerSpec, channel: Channel) -> Any:
-    from kbench import build_cache, execution
+    from kbench import build_cache, caches, execution
 
     source = Path(spec.solution_path or "").read_text(encoding="utf-8")
-    root = Path(spec.extensions_root) if spec.extensions_root else build_cache.default_cache_root()
+    root = Path(spec.extensions_root) if spec.extensions_root else caches.default_cache_root()
     ext_dir = build_cache.extension_dir(root, source, spec.device)
     ext_dir.mkdir(parents=True, exist_ok=True)
     os.environ["TORCH_EXTENSIONS_DIR"] = str(ext_dir)

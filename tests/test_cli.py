@@ -35,6 +35,15 @@ def invoke(*args: str | Path) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def test_the_console_script_entry_point_runs_the_command_line():
+    entry = "import sys; from kbench.launch import main; sys.argv = ['kbench', 'list']; main()"
+    done = subprocess.run(
+        [sys.executable, "-c", entry], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}
+    )
+    assert done.returncode == 0, done.stderr
+    assert "example_scale_bias_relu6" in done.stdout
+
+
 def test_list_shows_problems_and_their_solutions():
     code, out = invoke("list")
     assert code == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -223,18 +224,42 @@ def test_workers_keep_bytecode_in_kbench_cache_when_the_install_cannot(tmp_path,
     import subprocess
     import sys
 
-    from kbench import runner
+    from kbench import caches, runner
 
     monkeypatch.delenv("PYTHONPYCACHEPREFIX", raising=False)
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
-    monkeypatch.setattr(runner, "_bytecode_cached_in_place", lambda: False)
+    monkeypatch.setattr(caches, "installed_without_bytecode", lambda: True)
     env = runner._worker_env(tmp_path)
-    assert env["PYTHONPYCACHEPREFIX"] == str(tmp_path / "pycache")
+    assert env["PYTHONPYCACHEPREFIX"] == str(tmp_path / "pycache") and "PYTHONDONTWRITEBYTECODE" not in env
     subprocess.run([sys.executable, "-c", "import kbench.stats"], env=env, check=True)
     assert list((tmp_path / "pycache").rglob("stats*.pyc")), "the worker's bytecode was not kept"
 
-    monkeypatch.setattr(runner, "_bytecode_cached_in_place", lambda: True)
+    monkeypatch.setattr(caches, "installed_without_bytecode", lambda: False)
     assert "PYTHONPYCACHEPREFIX" not in runner._worker_env(tmp_path)  # an ordinary install: left alone
     monkeypatch.setenv("PYTHONPYCACHEPREFIX", "/elsewhere")
-    monkeypatch.setattr(runner, "_bytecode_cached_in_place", lambda: False)
+    monkeypatch.setattr(caches, "installed_without_bytecode", lambda: True)
     assert runner._worker_env(tmp_path)["PYTHONPYCACHEPREFIX"] == "/elsewhere"  # the user's choice wins
+
+
+def test_the_command_line_keeps_its_bytecode_in_kbench_cache_when_the_install_cannot(tmp_path):
+    """The console script settles the bytecode location before it imports torch; the check for bytecode
+    beside torch's sources still looks there, not under the prefix this process now uses."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from kbench import caches
+real = caches.installed_without_bytecode
+before = real()
+caches.installed_without_bytecode = lambda: True  # as on a machine whose torch has no bytecode
+caches.keep_bytecode_here()
+import kbench.stats
+print(sys.pycache_prefix, real() == before)
+"""
+    env = {**os.environ, "KBENCH_CACHE_DIR": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("PYTHONPYCACHEPREFIX", None)
+    out = subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, text=True).stdout
+    prefix, unchanged = out.split()
+    assert prefix == str(tmp_path / "pycache") and unchanged == "True", out
+    assert list((tmp_path / "pycache").rglob("stats*.pyc")), "the command line's bytecode was not kept"
