@@ -35,4 +35,4 @@ class Channel:
         no longer matches. The digest is of the bytes in hand, so the file is never read back."""
         path.write_bytes(data)
         if self._announce_outputs:
-            self.send(output=path.name, digest=bytes_digest(data))
+            self.send(output=path.name, digest=bytes_digest(data), size=len(data))

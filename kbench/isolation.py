@@ -38,7 +38,8 @@ class WorkerRun:
     log_tail: str = ""
     garbage_lines: int = 0  # lines on the channel that were not JSON objects
     violations: list[str] = field(default_factory=list)  # messages the worker's protocol does not allow
-    outputs: dict[str, str] = field(default_factory=dict)  # output file name -> digest announced on writing
+    # output file name -> (digest, size in bytes), as announced on writing
+    outputs: dict[str, tuple[str, int]] = field(default_factory=dict)
     orphans_killed: int = 0  # descendants that had left the worker's process group
     phase_s: dict[str, float] = field(default_factory=dict)  # how long each phase lasted, by the parent's clock
 
@@ -79,12 +80,13 @@ class _Protocol:
             if self.pending and message["phase"] == self.pending[0]:
                 return self.pending.pop(0)
             run.violations.append(f"phase {message['phase']!r} out of order")
-        elif keys == {"output", "digest"}:
-            name = message["output"]
-            if not isinstance(name, str) or not self.OUTPUT_NAME.fullmatch(name) or name in run.outputs:
+        elif keys == {"output", "digest", "size"}:
+            name, size = message["output"], message["size"]
+            valid_name = isinstance(name, str) and self.OUTPUT_NAME.fullmatch(name) and name not in run.outputs
+            if not valid_name or not (isinstance(size, int) and not isinstance(size, bool) and size >= 0):
                 run.violations.append(f"output announcement {name!r}")
             else:
-                run.outputs[name] = str(message["digest"])
+                run.outputs[name] = (str(message["digest"]), size)
         elif len(keys) == 1 and keys <= set(self.SINGLE):
             (key,) = keys
             if run.last(key) is not None:
@@ -229,6 +231,11 @@ class _Follower:
                 self.deadline = time.monotonic() + self.limit
         return True
 
+    def drain(self) -> None:
+        """Read whatever the channel holds now, without waiting for more."""
+        while select.select([self.read_fd], [], [], 0)[0] and self.read():
+            pass
+
     def close(self) -> None:
         _end_phase(self.run, self.phase, self.phase_began)
         _kill_group(self.proc.pid)
@@ -281,8 +288,14 @@ def run_workers(commands: list[WorkerCommand], at_once: int | None = None) -> li
             ready, _, _ = select.select([f.read_fd for f in active], [], [], max(0.0, wait))
             for follower in list(active):
                 # Done when the channel is closed, or when the worker exited while a child it left
-                # behind still holds the channel open.
-                done = not follower.read() if follower.read_fd in ready else follower.proc.poll() is not None
+                # behind still holds the channel open (what it wrote before exiting is read first: closing
+                # another worker in this pass may have taken long enough for it to write and exit).
+                if follower.read_fd in ready:
+                    done = not follower.read()
+                else:
+                    done = follower.proc.poll() is not None
+                    if done:
+                        follower.drain()
                 if done:
                     active.remove(follower)
                     follower.close()

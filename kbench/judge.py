@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,24 +102,29 @@ class TamperedOutput(UnreadableOutput):
     """A solution output file that is not what the worker announced when it wrote it."""
 
 
-def read_announced(path: Path, announced: dict[str, str]) -> bytes:
-    """A solution file's bytes, only if they still have the digest announced when it was written: a file
-    rewritten later (by an exit hook, say) or never announced is refused. Read once, then checked and loaded
-    from memory, so what is checked is what is loaded."""
+def read_announced(path: Path, announced: dict[str, tuple[str, int]]) -> bytes:
+    """A solution file's bytes, only if they are still what the worker announced when it wrote them (digest
+    and size): a file rewritten later (by an exit hook, say), replaced by a link or a device, or never
+    announced is refused. Read once, then checked and loaded from memory, so what is checked is what is
+    loaded; nothing larger than announced is read."""
     if path.name not in announced:
         if path.exists():
             raise TamperedOutput(f"{path.name} was never announced by the worker")
         raise UnreadableOutput(f"no output file {path.name}")
+    digest, size = announced[path.name]
     try:
+        status = path.lstat()
+        if not stat.S_ISREG(status.st_mode) or status.st_size != size:
+            raise TamperedOutput(f"{path.name} changed after the worker wrote it")
         content = path.read_bytes()
     except OSError:
         raise TamperedOutput(f"{path.name} was removed after the worker wrote it") from None
-    if bytes_digest(content) != announced[path.name]:
+    if len(content) != size or bytes_digest(content) != digest:
         raise TamperedOutput(f"{path.name} changed after the worker wrote it")
     return content
 
 
-def load_announced(path: Path, announced: dict[str, str]) -> dict[str, Any]:
+def load_announced(path: Path, announced: dict[str, tuple[str, int]]) -> dict[str, Any]:
     return load_outputs(path, read_announced(path, announced))
 
 
@@ -127,7 +133,7 @@ def compare_kind(
     kind: str,
     references: list[dict[str, Any]],
     tolerance_for: Callable[[str], Tolerance],
-    announced: dict[str, str],
+    announced: dict[str, tuple[str, int]],
     exact: list[dict[str, Any]] | None = None,
     notes: list[str] | None = None,
 ) -> tuple[Comparison, list[dict[str, Any]]]:
@@ -169,7 +175,7 @@ def compare_state(
     out_dir: Path,
     reference: dict[str, torch.Tensor],
     tolerance_for: Callable[[str], Tolerance],
-    announced: dict[str, str],
+    announced: dict[str, tuple[str, int]],
 ) -> str:
     """Empty when ModelNew's buffers after the trials match the reference's; else what differs."""
     try:
@@ -278,7 +284,7 @@ def _comparisons(
     weights_mode: str | None,
     config: KbenchConfig,
     notes: list[str],
-    announced: dict[str, str],
+    announced: dict[str, tuple[str, int]],
 ) -> tuple[Comparison, list[dict[str, Any]], list[tuple[str, Comparison]]]:
     """The trials, then (when they pass) timed outputs, buffers and perturbed weights: (trials, the solution's
     trial outputs, every check as (flag on failure, comparison))."""

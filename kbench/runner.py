@@ -5,6 +5,7 @@ Trusted side. Nothing here imports a solution; workers are separate processes (s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -132,17 +133,23 @@ class Runner:
         are in the baseline cache), so that jobs find them done. One that fails here is left for its job to run
         alone: running beside the others (short of memory, say) must not be what fails it. A reference that
         times runs alone, when its job asks for it. Returns how many ran here."""
+        # This is only a head start: where anything here fails (a full disk, say), the job runs its reference
+        # alone and reports what went wrong there.
         pending: dict[str, _ReferenceJob] = {}
-        for problem, overrides in wanted:
-            key = _reference_key(problem, overrides)
-            cached = self._cached_baseline(problem, overrides)
-            if cached is not None and key not in self._references and key not in pending:
-                pending[key] = self._reference_job(problem, overrides, cached)
-        workers = run_workers([job.command for job in pending.values()], at_once=self.config.baselines.parallel)
+        try:
+            for problem, overrides in wanted:
+                key = _reference_key(problem, overrides)
+                cached = self._cached_baseline(problem, overrides)
+                if cached is not None and key not in self._references and key not in pending:
+                    pending[key] = self._reference_job(problem, overrides, cached)
+            workers = run_workers([job.command for job in pending.values()], at_once=self.config.baselines.parallel)
+        except Exception:
+            return 0
         for (key, job), worker in zip(pending.items(), workers, strict=True):
-            reference = self._finish_reference(job, worker)
-            if reference.error is None:
-                self._references[key] = reference
+            with contextlib.suppress(Exception):
+                reference = self._finish_reference(job, worker)
+                if reference.error is None:
+                    self._references[key] = reference
         return len(pending)
 
     def _compile_mode(self) -> str | None:
