@@ -83,6 +83,16 @@ class BaselineConfig(_Strict):
         return self.compile == "on" or (self.compile == "auto" and device.startswith("cuda"))
 
 
+class PipelineConfig(_Strict):
+    # Start the next job's solution worker while the current one runs: it imports torch and the problem and
+    # builds the reference's seeded weights on the CPU, then waits at a gate until the GPU is its job's.
+    # auto: on CUDA only (on the CPU, that work would share the cores being timed).
+    prefetch: Literal["auto", "on", "off"] = "auto"
+
+    def prefetch_on(self, device: str) -> bool:
+        return self.prefetch == "on" or (self.prefetch == "auto" and device.startswith("cuda"))
+
+
 class KbenchConfig(_Strict):
     seed: int = 0
     trials: int = Field(default=5, ge=1)
@@ -91,6 +101,7 @@ class KbenchConfig(_Strict):
     timing: TimingConfig = Field(default_factory=TimingConfig)
     integrity: IntegrityConfig = Field(default_factory=IntegrityConfig)
     baselines: BaselineConfig = Field(default_factory=BaselineConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     @field_validator("tolerances", mode="after")
     @classmethod

@@ -136,12 +136,18 @@ def _children() -> set[int]:
     return found
 
 
+# Workers started and not yet closed: never taken for another worker's orphans (a worker started early, to
+# wait at its gate while the current one runs, is one).
+_LIVE: set[int] = set()
+
+
 def _kill_orphans(before: set[int]) -> int:
     """Kill descendants that escaped the worker's process group (a double fork with setsid, say): as a
-    subreaper, this process inherits them, and every child that was not here before the job is one."""
+    subreaper, this process inherits them, and every child that was not here before the job, and is no
+    live worker, is one."""
     killed = 0
     for _ in range(10):  # a killed orphan's own children are reparented here in turn
-        strays = _children() - before
+        strays = _children() - before - _LIVE
         if not strays:
             break
         for pid in strays:
@@ -155,7 +161,9 @@ def _kill_orphans(before: set[int]) -> int:
 
 @dataclass(frozen=True)
 class WorkerCommand:
-    """``python -m module ARGS... FD``, with its log file and its phases' time limits (see ``run_workers``)."""
+    """``python -m module ARGS... FD [GATE_FD]``, with its log file and its phases' time limits (see
+    ``run_workers``). A gated worker gets the read end of a second pipe: it waits there, before anything
+    untrusted runs, until ``StartedWorker.open_gate``."""
 
     module: str
     args: list[str]
@@ -163,36 +171,43 @@ class WorkerCommand:
     phase_timeouts: Mapping[str, float]
     env: Mapping[str, str] | None = None
     on_start: Callable[[int], None] | None = None  # called with the worker's pid once it runs
+    gated: bool = False
 
 
-class _Follower:
-    """One started worker: its channel read as it comes, its phase clock, and its end."""
+class StartedWorker:
+    """One started worker: its channel read as it comes, its phase clock, its gate, and its end."""
 
     def __init__(self, command: WorkerCommand) -> None:
         self.read_fd, write_fd = os.pipe()
+        gate_read, self._gate = os.pipe() if command.gated else (None, None)
         self.run = WorkerRun()
         self.log_path = command.log_path
         started = time.monotonic()
         self.timeouts = command.phase_timeouts
         phases = list(self.timeouts)
         self.protocol = _Protocol(phases[1:], self.run)
+        gate_args = [str(gate_read)] if gate_read is not None else []
         try:
             with command.log_path.open("wb") as log:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", command.module, *command.args, str(write_fd)],
+                    [sys.executable, "-m", command.module, *command.args, str(write_fd), *gate_args],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    pass_fds=(write_fd,),
+                    pass_fds=(write_fd,) if gate_read is None else (write_fd, gate_read),
                     start_new_session=True,  # its own process group, killed as one
                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
                     env=dict(command.env) if command.env is not None else None,
                 )
         except BaseException:  # no worker (a full disk for its log, say): leave no pipe behind
             os.close(self.read_fd)
+            self._close_gate()
             raise
         finally:
             os.close(write_fd)
+            if gate_read is not None:
+                os.close(gate_read)
+        _LIVE.add(self.proc.pid)
         if command.on_start is not None:
             command.on_start(self.proc.pid)
         self.phase, self.phase_began = phases[0], started
@@ -231,6 +246,22 @@ class _Follower:
                 self.deadline = time.monotonic() + self.limit
         return True
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def open_gate(self) -> None:
+        """Let a gated worker go on past its gate (a no-op for a worker without one)."""
+        if self._gate is not None:
+            with contextlib.suppress(OSError):  # it may have died meanwhile: following it will tell
+                os.write(self._gate, b"go")
+            self._close_gate()
+
+    def _close_gate(self) -> None:
+        if self._gate is not None:
+            os.close(self._gate)  # a worker still waiting reads end-of-file and leaves
+            self._gate = None
+
     def drain(self) -> None:
         """Read whatever the channel holds now, without waiting for more."""
         while select.select([self.read_fd], [], [], 0)[0] and self.read():
@@ -238,9 +269,11 @@ class _Follower:
 
     def close(self) -> None:
         _end_phase(self.run, self.phase, self.phase_began)
+        self._close_gate()
         _kill_group(self.proc.pid)
         os.close(self.read_fd)
         self.run.returncode = self.proc.wait()
+        _LIVE.discard(self.proc.pid)
         self.run.log_tail = read_log_tail(self.log_path)
 
 
@@ -256,9 +289,21 @@ def run_worker(
     return run_workers([WorkerCommand(module, args, log_path, phase_timeouts, env, on_start)])[0]
 
 
-def run_workers(commands: list[WorkerCommand], at_once: int | None = None) -> list[WorkerRun]:
+def start_worker(command: WorkerCommand) -> StartedWorker:
+    """Start a worker now, to be followed later by ``run_workers`` (its phase clock runs from now)."""
+    return StartedWorker(command)
+
+
+def run_workers(
+    commands: list[WorkerCommand],
+    at_once: int | None = None,
+    started: list[StartedWorker] | None = None,
+    watch: list[StartedWorker] | None = None,
+) -> list[WorkerRun]:
     """Run the workers, ``at_once`` at a time (default: all), each followed until it exits or runs out of
-    time; their runs, in order.
+    time; their runs, in order: first those ``started`` already (by ``start_worker``), then ``commands``.
+    Workers in ``watch`` (started early, to be followed later) have their channel read meanwhile, so their
+    phase clocks keep time; nothing waits for them.
 
     ``phase_timeouts`` lists a worker's phases in order with their limits in seconds. The worker is in the
     first phase from the start; announcing the next (``{"phase": name}``) restarts the clock with that
@@ -270,13 +315,14 @@ def run_workers(commands: list[WorkerCommand], at_once: int | None = None) -> li
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
     children_before = _children() if sys.platform.startswith("linux") else set()
-    followers: list[_Follower] = []
-    active: list[_Follower] = []
+    followers: list[StartedWorker] = list(started or [])
+    active: list[StartedWorker] = list(followers)
+    watched: list[StartedWorker] = list(watch or [])
     waiting = list(commands)
     try:
         while active or waiting:
             while waiting and len(active) < (at_once or len(commands)):
-                followers.append(_Follower(waiting.pop(0)))
+                followers.append(StartedWorker(waiting.pop(0)))
                 active.append(followers[-1])
             now = time.monotonic()
             for follower in [f for f in active if f.expired(now)]:
@@ -285,7 +331,10 @@ def run_workers(commands: list[WorkerCommand], at_once: int | None = None) -> li
             if not active:
                 continue
             wait = min(0.2, *(f.time_left(now) for f in active))
-            ready, _, _ = select.select([f.read_fd for f in active], [], [], max(0.0, wait))
+            ready, _, _ = select.select([f.read_fd for f in active + watched], [], [], max(0.0, wait))
+            for early in [w for w in watched if w.read_fd in ready]:
+                if not early.read():
+                    watched.remove(early)  # it is gone; following it later will say how
             for follower in list(active):
                 # Done when the channel is closed, or when the worker exited while a child it left
                 # behind still holds the channel open (what it wrote before exiting is read first: closing

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -16,15 +15,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kbench import audit, caches
+from kbench import audit
 from kbench.baselines import Baseline, baseline_key
-from kbench.catalog import PACKAGE_DIR, Problem, Solution
+from kbench.catalog import Problem, Solution
 from kbench.config import KbenchConfig, check_timing_mode
-from kbench.isolation import WorkerCommand, WorkerRun, run_worker, run_workers
+from kbench.isolation import WorkerCommand, WorkerRun, run_workers
 from kbench.judge import Judgement, judge
 from kbench.monitor import DeviceMonitor
 from kbench.reference import ReferenceRun, load_reference
 from kbench.results import JobResult, Verdict
+from kbench.solution_starts import SolutionStarter, worker_env
 from kbench.spec import WorkerSpec, file_digest
 from kbench.stats import median_ms
 from kbench.store import JsonStore
@@ -58,15 +58,6 @@ def effective_overrides(problem: Problem, device: str, overrides: dict[str, Any]
     return {**base, **overrides}
 
 
-def _worker_env(cache_root: Path | None) -> dict[str, str]:
-    env = dict(os.environ)
-    # Workers run in a scratch folder; make sure they import this very kbench.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), env.get("PYTHONPATH")]))
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    caches.bytecode_env(env, cache_root)
-    return env
-
-
 class Runner:
     """Runs jobs on one device with one configuration; reference results are reused across solutions."""
 
@@ -90,9 +81,12 @@ class Runner:
         self.measured_bandwidth_bytes_per_s = measured_bandwidth_bytes_per_s
         self._scratch = Path(tempfile.mkdtemp(prefix="kbench-"))
         self._references: dict[str, ReferenceRun] = {}
+        self._prefetch = config.pipeline.prefetch_on(device)
+        self._starter = SolutionStarter(config, self._scratch, cache_root, self._solution_spec)
         self.device_info: dict[str, Any] = {}
 
     def close(self) -> None:
+        self._starter.close()
         shutil.rmtree(self._scratch, ignore_errors=True)
 
     def __enter__(self) -> Runner:
@@ -178,7 +172,7 @@ class Runner:
             [str(spec_path)],
             out_dir / "worker.log",
             {"load": timeout, "run": timeout},
-            env=_worker_env(self.cache_root),
+            env=worker_env(self.cache_root),
         )
         return _ReferenceJob(spec, out_dir, self.baseline_key(problem, overrides), cached, command)
 
@@ -215,11 +209,12 @@ class Runner:
                 )
         return reference
 
-    def run(self, job: Job) -> JobResult:
-        """Judge one job. Never raises: if kbench itself fails, the job says so and the run goes on."""
+    def run(self, job: Job, next_job: Job | None = None) -> JobResult:
+        """Judge one job. Never raises: if kbench itself fails, the job says so and the run goes on. With
+        prefetching on, ``next_job``'s solution worker starts while this one runs, and waits at its gate."""
         started = time.monotonic()
         try:
-            return self._run(job, started)
+            return self._run(job, started, next_job)
         except Exception:
             return JobResult(
                 problem=job.problem.name,
@@ -232,12 +227,22 @@ class Runner:
                 wall_s=time.monotonic() - started,
             )
 
+    def _solution_spec(self, job: Job, out_dir: Path, poison_numel: int) -> WorkerSpec:
+        return self._spec(job.problem, job.overrides, out_dir, job.solution.path, poison_numel)
+
+    def _start_early(self, job: Job) -> None:
+        """Start ``job``'s solution worker now if its reference is ready (running a reference now would
+        share the GPU with the job being timed)."""
+        reference = self._references.get(_reference_key(job.problem, job.overrides))
+        if reference is not None and reference.error is None:
+            self._starter.start_early(job, _poison_numel(reference))
+
     def _roofline_fraction(self, reference: ReferenceRun, new_ms: float | None) -> float | None:
         """How close the solution comes to moving its bytes at the measured copy bandwidth (1.0 = as fast)."""
         floor = audit.floor_ms(reference.moved_bytes, self.measured_bandwidth_bytes_per_s)
         return floor / new_ms if floor and new_ms else None
 
-    def _run(self, job: Job, started: float) -> JobResult:
+    def _run(self, job: Job, started: float, next_job: Job | None) -> JobResult:
         base: dict[str, Any] = {
             "problem": job.problem.name,
             "solution": job.solution.name,
@@ -261,20 +266,14 @@ class Runner:
                 detail=reference.detail,
                 wall_s=time.monotonic() - started,
             )
-        out_dir = Path(tempfile.mkdtemp(prefix="job-", dir=self._scratch))
-        spec_path = out_dir / "spec.json"
-        poison = sum(t.numel() for t in reference.trials[0]["tensors"]) if reference.trials else 0
-        self._spec(job.problem, job.overrides, out_dir, job.solution.path, poison).write(spec_path)
-        timeouts = self.config.timeouts
+        start = self._starter.start(job, _poison_numel(reference))
+        out_dir = start.out_dir
         with DeviceMonitor(enabled=self.device.startswith("cuda")) as monitor:
-            worker = run_worker(
-                "kbench.solution_worker",
-                [str(spec_path)],
-                out_dir / "worker.log",
-                {"load": timeouts.run_s, "build": timeouts.build_s, "run": timeouts.run_s},
-                env=_worker_env(self.cache_root),
-                on_start=monitor.worker_started,
-            )
+            monitor.worker_started(start.worker.pid)
+            start.worker.open_gate()
+            if next_job is not None and self._prefetch:
+                self._start_early(next_job)
+            (worker,) = run_workers([], started=[start.worker], watch=self._starter.waiting())
         worker_done = time.monotonic()
         judged = judge(
             worker, out_dir, reference, self.config, self.bandwidth_bytes_per_s, static_flags(job.solution.path)
@@ -370,6 +369,11 @@ def _digest_or_empty(path: Path) -> str:
         return file_digest(path)
     except OSError:
         return ""  # an unreadable solution fails in its worker, with its own reason
+
+
+def _poison_numel(reference: ReferenceRun) -> int:
+    """Elements of the first trial's outputs: what the solution worker poisons before each call."""
+    return sum(t.numel() for t in reference.trials[0]["tensors"]) if reference.trials else 0
 
 
 def _first_dtype(outputs: list[dict[str, Any]]) -> str:

@@ -221,9 +221,9 @@ def execute(
     with _runner(config, device) as runner:
         on_prepare()
         runner.prepare_references([(job.problem, job.overrides) for job in session.jobs] + session.reference_only)
-        for job in session.jobs:
+        for index, job in enumerate(session.jobs):
             on_start(job)
-            result = runner.run(job)
+            result = runner.run(job, next_job=session.jobs[index + 1] if index + 1 < len(session.jobs) else None)
             if recorder is not None:
                 recorder.record(result)
             results.append(result)

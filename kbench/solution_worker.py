@@ -3,7 +3,7 @@
 Everything here runs in the same process as solution code, so nothing it reports is taken on trust: the
 parent compares the saved outputs itself against the reference worker's. A failure is reported with the
 verdict it implies; a worker that dies or hangs is judged by the parent from the outside.
-Usage (by the parent only): ``python -m kbench.solution_worker SPEC_JSON CHANNEL_FD``.
+Usage (by the parent only): ``python -m kbench.solution_worker SPEC_JSON CHANNEL_FD GATE_FD``.
 """
 
 from __future__ import annotations
@@ -64,14 +64,14 @@ def _build(spec: WorkerSpec, channel: Channel) -> Any:
     return model_new
 
 
-def _run(spec: WorkerSpec, problem: Any, model_new: type, guards: Any, channel: Channel) -> None:
+def _run(spec: WorkerSpec, problem: Any, reference: Any, model_new: type, guards: Any, channel: Channel) -> None:
 
     import torch
 
     from kbench import census, execution, integrity, timing, timing_modes, weights
 
     try:
-        reference = execution.seeded_model(problem, problem.Model, spec.weights_seed(), spec.device)
+        reference = reference.to(spec.device)
         candidate = execution.seeded_model(problem, model_new, spec.weights_seed(), spec.device)
         state = weights.copy_reference_weights(reference, candidate)
         perturbed = weights.perturbed_values(reference, spec.perturbation_seed(), spec.perturbation_trials > 0)
@@ -126,7 +126,15 @@ def _run(spec: WorkerSpec, problem: Any, model_new: type, guards: Any, channel: 
     )
 
 
-def main(spec_path: str, fd: str) -> None:
+def _wait_at_gate(gate_fd: str, channel: Channel) -> None:
+    """Everything before this is kbench's own, CPU-only work; the parent may have started this worker early,
+    while another job still runs, and says when the GPU is this job's."""
+    channel.phase("wait")
+    if not os.read(int(gate_fd), 2):
+        sys.exit(0)  # the parent gave up on this job (the run ended first): nothing to report
+
+
+def main(spec_path: str, fd: str, gate_fd: str) -> None:
     channel = Channel(int(fd))  # the worker starts in the "load" phase
     try:
         from kbench import execution, integrity
@@ -134,10 +142,14 @@ def main(spec_path: str, fd: str) -> None:
         spec = WorkerSpec.read(Path(spec_path))
         problem = execution.load_problem(spec)
         guards = integrity.Guards()  # before the solution is imported: what it replaces shows later
+        # The reference's seeded weights, made on the CPU before any solution code runs (moved to the device
+        # in the run phase): for large weights this is seconds, done while the worker may still wait.
+        reference = execution.seeded_model(problem, problem.Model, spec.weights_seed(), "cpu")
+        _wait_at_gate(gate_fd, channel)
         channel.phase("build")
         model_new = _build(spec, channel)
         channel.phase("run")
-        _run(spec, problem, model_new, guards, channel)
+        _run(spec, problem, reference, model_new, guards, channel)
     except _Failure as failure:
         channel.send(
             error={
@@ -153,4 +165,4 @@ def main(spec_path: str, fd: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

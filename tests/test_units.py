@@ -224,21 +224,21 @@ def test_workers_keep_bytecode_in_kbench_cache_when_the_install_cannot(tmp_path,
     import subprocess
     import sys
 
-    from kbench import caches, runner
+    from kbench import caches, solution_starts
 
     monkeypatch.delenv("PYTHONPYCACHEPREFIX", raising=False)
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     monkeypatch.setattr(caches, "installed_without_bytecode", lambda: True)
-    env = runner._worker_env(tmp_path)
+    env = solution_starts.worker_env(tmp_path)
     assert env["PYTHONPYCACHEPREFIX"] == str(tmp_path / "pycache") and "PYTHONDONTWRITEBYTECODE" not in env
     subprocess.run([sys.executable, "-c", "import kbench.stats"], env=env, check=True)
     assert list((tmp_path / "pycache").rglob("stats*.pyc")), "the worker's bytecode was not kept"
 
     monkeypatch.setattr(caches, "installed_without_bytecode", lambda: False)
-    assert "PYTHONPYCACHEPREFIX" not in runner._worker_env(tmp_path)  # an ordinary install: left alone
+    assert "PYTHONPYCACHEPREFIX" not in solution_starts.worker_env(tmp_path)  # an ordinary install: left alone
     monkeypatch.setenv("PYTHONPYCACHEPREFIX", "/elsewhere")
     monkeypatch.setattr(caches, "installed_without_bytecode", lambda: True)
-    assert runner._worker_env(tmp_path)["PYTHONPYCACHEPREFIX"] == "/elsewhere"  # the user's choice wins
+    assert solution_starts.worker_env(tmp_path)["PYTHONPYCACHEPREFIX"] == "/elsewhere"  # the user's choice wins
 
 
 def test_the_command_line_keeps_its_bytecode_in_kbench_cache_when_the_install_cannot(tmp_path):

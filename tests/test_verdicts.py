@@ -54,7 +54,8 @@ def test_correct_solution_passes_with_errors_and_timing(runner: Runner):
     assert result.atol == 1e-4 and result.rtol == 1e-4
     assert result.ref_ms > 0 and result.new_ms > 0 and result.speedup == pytest.approx(result.ref_ms / result.new_ms)
     assert result.new_timing_count == 3 and result.ref_timing_count == 3
-    assert set(result.stage_s) == {"reference", "solution_load", "solution_build", "solution_run", "judge"}
+    stages = {"reference", "solution_load", "solution_wait", "solution_build", "solution_run", "judge"}
+    assert set(result.stage_s) == stages
     assert result.stage_s["solution_run"] > 0 and sum(result.stage_s.values()) <= result.wall_s
 
 

@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PROBLEMS, fast_config
+from conftest import PROBLEMS, SOLUTIONS, fast_config
 
 from kbench.catalog import read_problem
+from kbench.config import PipelineConfig
 from kbench.isolation import WorkerCommand, run_workers
 from kbench.runner import Runner
 from kbench.store import JsonStore
@@ -163,3 +164,52 @@ def test_a_failure_of_kbench_while_preparing_references_leaves_them_to_their_job
         assert warm.prepare_references([(problem, {})]) == 1  # no exception escapes
         reference = warm.reference(problem, {})
     assert reference.error is None and reference.baseline_cached and len(calls) == 2
+
+
+def test_the_next_solution_worker_starts_early_and_imports_the_solution_only_after_the_gate(
+    tmp_path: Path, monkeypatch
+):
+    from kbench.catalog import read_solution
+    from kbench.results import Verdict
+    from kbench.runner import Job
+
+    log = tmp_path / "imports"
+    monkeypatch.setenv("KBENCH_TEST_IMPORT_LOG", str(log))
+    problem = read_problem(PROBLEMS / "affine_relu.py")
+    first = Job(problem, read_solution(SOLUTIONS / "affine_relu" / "correct_torch.py"))
+    second = Job(problem, read_solution(SOLUTIONS / "affine_relu" / "records_import.py"))
+    config = fast_config().model_copy(update={"pipeline": PipelineConfig(prefetch="on")})
+    with Runner(config, "cpu") as runner:
+        runner.reference(problem, {})  # ready: the next job's worker may start while the first job runs
+        one = runner.run(first, next_job=second)
+        first_done = time.time()
+        (early,) = runner._starter.waiting()
+        assert not log.exists(), "the solution was imported before its gate opened"
+        two = runner.run(second)
+    assert one.verdict == Verdict.CORRECT and two.verdict == Verdict.CORRECT, (one.reason, two.reason)
+    imported_at, pid = log.read_text().split()
+    assert int(pid) == early.pid and float(imported_at) > first_done
+    assert two.stage_s["solution_wait"] > 0
+
+
+def test_a_worker_started_early_for_a_job_that_does_not_come_is_stopped(tmp_path: Path, monkeypatch):
+    from kbench.catalog import read_solution
+    from kbench.results import Verdict
+    from kbench.runner import Job
+
+    monkeypatch.setenv("KBENCH_TEST_IMPORT_LOG", str(tmp_path / "imports"))
+    problem = read_problem(PROBLEMS / "affine_relu.py")
+    correct = Job(problem, read_solution(SOLUTIONS / "affine_relu" / "correct_torch.py"))
+    never = Job(problem, read_solution(SOLUTIONS / "affine_relu" / "records_import.py"))
+    config = fast_config().model_copy(update={"pipeline": PipelineConfig(prefetch="on")})
+    with Runner(config, "cpu") as runner:
+        runner.reference(problem, {})
+        runner.run(correct, next_job=never)
+        (early,) = runner._starter.waiting()
+        other = runner.run(correct)  # not the job it was started for
+        assert other.verdict == Verdict.CORRECT, other.reason
+        assert not runner._starter.waiting() and not Path(f"/proc/{early.pid}").exists()
+        runner.run(correct, next_job=never)
+        (early,) = runner._starter.waiting()
+    assert not Path(f"/proc/{early.pid}").exists(), "closing the runner leaves no worker waiting"
+    assert not (tmp_path / "imports").exists(), "no solution got past its gate"
