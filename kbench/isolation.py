@@ -277,18 +277,6 @@ class StartedWorker:
         self.run.log_tail = read_log_tail(self.log_path)
 
 
-def run_worker(
-    module: str,
-    args: list[str],
-    log_path: Path,
-    phase_timeouts: Mapping[str, float],
-    env: Mapping[str, str] | None = None,
-    on_start: Callable[[int], None] | None = None,
-) -> WorkerRun:
-    """Start ``python -m module ARGS... FD`` and follow it until it exits or runs out of time."""
-    return run_workers([WorkerCommand(module, args, log_path, phase_timeouts, env, on_start)])[0]
-
-
 def start_worker(command: WorkerCommand) -> StartedWorker:
     """Start a worker now, to be followed later by ``run_workers`` (its phase clock runs from now)."""
     return StartedWorker(command)
