@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DType = Literal["float64", "float32", "float16", "bfloat16"]
 # events: CUDA events around each call (perf_counter on the CPU); graph: CUDA-graph replays timed with events;
@@ -55,13 +55,25 @@ class Timeouts(_Strict):
 class TimingConfig(_Strict):
     mode: TimingMode = "events"  # how one call is timed; --timing-mode overrides it
     warmup: int = Field(default=5, ge=0)
+    # Warm-up also lasts this long, so a GPU that idled (while the worker started) is at its working clocks
+    # when the first timed round starts.
+    warmup_s: float = Field(default=0.2, ge=0)
     repeats: int = Field(default=30, ge=1)  # timed rounds at least, and per batch between stopping checks
     max_repeats: int = Field(default=2000, ge=1)  # timed rounds at most
     target_rse: float = Field(default=0.005, gt=0)  # stop when every median's relative standard error is below
     budget_s: float = Field(default=5.0, gt=0)  # ... or when one timing loop has run this long
+    # ... but not before this long: a median over a few milliseconds sees one clock and power state; one over
+    # half a second sees what the GPU's clock control does over that time, which the next run sees too.
+    min_time_s: float = Field(default=0.5, ge=0)
     input_sets: int = Field(default=3, ge=1)  # rotated, so inputs that fit in cache are not timed hot
     flush_l2: bool = True
     reference_drift: float = Field(default=0.10, ge=0)  # see judge: reference timed slower beside the solution
+
+    @model_validator(mode="after")
+    def _minimum_within_budget(self) -> TimingConfig:
+        if self.min_time_s > self.budget_s:
+            raise ValueError(f"min_time_s ({self.min_time_s}) must not exceed budget_s ({self.budget_s})")
+        return self
 
 
 class IntegrityConfig(_Strict):

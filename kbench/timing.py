@@ -3,8 +3,9 @@
 A round calls each timed callable once: one callable times a model alone, two time reference and solution
 interleaved (ABAB...), so clock drift and thermal changes hit both alike. Each call follows an overwrite
 of a buffer twice the size of L2, outside the timed region, and takes the next of several input sets.
-Timing stops once every callable's median has a relative standard error under the target, or the time
-budget or the maximum count is reached, whichever comes first; never before ``repeats`` rounds.
+Warm-up lasts ``warmup`` rounds and ``warmup_s`` seconds at least. Timing stops once every callable's median has
+a relative standard error under the target, or the time budget or the maximum count is reached, whichever
+comes first; never before ``repeats`` rounds and ``min_time_s`` seconds (unless the budget ends it).
 On CUDA the plan's mode picks what one sample is: events around the call (``events``), events around a
 CUDA-graph replay of it (``graph``), or the device time of its kernels (``kernel``); see ``timing_modes``.
 """
@@ -44,11 +45,13 @@ _elapsed_time = torch.cuda.Event.elapsed_time
 
 @dataclass(frozen=True)
 class TimingPlan:
-    warmup: int
+    warmup: int  # untimed rounds at least
+    warmup_s: float  # and untimed seconds at least
     repeats: int  # rounds at least
     max_repeats: int  # rounds at most
     target_rse: float  # stop once every median's relative standard error is below this
     budget_s: float  # or once timing has taken this long
+    min_time_s: float  # but not before it has taken this long
     flush_l2: bool
     mode: str = "events"  # events | graph | kernel (CUDA only for the last two)
 
@@ -56,10 +59,12 @@ class TimingPlan:
     def from_dict(cls, data: dict[str, Any]) -> TimingPlan:
         return cls(
             warmup=int(data["warmup"]),
+            warmup_s=float(data["warmup_s"]),
             repeats=int(data["repeats"]),
             max_repeats=int(data["max_repeats"]),
             target_rse=float(data["target_rse"]),
             budget_s=float(data["budget_s"]),
+            min_time_s=float(data["min_time_s"]),
             flush_l2=bool(data["flush_l2"]),
             mode=str(data.get("mode", "events")),
         )
@@ -128,40 +133,55 @@ def time_models(
 
 
 def _probed_kernels(
-    timed: list[Timed], count: int, plan: TimingPlan, flush: torch.Tensor | None
+    timed: list[Timed], count: int, index: int, flush: torch.Tensor | None
 ) -> tuple[Sampler, list[Timed]]:
-    probe_kernels(timed, plan.warmup, flush)
+    probe_kernels(timed, index, flush)
     return kernel_batch, timed
 
 
 # How the CUDA-only modes set up once the eager warm-up is done (graph capture, the profiler's first round),
-# untimed: (timed, input set count, plan, flush buffer) -> (the batch timer, the calls it times).
-_SETUP: dict[str, Callable[[list[Timed], int, TimingPlan, torch.Tensor | None], tuple[Sampler, list[Timed]]]] = {
-    "graph": lambda timed, count, plan, flush: (_time_batch, capture_graphs(timed, count)),
+# untimed: (timed, input set count, next round's index, flush buffer) -> (the batch timer, the calls it times).
+_SETUP: dict[str, Callable[[list[Timed], int, int, torch.Tensor | None], tuple[Sampler, list[Timed]]]] = {
+    "graph": lambda timed, count, index, flush: (_time_batch, capture_graphs(timed, count)),
     "kernel": _probed_kernels,
 }
 
 
+def _warm_up(rounds: Callable[[int, int], object], plan: TimingPlan) -> int:
+    """Untimed rounds (``rounds(first, count)`` runs and waits for them): ``plan.warmup`` at least, and more
+    until ``plan.warmup_s`` has passed. Returns the index of the first round after them."""
+    started = _perf_counter()
+    rounds(0, plan.warmup)
+    index, step = plan.warmup, max(plan.warmup, 1)
+    while _perf_counter() - started < plan.warmup_s:
+        rounds(index, step)
+        index += step
+    return index
+
+
 def _sampler(
     timed: list[Timed], count: int, cuda: bool, plan: TimingPlan, flush: torch.Tensor | None
-) -> tuple[Sampler, list[Timed], str | None]:
-    """Warm up, then the batch timer for the plan's mode, the calls it times, and why it fell back to events
-    (None: it did not)."""
+) -> tuple[Sampler, list[Timed], str | None, int]:
+    """Warm up, then the batch timer for the plan's mode, the calls it times, why it fell back to events
+    (None: it did not) and the index of the first timed round."""
     if plan.mode == "events":
         # Warm-up rounds go through the timer itself, samples discarded: the first timed round then pays no
         # first-use cost of the timed path.
         sampler = _time_batch if cuda else _time_batch_cpu
-        sampler(timed, 0, plan.warmup, flush)
-        return sampler, timed, None
-    for i in range(plan.warmup):
-        for each in timed:
-            each.call(i)
-    _synchronize()
+        return sampler, timed, None, _warm_up(lambda first, rounds: sampler(timed, first, rounds, flush), plan)
+
+    def eager(first: int, rounds: int) -> None:
+        for i in range(first, first + rounds):
+            for each in timed:
+                each.call(i)
+        _synchronize()
+
+    index = _warm_up(eager, plan)
     try:
-        return (*_SETUP[plan.mode](timed, count, plan, flush), None)
+        return (*_SETUP[plan.mode](timed, count, index, flush), None, index)
     except ModeUnavailable as exc:
         _synchronize()
-        return _time_batch, timed, str(exc)
+        return _time_batch, timed, str(exc), index
 
 
 def _time_rounds(timed: list[Timed], count: int, cuda: bool, plan: TimingPlan) -> tuple[list[list[float]], str | None]:
@@ -169,16 +189,17 @@ def _time_rounds(timed: list[Timed], count: int, cuda: bool, plan: TimingPlan) -
     samples: list[list[float]] = [[] for _ in timed]
     flush = _l2_flush_buffer() if cuda and plan.flush_l2 else None
     with torch.no_grad():
-        sampler, timed, fallback = _sampler(timed, count, cuda, plan, flush)
+        sampler, timed, fallback, index = _sampler(timed, count, cuda, plan, flush)
         started = _perf_counter()
-        index = plan.warmup
         while True:
             batch = min(plan.repeats, plan.max_repeats - len(samples[0]))
             for mine, new in zip(samples, sampler(timed, index, batch, flush), strict=True):
                 mine.extend(new)
             index += batch
-            done = len(samples[0]) >= plan.max_repeats or _perf_counter() - started >= plan.budget_s
-            if done or all(median_rse(s) <= plan.target_rse for s in samples):
+            elapsed = _perf_counter() - started
+            done = len(samples[0]) >= plan.max_repeats or elapsed >= plan.budget_s
+            settled = elapsed >= plan.min_time_s and all(median_rse(s) <= plan.target_rse for s in samples)
+            if done or settled:
                 if cuda:
                     _synchronize()
                 return samples, fallback

@@ -29,8 +29,9 @@ def fast_config(**timeouts: float) -> KbenchConfig:
     """Few trials and timed calls: these tests check verdicts, not speed."""
     return KbenchConfig(
         trials=2,
-        # A loose target: the first batch of 3 rounds always satisfies it, so these tests stay fast.
-        timing=TimingConfig(warmup=1, repeats=3, input_sets=1, target_rse=10.0),
+        # A loose target and no minimum times: the first batch of 3 rounds always satisfies it, so these tests
+        # stay fast.
+        timing=TimingConfig(warmup=1, warmup_s=0.0, repeats=3, min_time_s=0.0, input_sets=1, target_rse=10.0),
         timeouts=Timeouts(**{"reference_s": 120.0, "build_s": 600.0, "run_s": 60.0, **timeouts}),
     )
 

@@ -129,7 +129,15 @@ def test_kernel_time_agrees_with_events_on_a_long_matrix_product():
     medians = {}
     for mode in ("events", "kernel"):
         plan = TimingPlan(
-            warmup=2, repeats=10, max_repeats=10, target_rse=1.0, budget_s=120.0, flush_l2=True, mode=mode
+            warmup=2,
+            warmup_s=0.0,
+            repeats=10,
+            max_repeats=10,
+            target_rse=1.0,
+            budget_s=120.0,
+            min_time_s=0.0,
+            flush_l2=True,
+            mode=mode,
         )
         timed = time_models([torch.mm], [[[a, b]]], "cuda", plan, ["fp32 matrix product"])
         assert timed.mode == mode and timed.fallback is None, timed.fallback
@@ -146,7 +154,17 @@ def test_graph_mode_checks_the_outputs_of_its_replays():
     from kbench.timing import TimingPlan, time_models
 
     sets = [[torch.full((1 << 20,), float(k + 1), device="cuda")] for k in range(3)]
-    plan = TimingPlan(warmup=1, repeats=5, max_repeats=5, target_rse=1.0, budget_s=30.0, flush_l2=True, mode="graph")
+    plan = TimingPlan(
+        warmup=1,
+        warmup_s=0.0,
+        repeats=5,
+        max_repeats=5,
+        target_rse=1.0,
+        budget_s=30.0,
+        min_time_s=0.0,
+        flush_l2=True,
+        mode="graph",
+    )
     timed = time_models([lambda x: x * 2], [sets], "cuda", plan, ["doubling"])
     assert timed.mode == "graph" and timed.fallback is None and not timed.deferred
     for output, (x,) in zip(timed.last_outputs, sets, strict=True):

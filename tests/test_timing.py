@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from conftest import PROBLEMS, fast_config, run_fixture
 
 from kbench.catalog import read_problem
-from kbench.config import KbenchConfig, TimingConfig
+from kbench.config import ConfigError, KbenchConfig, TimingConfig, load_config
 from kbench.judge import judge_timing
 from kbench.results import Verdict
 from kbench.runner import Runner
@@ -17,7 +18,16 @@ from kbench.timing import TimingPlan, time_models
 
 
 def plan(**changes: float) -> TimingPlan:
-    base = {"warmup": 1, "repeats": 5, "max_repeats": 50, "target_rse": 0.5, "budget_s": 5.0, "flush_l2": False}
+    base = {
+        "warmup": 1,
+        "warmup_s": 0.0,
+        "repeats": 5,
+        "max_repeats": 50,
+        "target_rse": 0.5,
+        "budget_s": 5.0,
+        "min_time_s": 0.0,
+        "flush_l2": False,
+    }
     return TimingPlan.from_dict({**base, **changes})
 
 
@@ -48,6 +58,38 @@ def test_timing_stops_at_the_target_the_budget_or_the_cap():
     assert len(slow_to_settle.samples_ms[0]) == 40  # never settles that tightly: the cap stops it
     budget = time_models([lambda x: None], [[[0]]], "cpu", plan(target_rse=1e-12, max_repeats=10**6, budget_s=0.2))
     assert 5 <= len(budget.samples_ms[0]) < 10**6
+
+
+def test_warm_up_and_timing_last_their_minimum_times_even_when_the_counts_are_met():
+    import time
+
+    calls: list[int] = []
+
+    def sleepy(x: int) -> None:  # 10 ms a call: settles at once (no spread), so only the clocks keep it going
+        calls.append(x)
+        time.sleep(0.01)
+
+    quick = time_models([sleepy], [[[0]]], "cpu", plan(warmup=2, repeats=5, target_rse=1.0))
+    assert len(calls) == 2 + 5 and len(quick.samples_ms[0]) == 5
+    calls.clear()
+    started = time.perf_counter()
+    slow = time_models(
+        [sleepy], [[[0]]], "cpu", plan(warmup=2, warmup_s=0.15, repeats=5, target_rse=1.0, min_time_s=0.3)
+    )
+    took = time.perf_counter() - started
+    timed_rounds = len(slow.samples_ms[0])
+    assert len(calls) - timed_rounds >= 12  # warm-up: 2 rounds asked for, but 0.15 s of 10 ms calls is 15
+    assert timed_rounds >= 25 and timed_rounds % 5 == 0  # 0.3 s of 10 ms calls, in whole batches of 5
+    assert took >= 0.45
+
+
+def test_minimum_time_yields_to_the_budget_and_cannot_exceed_it_in_a_config(tmp_path: Path):
+    capped = time_models([lambda x: None], [[[0]]], "cpu", plan(max_repeats=10, target_rse=1.0, min_time_s=30.0))
+    assert len(capped.samples_ms[0]) == 10  # the count cap still ends it
+    config = tmp_path / "k.yaml"
+    config.write_text("timing:\n  budget_s: 1.0\n  min_time_s: 2.0\n")
+    with pytest.raises(ConfigError, match=r"min_time_s \(2.0\) must not exceed budget_s \(1.0\)"):
+        load_config(config)
 
 
 def test_interleaved_rounds_alternate_and_keep_the_last_models_outputs():

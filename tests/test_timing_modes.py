@@ -20,7 +20,6 @@ from kbench.config import (
     TIMING_MODES,
     ConfigError,
     KbenchConfig,
-    TimingConfig,
     check_timing_mode,
     load_config,
     with_timing_mode,
@@ -37,12 +36,22 @@ AFFINE = PROBLEMS / "affine_relu.py"
 
 
 def plan(mode: str, **changes: float) -> TimingPlan:
-    base = {"warmup": 1, "repeats": 4, "max_repeats": 4, "target_rse": 10.0, "budget_s": 5.0, "flush_l2": False}
+    base = {
+        "warmup": 1,
+        "warmup_s": 0.0,
+        "repeats": 4,
+        "max_repeats": 4,
+        "target_rse": 10.0,
+        "budget_s": 5.0,
+        "min_time_s": 0.0,
+        "flush_l2": False,
+    }
     return TimingPlan.from_dict({**base, **changes, "mode": mode})
 
 
 def with_mode(mode: str) -> KbenchConfig:
-    return fast_config().model_copy(update={"timing": TimingConfig(mode=mode)})
+    config = fast_config()
+    return config.model_copy(update={"timing": config.timing.model_copy(update={"mode": mode})})
 
 
 # --- configuration ----------------------------------------------------------------------------------------
