@@ -32,14 +32,20 @@ def verify(*args: str | Path, env: dict[str, str] | None = None) -> tuple[int, l
     return result.exit_code, [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
 
 
+def summary(line: dict) -> str:
+    """What a failed assertion shows of a result: pytest cuts a whole result line short before its stages."""
+    keys = ("verdict", "reason", "flags", "timing_mode", "new_timing_count", "wall_s", "stage_s", "notes")
+    return json.dumps({key: line.get(key) for key in keys})
+
+
 def test_cuda_solution_is_correct_faster_and_has_its_own_kernels():
     code, (line,) = verify()
-    assert code == 0, line
+    assert code == 0, summary(line)
     assert line["verdict"] == "correct" and line["solution"] == "cuda_fused" and line["device"] == "cuda"
     assert line["overrides"] == {}  # full size on the GPU
     assert line["flags"] == []
     # Three eager passes against one fused pass over a 64 MiB tensor: well over 1.5x on any recent GPU.
-    assert line["speedup"] > 1.5, line
+    assert line["speedup"] > 1.5, summary(line)
     assert any(k["own"] and "scale_bias_relu6" in k["name"] for k in line["kernels"])
     assert 0 < line["floor_ms"] < line["new_ms"]
     assert line["new_error_fp64"] < 4 * max(line["ref_error_fp64"], 1e-6)
@@ -54,24 +60,24 @@ def test_wrong_cuda_solution_is_incorrect():
 def test_side_stream_work_is_rejected():
     code, (line,) = verify("-s", CUDA_FIXTURES / "side_stream.py", *SMALL)
     assert code == 1
-    assert line["verdict"] == "rejected" and "side_stream" in line["flags"], line
+    assert line["verdict"] == "rejected" and "side_stream" in line["flags"], summary(line)
 
 
 def test_pytorch_only_solution_is_flagged_no_custom_kernel():
     code, (line,) = verify("-s", CUDA_FIXTURES / "torch_only.py", *SMALL)
     assert code == 0
-    assert line["verdict"] == "correct" and "no_custom_kernel" in line["flags"], line
+    assert line["verdict"] == "correct" and "no_custom_kernel" in line["flags"], summary(line)
 
 
 def test_unwritten_gpu_output_is_incorrect():
     code, (line,) = verify("-s", CUDA_FIXTURES / "unwritten_output.py", *SMALL)
-    assert code == 1 and line["verdict"] == "incorrect", line
+    assert code == 1 and line["verdict"] == "incorrect", summary(line)
 
 
 def test_out_of_memory_is_a_runtime_error():
     code, (line,) = verify("-s", CUDA_FIXTURES / "out_of_memory.py", *SMALL)
     assert code == 1
-    assert line["verdict"] == "runtime_error" and "out of memory" in line["reason"].lower(), line
+    assert line["verdict"] == "runtime_error" and "out of memory" in line["reason"].lower(), summary(line)
 
 
 def test_gpu_faults_are_judged_and_the_gpu_stays_usable(short_run: Path):
@@ -80,13 +86,14 @@ def test_gpu_faults_are_judged_and_the_gpu_stays_usable(short_run: Path):
     env = {**os.environ, "KBENCH_FAULT": "assert"}
     code, lines = verify("-s", illegal, "-s", faulty, "-s", CUDA_FUSED, *SMALL, "--config", short_run, env=env)
     assert code == 1
-    assert [line["verdict"] for line in lines] == ["runtime_error", "runtime_error", "correct"], lines
+    verdicts = [line["verdict"] for line in lines]
+    assert verdicts == ["runtime_error", "runtime_error", "correct"], [summary(line) for line in lines]
     assert "illegal memory access" in lines[0]["reason"]
     assert "assert" in lines[1]["reason"]
     env["KBENCH_FAULT"] = "spin"
     code, lines = verify("-s", faulty, "-s", CUDA_FUSED, *SMALL, "--config", short_run, env=env)
     assert code == 1
-    assert [line["verdict"] for line in lines] == ["timeout", "correct"], lines
+    assert [line["verdict"] for line in lines] == ["timeout", "correct"], [summary(line) for line in lines]
 
 
 # --- timing modes (issue #5) ------------------------------------------------------------------------------
@@ -95,18 +102,18 @@ def test_gpu_faults_are_judged_and_the_gpu_stays_usable(short_run: Path):
 @pytest.mark.parametrize("mode", ["graph", "kernel"])
 def test_cuda_solution_is_timed_in_each_timing_mode(mode: str):
     code, (line,) = verify("--timing-mode", mode)
-    assert code == 0, line
-    assert line["verdict"] == "correct" and line["solution"] == "cuda_fused", line
-    assert line["timing_mode"] == mode and line["timing_fallback"] is None, line
+    assert code == 0, summary(line)
+    assert line["verdict"] == "correct" and line["solution"] == "cuda_fused", summary(line)
+    assert line["timing_mode"] == mode and line["timing_fallback"] is None, summary(line)
     assert line["new_ms"] > 0 and line["ref_ms"] > 0 and line["new_timing_count"] >= 30
     assert not any(note.startswith("reference alone timed with events") for note in line["notes"]), line["notes"]
 
 
 def test_a_solution_that_cannot_be_captured_is_timed_with_events_and_says_why():
     code, (line,) = verify("-s", CUDA_FIXTURES / "host_sync.py", *SMALL, "--timing-mode", "graph")
-    assert code == 0 and line["verdict"] == "correct", line
-    assert line["timing_mode"] == "events", line
-    assert line["timing_fallback"].startswith("the solution cannot be captured in a CUDA graph"), line
+    assert code == 0 and line["verdict"] == "correct", summary(line)
+    assert line["timing_mode"] == "events", summary(line)
+    assert line["timing_fallback"].startswith("the solution cannot be captured in a CUDA graph"), summary(line)
     assert line["new_ms"] > 0 and line["speedup"] > 0
     # The reference alone was captured, the one beside the solution was not: its drift is not judged.
     assert any("reference drift not judged" in note for note in line["notes"]), line["notes"]
@@ -115,7 +122,7 @@ def test_a_solution_that_cannot_be_captured_is_timed_with_events_and_says_why():
 def test_side_stream_work_is_still_rejected_in_graph_mode():
     code, (line,) = verify("-s", CUDA_FIXTURES / "side_stream.py", *SMALL, "--timing-mode", "graph")
     assert code == 1
-    assert line["verdict"] == "rejected" and "side_stream" in line["flags"], line
+    assert line["verdict"] == "rejected" and "side_stream" in line["flags"], summary(line)
 
 
 def test_kernel_time_agrees_with_events_on_a_long_matrix_product():
