@@ -8,7 +8,6 @@ comparisons of saved outputs with the reference's, and only when the worker also
 from __future__ import annotations
 
 import io
-import math
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +31,8 @@ from kbench.isolation import WorkerRun
 from kbench.reference import ReferenceRun
 from kbench.results import Verdict
 from kbench.spec import PERTURBED, TIMED, TRIAL, bytes_digest, output_path, state_path
-from kbench.stats import median_ms, median_rse, speedup_interval
+from kbench.stats import median_ms
+from kbench.timing_verdict import judge_timing, timing_mode_used
 
 WORKER_FAILURE_VERDICTS = {Verdict.COMPILE_ERROR, Verdict.LOAD_ERROR, Verdict.RUNTIME_ERROR}
 # Integrity flags the solution worker raises itself (its in-process guards).
@@ -88,14 +88,6 @@ class Judgement:
 def _strings(value: Any) -> list[str]:
     """A list of strings from the worker, or nothing: what arrives on the pipe may have been forged."""
     return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
-
-
-def _valid_samples(samples: Any, least: int, most: int) -> list[float] | None:
-    if not isinstance(samples, list) or not least <= len(samples) <= most:
-        return None
-    if not all(isinstance(s, int | float) and math.isfinite(s) and s > 0 for s in samples):
-        return None
-    return [float(s) for s in samples]
 
 
 class TamperedOutput(UnreadableOutput):
@@ -223,59 +215,6 @@ def _failure(worker: WorkerRun, facts: dict[str, Any]) -> Judgement | None:
         when = "after reporting a result" if result is not None else "without a result"
         return Judgement(Verdict.CRASH, f"worker {worker.exit_description()} {when}", detail=worker.log_tail, **facts)
     return None
-
-
-@dataclass
-class TimingFacts:
-    new_ms: float | None = None
-    ref_ms: float | None = None
-    count: int | None = None
-    speedup: float | None = None
-    interval: tuple[float, float] | None = None
-    new_rse: float | None = None
-    ref_rse: float | None = None
-    mode: str | None = None
-    fallback: str | None = None
-    flags: set[str] = field(default_factory=set)
-
-
-def timing_mode_used(payload: dict[str, Any], requested: str) -> tuple[str, str | None] | None:
-    """(mode, fallback reason) as the worker reports them, or None when that cannot be true: a worker times in
-    the requested mode, or falls back to events and says why."""
-    mode, fallback = payload.get("timing_mode"), payload.get("timing_fallback")
-    if mode == requested and fallback is None:
-        return requested, None
-    if mode == "events" and requested != "events" and isinstance(fallback, str) and fallback.strip():
-        return "events", fallback.strip()[:500]
-    return None
-
-
-def judge_timing(
-    payload: dict[str, Any], trusted_ref_ms: float | None, config: KbenchConfig, on_cuda: bool
-) -> TimingFacts:
-    """Medians, the paired speedup and its interval, the timing mode used, and whether the interleaved
-    reference was held back."""
-    least, most = config.timing.repeats, config.timing.max_repeats
-    new = _valid_samples(payload.get("timing_ms"), least, most)
-    ref = _valid_samples(payload.get("ref_timing_ms"), least, most)
-    used = timing_mode_used(payload, config.timing.mode)
-    if new is None or ref is None or len(new) != len(ref) or used is None:
-        return TimingFacts(flags={"bad_timing"})
-    facts = TimingFacts(median_ms(new), median_ms(ref), len(new), new_rse=median_rse(new), ref_rse=median_rse(ref))
-    facts.mode, facts.fallback = used
-    facts.speedup = facts.ref_ms / facts.new_ms if facts.ref_ms and facts.new_ms else None
-    facts.interval = speedup_interval(ref, new)
-    # The reference beside the solution runs in the solution's process. Slower there than in the trusted
-    # worker, beyond the allowed drift, means the solution held it back to inflate its speedup. Not judged on
-    # the CPU, where separate processes' timings differ too much (docs/timing.md).
-    if (
-        on_cuda
-        and trusted_ref_ms
-        and facts.ref_ms
-        and facts.ref_ms > trusted_ref_ms * (1 + config.timing.reference_drift)
-    ):
-        facts.flags.add("reference_slowed")
-    return facts
 
 
 def _comparisons(

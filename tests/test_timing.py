@@ -10,11 +10,11 @@ from conftest import PROBLEMS, fast_config, run_fixture
 
 from kbench.catalog import read_problem
 from kbench.config import ConfigError, KbenchConfig, TimingConfig, load_config
-from kbench.judge import judge_timing
 from kbench.results import Verdict
 from kbench.runner import Runner
 from kbench.stats import median_rse, speedup_interval
 from kbench.timing import TimingPlan, time_models
+from kbench.timing_verdict import judge_timing
 
 
 def plan(**changes: float) -> TimingPlan:
