@@ -6,18 +6,26 @@ prints (a forged result, say) never reaches the verdict.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
 from kbench.spec import bytes_digest
+
+# The parent sends this to a worker that ran out of time, just before killing it: the worker then writes
+# every thread's Python stack to its log (faulthandler does so from C, even while the interpreter is stuck
+# inside a CUDA call), and the timeout's detail says where it was.
+STACKS_SIGNAL = signal.SIGUSR1
 
 
 class Channel:
     def __init__(self, fd: int, announce_outputs: bool = True) -> None:
         self._fd = fd
         self._announce_outputs = announce_outputs
+        faulthandler.register(STACKS_SIGNAL, all_threads=True)  # every worker opens its channel first
 
     def send(self, **message: Any) -> None:
         data = (json.dumps(message, default=str) + "\n").encode()

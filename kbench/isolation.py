@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kbench.channel import STACKS_SIGNAL
+
 LOG_TAIL_CHARS = 20_000
 # A worker's messages are small; beyond these a solution is flooding the pipe, and the rest is dropped.
 MAX_LINE_BYTES = 64 * 1024 * 1024
 MAX_MESSAGES = 10_000
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 PR_SET_CHILD_SUBREAPER = 36
+STACKS_WAIT_S = 0.5  # for a worker out of time to write its stacks to its log before it is killed
 
 
 @dataclass
@@ -225,6 +228,12 @@ class StartedWorker:
         self.run.timed_out_phase, self.run.timeout_s = self.phase, self.limit
         return True
 
+    def dump_stacks(self) -> None:
+        """Ask the worker to write where each of its threads is to its log (see ``channel.STACKS_SIGNAL``)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.proc.pid, STACKS_SIGNAL)
+            time.sleep(STACKS_WAIT_S)
+
     def read(self) -> bool:
         """Take what the channel has; False once every writer has closed it (the worker is done or dead)."""
         chunk = os.read(self.read_fd, 1 << 16)
@@ -315,6 +324,7 @@ def run_workers(
             now = time.monotonic()
             for follower in [f for f in active if f.expired(now)]:
                 active.remove(follower)
+                follower.dump_stacks()
                 follower.close()
             if not active:
                 continue

@@ -33,7 +33,6 @@ def run(runner: Runner, name: str) -> JobResult:
         ("syntax_error", Verdict.LOAD_ERROR, "SyntaxError"),
         ("no_modelnew", Verdict.LOAD_ERROR, "no class ModelNew"),
         ("forward_raises", Verdict.RUNTIME_ERROR, "kernel launch failed on purpose"),
-        ("hang", Verdict.TIMEOUT, "in the run phase"),
         ("segfault", Verdict.CRASH, "killed by SIGSEGV without a result"),
         ("exit_zero", Verdict.CRASH, "exited with status 0 without a result"),
     ],
@@ -43,6 +42,14 @@ def test_failing_solutions_get_their_verdict(runner: Runner, fixture: str, verdi
     assert result.verdict == verdict, (result.reason, result.detail[-2000:])
     assert reason_part in result.reason
     assert result.speedup is None  # only a correct solution has a speedup
+
+
+def test_a_timeout_says_where_the_worker_was_stuck(runner: Runner):
+    result = run(runner, "hang")
+    assert result.verdict == Verdict.TIMEOUT and "in the run phase" in result.reason, result.reason
+    # The worker's stacks, written to its log when it ran out of time: the solution's own line first.
+    assert 'hang.py", line 14 in forward' in result.detail, result.detail[-3000:]
+    assert "solution_worker.py" in result.detail
 
 
 def test_correct_solution_passes_with_errors_and_timing(runner: Runner):
