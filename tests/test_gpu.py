@@ -35,7 +35,8 @@ def verify(*args: str | Path, env: dict[str, str] | None = None) -> tuple[int, l
 def summary(line: dict) -> str:
     """What a failed assertion shows of a result: pytest cuts a whole result line short before its stages."""
     keys = ("verdict", "reason", "flags", "timing_mode", "new_timing_count", "wall_s", "stage_s", "notes")
-    return json.dumps({key: line.get(key) for key in keys})
+    # The detail's end: a timed-out worker's stacks, written just before it was killed.
+    return json.dumps({**{key: line.get(key) for key in keys}, "detail": str(line.get("detail", ""))[-4000:]})
 
 
 def test_cuda_solution_is_correct_faster_and_has_its_own_kernels():
