@@ -126,27 +126,34 @@ def test_side_stream_work_is_still_rejected_in_graph_mode():
     assert line["verdict"] == "rejected" and "side_stream" in line["flags"], summary(line)
 
 
+def fixed_count_plan(warmup: int, rounds: int, mode: str):
+    """Exactly ``rounds`` timed rounds after ``warmup``, in ``mode``, with no minimum times."""
+    from kbench.timing import TimingPlan
+
+    return TimingPlan(
+        warmup=warmup,
+        warmup_s=0.0,
+        repeats=rounds,
+        max_repeats=rounds,
+        target_rse=1.0,
+        budget_s=120.0,
+        min_time_s=0.0,
+        flush_l2=True,
+        mode=mode,
+    )
+
+
 def test_kernel_time_agrees_with_events_on_a_long_matrix_product():
     import statistics
 
     import torch
 
-    from kbench.timing import TimingPlan, time_models
+    from kbench.timing import time_models
 
     a, b = (torch.rand(8192, 8192, device="cuda") for _ in range(2))  # fp32: many milliseconds on any GPU
     medians = {}
     for mode in ("events", "kernel"):
-        plan = TimingPlan(
-            warmup=2,
-            warmup_s=0.0,
-            repeats=10,
-            max_repeats=10,
-            target_rse=1.0,
-            budget_s=120.0,
-            min_time_s=0.0,
-            flush_l2=True,
-            mode=mode,
-        )
+        plan = fixed_count_plan(warmup=2, rounds=10, mode=mode)
         timed = time_models([torch.mm], [[[a, b]]], "cuda", plan, ["fp32 matrix product"])
         assert timed.mode == mode and timed.fallback is None, timed.fallback
         assert len(timed.samples_ms[0]) == 10
@@ -159,21 +166,10 @@ def test_kernel_time_agrees_with_events_on_a_long_matrix_product():
 def test_graph_mode_checks_the_outputs_of_its_replays():
     import torch
 
-    from kbench.timing import TimingPlan, time_models
+    from kbench.timing import time_models
 
     sets = [[torch.full((1 << 20,), float(k + 1), device="cuda")] for k in range(3)]
-    plan = TimingPlan(
-        warmup=1,
-        warmup_s=0.0,
-        repeats=5,
-        max_repeats=5,
-        target_rse=1.0,
-        budget_s=30.0,
-        min_time_s=0.0,
-        flush_l2=True,
-        mode="graph",
-    )
-    timed = time_models([lambda x: x * 2], [sets], "cuda", plan, ["doubling"])
+    timed = time_models([lambda x: x * 2], [sets], "cuda", fixed_count_plan(1, 5, "graph"), ["doubling"])
     assert timed.mode == "graph" and timed.fallback is None and not timed.deferred
     for output, (x,) in zip(timed.last_outputs, sets, strict=True):
         assert torch.equal(output, x * 2)
