@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from kbench.cli import app
+
+if TYPE_CHECKING:
+    from kbench.timing import TimingPlan
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 CUDA_FIXTURES = Path(__file__).parent / "fixtures" / "cuda"
@@ -126,7 +130,7 @@ def test_side_stream_work_is_still_rejected_in_graph_mode():
     assert line["verdict"] == "rejected" and "side_stream" in line["flags"], summary(line)
 
 
-def fixed_count_plan(warmup: int, rounds: int, mode: str):
+def fixed_count_plan(warmup: int, rounds: int, mode: str) -> TimingPlan:
     """Exactly ``rounds`` timed rounds after ``warmup``, in ``mode``, with no minimum times."""
     from kbench.timing import TimingPlan
 
