@@ -63,8 +63,8 @@ class TimingConfig(_Strict):
     target_rse: float = Field(default=0.005, gt=0)  # stop when every median's relative standard error is below
     budget_s: float = Field(default=5.0, gt=0)  # ... or when one timing loop has run this long
     # ... but not before this long: a median over a few milliseconds sees one clock and power state; one over
-    # half a second sees what the GPU's clock control does over that time, which the next run sees too.
-    min_time_s: float = Field(default=0.5, ge=0)
+    # a second sees what the GPU's clock control does over that time, which the next run sees too.
+    min_time_s: float = Field(default=1.0, ge=0)
     input_sets: int = Field(default=3, ge=1)  # rotated, so inputs that fit in cache are not timed hot
     flush_l2: bool = True
     reference_drift: float = Field(default=0.10, ge=0)  # see judge: reference timed slower beside the solution
