@@ -42,7 +42,8 @@ class DeviceState:
     def warnings(self) -> list[str]:
         found = []
         if self.throttle:
-            found.append(f"GPU slowed during the job ({', '.join(self.throttle)}): timings may be low-balled")
+            reasons = ", ".join(self.throttle)
+            found.append(f"GPU slowed during the job ({reasons}): timings may be longer than on an unthrottled GPU")
         if self.other_processes:
             found.append(f"other processes used the GPU during the job (pids {self.other_processes})")
         return found
