@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import fcntl
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def gpu_share(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """GPU tests share the GPU, except those marked ``gpu_alone``, which wait until no other GPU test of this
+    session (all xdist workers: the lock file sits above their temporary folders) runs: they compare times
+    taken seconds apart, and another test's kernels time-sliced in between would stretch one of them."""
+    if request.node.get_closest_marker("gpu") is None:
+        yield
+        return
+    alone = request.node.get_closest_marker("gpu_alone") is not None
+    with open(tmp_path_factory.getbasetemp().parent / "kbench-gpu.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        yield
 
 
 def fast_config(**timeouts: float) -> KbenchConfig:

@@ -147,6 +147,7 @@ def fixed_count_plan(warmup: int, rounds: int, mode: str) -> TimingPlan:
     )
 
 
+@pytest.mark.gpu_alone
 def test_kernel_time_agrees_with_events_on_a_long_matrix_product():
     import statistics
 
@@ -179,6 +180,7 @@ def test_graph_mode_checks_the_outputs_of_its_replays():
         assert torch.equal(output, x * 2)
 
 
+@pytest.mark.gpu_alone
 def test_calibrate_compares_events_and_kernel_timing(tmp_path: Path):
     config = tmp_path / "fast.yaml"
     config.write_text(yaml.safe_dump({"timing": {"warmup": 2, "repeats": 10, "target_rse": 1.0}}))
