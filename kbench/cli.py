@@ -348,6 +348,8 @@ def compare_command(
             console.print(f"{name}: [yellow]the solution file differs between these runs[/]")
         if s.missing:
             console.print(f"{name}: not timed in {', '.join(s.missing)}")
+        if s.throttled_in:
+            console.print(f"{name}: NVML saw the GPU slowed (power or thermal) in {', '.join(s.throttled_in)}")
     raise typer.Exit(EXIT_OK if all(s.within(within) for s in found) else EXIT_FAILED)
 
 

@@ -143,7 +143,8 @@ def gate_table(checks: list[GateCheck]) -> Table:
 
 def spread_table(found: list[Spread], bound: float) -> Table:
     table = Table(title=f"kbench compare: medians across runs (bound {bound:.2%})")
-    for column in ("problem", "solution", "modes", "new ms", "spread", "ref ms beside", "spread", "speedup", "spread"):
+    columns = ("problem", "solution", "modes", "new ms", "spread", "ref ms beside", "spread", "speedup", "spread")
+    for column in (*columns, "busy MHz"):
         table.add_column(column, justify="left" if column in ("problem", "solution", "modes") else "right")
     for s in found:
         style = "green" if s.within(bound) else "red"
@@ -157,6 +158,7 @@ def spread_table(found: list[Spread], bound: float) -> Table:
             f"{s.ref_spread:.2%}",
             " / ".join(f"{v:.3g}" for v in s.speedup),
             f"{s.speedup_spread:.2%}",
+            " / ".join("—" if v is None else f"{v:.0f}" for v in s.busy_clock_mhz),
         )
     return table
 

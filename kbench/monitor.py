@@ -1,7 +1,9 @@
 """Device state while a worker runs: NVML sampled from the trusted parent, in a background thread.
 
-It records the range of SM clocks, the peak temperature and power, the throttle reasons seen (power cap,
-thermal or hardware slowdown), and GPU processes that are not the worker's. From these come warnings that
+It records the device as the worker starts and after it has ended (SM and memory clocks, temperature, power), the
+range of SM and memory clocks in between with the mean SM clock while the GPU was busy, the peak temperature and
+power, the throttle reasons seen (power cap, thermal or hardware slowdown), and GPU processes that are not the
+worker's. From these come warnings that
 the job's timing may not be quotable. Without a GPU or NVML it records nothing. Nothing it does can fail a
 job: a reading that fails is left out and said in ``error``.
 """
@@ -19,6 +21,7 @@ from kbench.metadata import nvml_session
 
 SAMPLE_EVERY_S = 0.25
 # NVML clocks-event (throttle) reason bits that mean the GPU was slowed; idle and app-clock bits are normal.
+GPU_IDLE = 0x1
 SLOWDOWN_REASONS = {
     0x4: "power cap",
     0x8: "hardware slowdown",
@@ -31,8 +34,16 @@ SLOWDOWN_REASONS = {
 @dataclass
 class DeviceState:
     samples: int = 0
+    before: dict[str, float] = field(default_factory=dict)  # the first reading, as the worker starts
+    after: dict[str, float] = field(default_factory=dict)  # the last, once the worker has ended
     sm_clock_mhz_min: int | None = None
     sm_clock_mhz_max: int | None = None
+    # The mean over readings NVML did not call idle: the clock the job's GPU work ran at. Min and max include
+    # the idle clock of the worker's start, so they cannot tell two runs of a power-capped job apart; this can.
+    sm_clock_mhz_busy_mean: float | None = None
+    busy_samples: int = 0
+    mem_clock_mhz_min: int | None = None
+    mem_clock_mhz_max: int | None = None
     temperature_c_max: int | None = None
     power_w_max: float | None = None
     throttle: list[str] = field(default_factory=list)
@@ -58,6 +69,7 @@ def _reader(nvml: Any) -> Callable[[], dict[str, Any]]:
     def read() -> dict[str, Any]:
         return {
             "sm_clock": nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM),
+            "mem_clock": nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_MEM),
             "temperature": nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU),
             "power": nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,
             "reasons": int(reasons(handle)),
@@ -104,17 +116,33 @@ class DeviceMonitor:
                 if nvml is None:
                     return
                 read = _reader(nvml)
+                self._add(read())
                 while not self._stop.wait(SAMPLE_EVERY_S):
                     self._add(read())
+                self._add(read())  # after the worker has ended
         except Exception as exc:  # the monitor only informs; it must never take a job down
             self.state.error = f"{type(exc).__name__}: {exc}"[:200]
 
     def _add(self, reading: dict[str, Any]) -> None:
         state = self.state
+        snapshot = {
+            "sm_clock_mhz": reading["sm_clock"],
+            "mem_clock_mhz": reading["mem_clock"],
+            "temperature_c": reading["temperature"],
+            "power_w": reading["power"],
+        }
+        state.before = state.before or snapshot
+        state.after = snapshot
         state.samples += 1
-        clock = reading["sm_clock"]
-        state.sm_clock_mhz_min = clock if state.sm_clock_mhz_min is None else min(state.sm_clock_mhz_min, clock)
-        state.sm_clock_mhz_max = clock if state.sm_clock_mhz_max is None else max(state.sm_clock_mhz_max, clock)
+        clock, memory = reading["sm_clock"], reading["mem_clock"]
+        state.sm_clock_mhz_min = min(clock, state.sm_clock_mhz_min or clock)
+        state.sm_clock_mhz_max = max(clock, state.sm_clock_mhz_max or clock)
+        state.mem_clock_mhz_min = min(memory, state.mem_clock_mhz_min or memory)
+        state.mem_clock_mhz_max = max(memory, state.mem_clock_mhz_max or memory)
+        if not reading["reasons"] & GPU_IDLE:
+            busy_total = (state.sm_clock_mhz_busy_mean or 0.0) * state.busy_samples + clock
+            state.busy_samples += 1
+            state.sm_clock_mhz_busy_mean = busy_total / state.busy_samples
         state.temperature_c_max = max(state.temperature_c_max or 0, reading["temperature"])
         state.power_w_max = max(state.power_w_max or 0.0, reading["power"])
         for bit, name in SLOWDOWN_REASONS.items():

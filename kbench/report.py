@@ -44,6 +44,9 @@ COLUMNS = [
     "device",
     "overrides",
     "wall_s",
+    "sm_clock_mhz_busy_mean",
+    "gpu_throttle",
+    "warnings",
 ]
 MARKDOWN_COLUMNS = [
     "problem",
@@ -65,6 +68,10 @@ def results_frame(results: list[JobResult]) -> pd.DataFrame:
         row["flags"] = ";".join(result.flags)
         row["overrides"] = json.dumps(result.overrides, sort_keys=True, default=str) if result.overrides else ""
         row["verdict"] = str(result.verdict)
+        # What NVML saw during the job: two runs' medians can differ because the GPU ran at different clocks.
+        row["sm_clock_mhz_busy_mean"] = result.device_state.get("sm_clock_mhz_busy_mean")
+        row["gpu_throttle"] = ";".join(result.device_state.get("throttle", []))
+        row["warnings"] = "; ".join(result.warnings)
         rows.append({column: row.get(column) for column in COLUMNS})
     return pd.DataFrame(rows, columns=COLUMNS)
 

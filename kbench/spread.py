@@ -28,6 +28,10 @@ class Spread:
     new_rse_max: float | None
     missing: list[str] = field(default_factory=list)  # runs where the job is absent or was not timed correct
     solution_changed: bool = False  # the solution file differs between the runs: its spread is not noise
+    # What NVML saw in each run (CUDA): the mean SM clock while the GPU was busy (None where not recorded), and
+    # the runs in which it reported the GPU slowed. Medians that move with the clock moved with the device.
+    busy_clock_mhz: list[float | None] = field(default_factory=list)
+    throttled_in: list[str] = field(default_factory=list)
 
     @property
     def new_spread(self) -> float:
@@ -81,6 +85,10 @@ def spreads(runs: dict[str, list[JobResult]]) -> list[Spread]:
                 max(rses) if rses else None,
                 [run_id for run_id in runs if run_id not in by_run],
                 len(digests) > 1,
+                busy_clock_mhz=[job.device_state.get("sm_clock_mhz_busy_mean") for job in jobs],
+                throttled_in=[
+                    run_id for run_id, job in zip(order, jobs, strict=True) if job.device_state.get("throttle")
+                ],
             )
         )
     return found
@@ -100,6 +108,8 @@ def spread_frame(found: list[Spread]) -> pd.DataFrame:
             "speedup": ";".join(f"{v:.6g}" for v in s.speedup),
             "speedup_spread": s.speedup_spread,
             "new_rse_max": s.new_rse_max,
+            "busy_clock_mhz": ";".join("" if v is None else f"{v:.0f}" for v in s.busy_clock_mhz),
+            "throttled_in": ";".join(s.throttled_in),
             "missing_from": ";".join(s.missing),
             "solution_changed": s.solution_changed,
         }

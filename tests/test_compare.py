@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ from kbench.spread import relative_spread, spreads
 cli = CliRunner(env={"COLUMNS": "200"})
 
 
-def job(new_ms: float, ref_ms: float = 2.0, verdict: Verdict = Verdict.CORRECT, digest: str = "a") -> JobResult:
+def job(
+    new_ms: float, ref_ms: float = 2.0, verdict: Verdict = Verdict.CORRECT, digest: str = "a", state: dict | None = None
+) -> JobResult:
     correct = verdict == Verdict.CORRECT
     return JobResult(
         problem="p",
@@ -28,6 +31,7 @@ def job(new_ms: float, ref_ms: float = 2.0, verdict: Verdict = Verdict.CORRECT, 
         new_rse=0.001,
         timing_mode="events",
         solution_digest=digest,
+        device_state=state or {},
     )
 
 
@@ -78,6 +82,23 @@ def test_a_changed_solution_is_pointed_out(tmp_path: Path):
     names = write_runs(tmp_path, job(1.0, digest="a"), job(0.9, digest="b"))
     code, out = compare(tmp_path, *names)
     assert code == 1 and "the solution file differs between these runs" in out
+
+
+def test_each_runs_busy_clock_and_throttling_are_shown_beside_the_medians(tmp_path: Path):
+    capped = {"sm_clock_mhz_busy_mean": 1912.4, "throttle": ["power cap"]}
+    names = write_runs(
+        tmp_path, job(1.0, state={"sm_clock_mhz_busy_mean": 1975.0, "throttle": []}), job(1.0, state=capped)
+    )
+    code, out = compare(tmp_path, *names, "--csv", str(tmp_path / "spread.csv"))
+    assert code == 0 and "1975 / 1912" in out
+    assert "NVML saw the GPU slowed (power or thermal) in run1" in out and "in run0" not in out
+    (row,) = csv.DictReader((tmp_path / "spread.csv").open())
+    assert row["busy_clock_mhz"] == "1975;1912" and row["throttled_in"] == "run1"
+
+
+def test_runs_without_device_readings_show_no_clock(tmp_path: Path):
+    (found,) = spreads({"a": [job(1.0)], "b": [job(1.0)]})
+    assert found.busy_clock_mhz == [None, None] and found.throttled_in == []
 
 
 @pytest.mark.parametrize("args", [["run0"], ["run0", "run0"], ["run0", "nosuchrun"]])

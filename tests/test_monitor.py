@@ -12,7 +12,8 @@ from kbench.monitor import DeviceMonitor, DeviceState
 
 
 class FakeNvml:
-    NVML_CLOCK_SM = 0
+    NVML_CLOCK_SM = 1
+    NVML_CLOCK_MEM = 2
     NVML_TEMPERATURE_GPU = 0
 
     def __init__(self, readings: list[dict]) -> None:
@@ -26,7 +27,7 @@ class FakeNvml:
         return index
 
     def nvmlDeviceGetClockInfo(self, handle: int, kind: int) -> int:
-        return self._now()["clock"]
+        return self._now()["clock" if kind == self.NVML_CLOCK_SM else "mem"]
 
     def nvmlDeviceGetTemperature(self, handle: int, kind: int) -> int:
         return self._now()["temp"]
@@ -60,15 +61,34 @@ def watch(readings: list[dict], monkeypatch, worker_pid: int | None = None) -> D
 
 def test_a_quiet_gpu_gives_readings_and_no_warning(monkeypatch):
     me = os.getpid()
-    state = watch([{"clock": 1980, "temp": 40, "mw": 300_000, "reasons": 0x1, "pids": [me]}], monkeypatch, me)
+    idle = {"clock": 1980, "mem": 2619, "temp": 40, "mw": 300_000, "reasons": 0x1, "pids": [me]}
+    state = watch([idle], monkeypatch, me)
     assert state.samples > 5 and state.sm_clock_mhz_min == 1980 and state.power_w_max == 300.0
+    assert state.mem_clock_mhz_min == state.mem_clock_mhz_max == 2619
+    snapshot = {"sm_clock_mhz": 1980, "mem_clock_mhz": 2619, "temperature_c": 40, "power_w": 300.0}
+    assert state.before == state.after == snapshot
+    assert state.sm_clock_mhz_busy_mean is None and state.busy_samples == 0  # NVML called every reading idle
     assert state.warnings() == []
+
+
+def test_the_busy_clock_leaves_idle_readings_out_and_before_after_bracket_the_job(monkeypatch):
+    def reading(clock: int, mem: int, temp: int, reasons: int) -> dict:
+        return {"clock": clock, "mem": mem, "temp": temp, "mw": 400_000, "reasons": reasons, "pids": []}
+
+    # Worker starting (idle), two busy readings, then idle again until the end (the last reading repeats).
+    readings = [reading(345, 1593, 35, 0x1), reading(1700, 2619, 50, 0x4), reading(1900, 2619, 55, 0x0)]
+    state = watch([*readings, reading(345, 1593, 45, 0x1)], monkeypatch)
+    assert state.busy_samples == 2 and state.sm_clock_mhz_busy_mean == 1800
+    assert (state.sm_clock_mhz_min, state.sm_clock_mhz_max) == (345, 1900)
+    assert (state.mem_clock_mhz_min, state.mem_clock_mhz_max) == (1593, 2619)
+    assert state.before["temperature_c"] == 35 and state.after["temperature_c"] == 45
+    assert state.throttle == ["power cap"]
 
 
 def test_throttling_and_strangers_on_the_gpu_are_warned_about(monkeypatch):
     readings = [
-        {"clock": 1980, "temp": 60, "mw": 690_000, "reasons": 0x0, "pids": []},
-        {"clock": 1410, "temp": 88, "mw": 700_000, "reasons": 0x4 | 0x20, "pids": [999_999]},
+        {"clock": 1980, "mem": 2619, "temp": 60, "mw": 690_000, "reasons": 0x0, "pids": []},
+        {"clock": 1410, "mem": 2619, "temp": 88, "mw": 700_000, "reasons": 0x4 | 0x20, "pids": [999_999]},
     ]
     state = watch(readings, monkeypatch)
     assert state.sm_clock_mhz_min == 1410 and state.sm_clock_mhz_max == 1980 and state.temperature_c_max == 88

@@ -15,6 +15,7 @@ from kbench import catalog
 from kbench.compare import compare_records, compare_tensor
 from kbench.config import ConfigError, KbenchConfig, Tolerance, load_config
 from kbench.gate import GateConfig, evaluate, load_gate
+from kbench.report import results_frame
 from kbench.results import JobResult, ResultsFile, Verdict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,6 +204,17 @@ def test_non_finite_numbers_are_recorded_as_unknown(tmp_path: Path):
     result.max_abs_error = float("inf")
     store.append(result)
     assert json.loads(store.path.read_text())["max_abs_error"] is None
+
+
+def test_the_report_carries_what_the_device_did_during_each_job():
+    throttled = job("a", "x", Verdict.CORRECT, 2.0)
+    throttled.device_state = {"sm_clock_mhz_busy_mean": 1755.5, "throttle": ["power cap", "thermal (software)"]}
+    throttled.warnings = ["GPU slowed during the job (power cap)", "other processes used the GPU"]
+    frame = results_frame([throttled, job("b", "y", Verdict.CORRECT, 1.0)])
+    assert frame.loc[0, "sm_clock_mhz_busy_mean"] == 1755.5
+    assert frame.loc[0, "gpu_throttle"] == "power cap;thermal (software)"
+    assert frame.loc[0, "warnings"] == "GPU slowed during the job (power cap); other processes used the GPU"
+    assert frame.loc[1, "gpu_throttle"] == frame.loc[1, "warnings"] == ""  # a CPU job: nothing seen, nothing said
 
 
 def test_source_digest_changes_with_any_python_file(tmp_path: Path):
