@@ -1,11 +1,10 @@
 """Device state while a worker runs: NVML sampled from the trusted parent, in a background thread.
 
-It records the device as the worker starts and after it has ended (SM and memory clocks, temperature, power), the
-range of SM and memory clocks in between with the mean SM clock while the GPU was busy, the peak temperature and
-power, the throttle reasons seen (power cap, thermal or hardware slowdown), and GPU processes that are not the
-worker's. From these come warnings that
-the job's timing may not be quotable. Without a GPU or NVML it records nothing. Nothing it does can fail a
-job: a reading that fails is left out and said in ``error``.
+It records the device as the worker starts and after it has ended (SM and memory clocks, temperature, power);
+in between, the range of SM and memory clocks, the mean SM clock while the GPU was busy, the peak temperature
+and power, the throttle reasons seen (power cap, thermal or hardware slowdown), and GPU processes that are not
+the worker's. From these come warnings that the job's timing may not be quotable. Without a GPU or NVML it
+records nothing. Nothing it does can fail a job: a reading that fails is left out and said in ``error``.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ class DeviceState:
     sm_clock_mhz_min: int | None = None
     sm_clock_mhz_max: int | None = None
     # The mean over readings NVML did not call idle: the clock the job's GPU work ran at. Min and max include
-    # the idle clock of the worker's start, so they cannot tell two runs of a power-capped job apart; this can.
+    # the idle clock of the worker's start, so they say nothing about two runs of a power-capped job.
     sm_clock_mhz_busy_mean: float | None = None
     busy_samples: int = 0
     mem_clock_mhz_min: int | None = None
@@ -77,6 +76,11 @@ def _reader(nvml: Any) -> Callable[[], dict[str, Any]]:
         }
 
     return read
+
+
+def _widen(low: int | None, high: int | None, value: int) -> tuple[int, int]:
+    """A range (low, high), or none yet, widened to take in value."""
+    return (value, value) if low is None or high is None else (min(low, value), max(high, value))
 
 
 class DeviceMonitor:
@@ -134,11 +138,11 @@ class DeviceMonitor:
         state.before = state.before or snapshot
         state.after = snapshot
         state.samples += 1
-        clock, memory = reading["sm_clock"], reading["mem_clock"]
-        state.sm_clock_mhz_min = min(clock, state.sm_clock_mhz_min or clock)
-        state.sm_clock_mhz_max = max(clock, state.sm_clock_mhz_max or clock)
-        state.mem_clock_mhz_min = min(memory, state.mem_clock_mhz_min or memory)
-        state.mem_clock_mhz_max = max(memory, state.mem_clock_mhz_max or memory)
+        clock = reading["sm_clock"]
+        state.sm_clock_mhz_min, state.sm_clock_mhz_max = _widen(state.sm_clock_mhz_min, state.sm_clock_mhz_max, clock)
+        state.mem_clock_mhz_min, state.mem_clock_mhz_max = _widen(
+            state.mem_clock_mhz_min, state.mem_clock_mhz_max, reading["mem_clock"]
+        )
         if not reading["reasons"] & GPU_IDLE:
             busy_total = (state.sm_clock_mhz_busy_mean or 0.0) * state.busy_samples + clock
             state.busy_samples += 1
