@@ -2,6 +2,8 @@
 
 - accuracy against a float64 evaluation of the reference, next to PyTorch fp32's own error;
 - the physics floor: the least time moving the problem's bytes can take at the device's peak bandwidth;
+- the roofline floor: the same at the bandwidth `kbench calibrate` measured, or the time the matrix products
+  take at the fastest rate it measured, whichever is larger;
 - degenerate problems: outputs that barely depend on the input, or are nearly constant, so that an answer
   ignoring the input would pass the tolerance.
 """
@@ -9,12 +11,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from kbench.compare import flat_chunks
 from kbench.config import Tolerance
+
+if TYPE_CHECKING:
+    from kbench.calibrate import Ceilings
 
 
 def relative_error(new: dict[str, Any], exact: dict[str, Any]) -> float | None:
@@ -53,6 +58,21 @@ def floor_ms(moved_bytes: int, bandwidth_bytes_per_s: float | None) -> float | N
     if not bandwidth_bytes_per_s or moved_bytes <= 0:
         return None
     return moved_bytes / bandwidth_bytes_per_s * 1e3
+
+
+def compute_floor_ms(matrix_flops: int | None, ceilings: Ceilings | None) -> float | None:
+    """The least time one call's matrix products take at the fastest rate `kbench calibrate` measured."""
+    rate = ceilings.fastest_flops_per_s() if ceilings else None
+    return matrix_flops / rate * 1e3 if rate and matrix_flops else None
+
+
+def roofline_floor_ms(moved_bytes: int, matrix_flops: int | None, ceilings: Ceilings | None) -> float | None:
+    """The larger of the time one call's bytes take at the measured copy bandwidth and the time its matrix
+    products take at the fastest measured rate; None before `kbench calibrate` has run on this device."""
+    if ceilings is None:
+        return None
+    floors = [floor_ms(moved_bytes, ceilings.copy_gbs * 1e9), compute_floor_ms(matrix_flops, ceilings)]
+    return max((f for f in floors if f), default=None)
 
 
 def degenerate_warnings(outputs: list[dict[str, Any]], tolerance_for: Any) -> list[str]:

@@ -33,6 +33,10 @@ class Ceilings:
     kernel_agreement: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what could not be measured, and why
 
+    def fastest_flops_per_s(self) -> float | None:
+        """The fastest matrix-product rate measured, in any precision: no call can do its products faster."""
+        return max(self.gemm_tflops.values()) * 1e12 if self.gemm_tflops else None
+
 
 @dataclass
 class _Workload:

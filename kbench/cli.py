@@ -268,7 +268,7 @@ def calibrate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the ceilings as JSON.")] = False,
 ) -> None:
     """Measure this device's copy bandwidth and matrix-product rates; later runs report each solution's
-    fraction of its bandwidth floor (roofline_fraction)."""
+    fraction of its roofline floor (roofline_fraction)."""
     try:
         cfg, dev = settings(config, device)
         ceilings = session.calibrate(dev, cfg)

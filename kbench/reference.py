@@ -34,6 +34,7 @@ class ReferenceRun:
     timing_notes: list[str] = field(default_factory=list)  # why a timing fell back to another mode
     device_info: dict[str, Any] = field(default_factory=dict)
     moved_bytes: int = 0  # inputs + outputs + parameters and buffers: what one call must at least move
+    matrix_flops: int | None = None  # what one call's matrix products must at least compute; None: not counted
     audit_error: str | None = None
     warnings: list[str] = field(default_factory=list)  # degenerate-problem warnings
     error: str | None = None
@@ -75,4 +76,5 @@ def load_reference(out_dir: Path, spec: WorkerSpec, result: dict[str, Any]) -> R
     run.device_info = result.get("device_info", {})
     run.audit_error = result.get("audit_error")
     run.moved_bytes = sum(int(result.get(key, 0)) for key in ("input_bytes", "output_bytes", "state_bytes"))
+    run.matrix_flops = int(result["matrix_flops"]) if result.get("matrix_flops") is not None else None
     return run

@@ -92,6 +92,20 @@ def _save_float64_timed(
     execution.save_timed_outputs(outputs, spec, "ref", channel, float64_kind(TIMED))
 
 
+def _matrix_flops(model: Any, inputs: list[Any]) -> int | None:
+    """Operations of one call's matrix products (matmul, convolution, attention), as torch's FlopCounterMode
+    counts them; elementwise work is left to the memory side of the roofline. None where it cannot count."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(*inputs)
+    except Exception:  # a count is a report's extra, never a reason to fail the reference
+        return None
+    return int(counter.get_total_flops())
+
+
 def _fallback_notes(what: str, timed: TimedCalls) -> list[str]:
     return [f"{what} timed with {timed.mode}: {timed.fallback}"] if timed.fallback else []
 
@@ -123,6 +137,7 @@ def main(spec_path: str, fd: str) -> None:
         last_outputs = timings.pop("last_outputs")
         execution.save_timed_outputs(last_outputs, spec, "ref", channel)
         exact.run(model, lambda forward: _save_float64_timed(forward, input_sets, spec, channel))
+        matrix_flops = _matrix_flops(model, input_sets[0])
         with torch.no_grad():
             for name, tensor in state.items():
                 if name in perturbed:
@@ -137,6 +152,7 @@ def main(spec_path: str, fd: str) -> None:
                 "input_bytes": execution.tensor_bytes(input_sets[0]),
                 "output_bytes": execution.tensor_bytes(last_outputs[0]),
                 "state_bytes": sum(t.numel() * t.element_size() for t in state.values()),
+                "matrix_flops": matrix_flops,
             }
         )
     except BaseException as exc:  # report every failure, then exit; the parent decides what it means

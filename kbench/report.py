@@ -32,6 +32,8 @@ COLUMNS = [
     "ref_error_fp64",
     "new_error_fp64",
     "floor_ms",
+    "matrix_flops",
+    "compute_floor_ms",
     "roofline_fraction",
     "build_s",
     "build_cache_hit",
@@ -56,6 +58,7 @@ MARKDOWN_COLUMNS = [
     "ref_ms",
     "new_ms",
     "speedup",
+    "roofline_fraction",
     "timing_mode",
     "flags",
 ]

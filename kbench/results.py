@@ -57,7 +57,10 @@ class JobResult:
     ref_error_fp64: float | None = None  # PyTorch fp32's relative error against a float64 reference
     new_error_fp64: float | None = None  # the solution's relative error against the same float64 reference
     floor_ms: float | None = None  # least time the problem's bytes take at peak memory bandwidth
-    roofline_fraction: float | None = None  # (bytes / measured copy bandwidth) / new_ms; needs `kbench calibrate`
+    matrix_flops: int | None = None  # the reference's matrix-product operations per call (torch's FlopCounterMode)
+    compute_floor_ms: float | None = None  # matrix_flops at the fastest measured rate; needs `kbench calibrate`
+    # max(bytes / measured copy bandwidth, compute_floor_ms) / new_ms: 1.0 = at the roofline floor
+    roofline_fraction: float | None = None
     kernels: list[dict[str, Any]] = field(default_factory=list)  # CUDA kernel census of one forward call
     warnings: list[str] = field(default_factory=list)  # about the problem (degenerate) or the device (throttling)
     device_state: dict[str, Any] = field(default_factory=dict)  # NVML while the solution worker ran (CUDA)

@@ -13,7 +13,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kbench import audit
 from kbench.baselines import Baseline, baseline_key
@@ -28,6 +28,9 @@ from kbench.solution_starts import SolutionStarter, worker_env
 from kbench.spec import WorkerSpec, file_digest
 from kbench.stats import median_ms
 from kbench.store import JsonStore
+
+if TYPE_CHECKING:
+    from kbench.calibrate import Ceilings
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class Runner:
         cache_root: Path | None = None,
         bandwidth_bytes_per_s: float | None = None,
         baseline_cache: JsonStore | None = None,
-        measured_bandwidth_bytes_per_s: float | None = None,
+        ceilings: Ceilings | None = None,
         device_name: str = "",
     ) -> None:
         check_timing_mode(config, device)  # a mode this device cannot time is refused before any job runs
@@ -78,7 +81,7 @@ class Runner:
         self.bandwidth_bytes_per_s = bandwidth_bytes_per_s
         self.baseline_cache = baseline_cache if config.baselines.cache else None
         self.device_name = device_name or device
-        self.measured_bandwidth_bytes_per_s = measured_bandwidth_bytes_per_s
+        self.ceilings = ceilings  # measured by `kbench calibrate`: the roofline's two ceilings
         self._scratch = Path(tempfile.mkdtemp(prefix="kbench-"))
         self._references: dict[str, ReferenceRun] = {}
         self._prefetch = config.pipeline.prefetch_on(device)
@@ -237,11 +240,6 @@ class Runner:
         if reference is not None and reference.error is None:
             self._starter.start_early(job, _poison_numel(reference))
 
-    def _roofline_fraction(self, reference: ReferenceRun, new_ms: float | None) -> float | None:
-        """How close the solution comes to moving its bytes at the measured copy bandwidth (1.0 = as fast)."""
-        floor = audit.floor_ms(reference.moved_bytes, self.measured_bandwidth_bytes_per_s)
-        return floor / new_ms if floor and new_ms else None
-
     def _run(self, job: Job, started: float, next_job: Job | None) -> JobResult:
         base: dict[str, Any] = {
             "problem": job.problem.name,
@@ -282,6 +280,7 @@ class Runner:
         shutil.rmtree(out_dir, ignore_errors=True)
         tolerance = self.config.tolerance_for(_first_dtype(reference.trials))
         comparison = judged.comparison
+        floor = audit.roofline_floor_ms(reference.moved_bytes, reference.matrix_flops, self.ceilings)
         return JobResult(
             **base,
             verdict=judged.verdict,
@@ -310,7 +309,9 @@ class Runner:
             ref_error_fp64=reference.float64_error,
             new_error_fp64=judged.new_error_fp64,
             floor_ms=judged.floor_ms,
-            roofline_fraction=self._roofline_fraction(reference, judged.new_ms) if judged.speedup else None,
+            matrix_flops=reference.matrix_flops,
+            compute_floor_ms=audit.compute_floor_ms(reference.matrix_flops, self.ceilings),
+            roofline_fraction=floor / judged.new_ms if floor and judged.new_ms and judged.speedup else None,
             kernels=judged.kernels,
             warnings=reference.warnings + monitor.state.warnings(),
             device_state=asdict(monitor.state) if monitor.state.samples or monitor.state.error else {},

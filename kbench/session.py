@@ -197,7 +197,7 @@ def _runner(config: KbenchConfig, device: str) -> Runner:
         bandwidth_bytes_per_s=_bandwidth(config, device),
         baseline_cache=JsonStore(default_cache_root() / "baselines.json"),
         device_name=name,
-        measured_bandwidth_bytes_per_s=ceilings.copy_gbs * 1e9 if ceilings else None,
+        ceilings=ceilings,
     )
 
 

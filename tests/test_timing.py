@@ -181,6 +181,21 @@ def test_compile_baseline_is_measured_once_then_taken_from_the_cache(tmp_path):
     assert not any("baseline cache" in note for note in fresh.notes)
 
 
+def test_the_roofline_floor_is_the_larger_of_the_memory_and_compute_floors():
+    from kbench.audit import compute_floor_ms, roofline_floor_ms
+    from kbench.calibrate import Ceilings
+
+    ceilings = Ceilings("gpu", copy_gbs=1000.0, gemm_tflops={"fp32": 50.0, "bf16": 500.0})
+    # A GEMM: 0.1 ms of bytes, 2 ms of products at the fastest rate (bf16).
+    assert compute_floor_ms(10**12, ceilings) == pytest.approx(2.0)
+    assert roofline_floor_ms(10**8, 10**12, ceilings) == pytest.approx(2.0)
+    # Elementwise (no products) or not counted: the bytes alone, 1 ms.
+    assert compute_floor_ms(0, ceilings) is None
+    assert roofline_floor_ms(10**9, 0, ceilings) == pytest.approx(1.0)
+    assert roofline_floor_ms(10**9, None, ceilings) == pytest.approx(1.0)
+    assert roofline_floor_ms(10**8, 10**12, None) is None  # no calibration: no floor, no fraction
+
+
 def test_calibrate_measures_ceilings_and_later_runs_report_the_roofline_fraction(tmp_path, monkeypatch):
     import json
 
@@ -205,4 +220,12 @@ def test_calibrate_measures_ceilings_and_later_runs_report_the_roofline_fraction
         app, ["verify", problem, "-s", solution, "--device", "cpu", "--config", str(config), "--json"]
     )
     line = json.loads(verified.output.strip().splitlines()[-1])
-    assert line["verdict"] == "correct" and line["roofline_fraction"] > 0
+    assert line["verdict"] == "correct"
+    # The roofline floor is the larger of the bytes at the copy bandwidth and the products at the fastest rate.
+    assert line["matrix_flops"] == 2 * 16 * 32 * 24  # the fixture's one Linear: 2 x batch x in x out
+    fastest = max(ceilings["gemm_tflops"].values()) * 1e12
+    assert line["compute_floor_ms"] == pytest.approx(line["matrix_flops"] / fastest * 1e3)
+    moved = 4 * (16 * 32 + 16 * 24 + 32 * 24 + 24)  # input, output, weight and bias, fp32
+    memory_floor_ms = moved / (ceilings["copy_gbs"] * 1e9) * 1e3
+    expected = max(memory_floor_ms, line["compute_floor_ms"]) / line["new_ms"]
+    assert line["roofline_fraction"] == pytest.approx(expected, rel=1e-6)
