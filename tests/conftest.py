@@ -30,8 +30,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def gpu_share(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """GPU tests share the GPU, except those marked ``gpu_alone``, which wait until no other GPU test of this
-    session (all xdist workers: the lock file sits above their temporary folders) runs: they compare times
-    taken seconds apart, and another test's kernels time-sliced in between would stretch one of them."""
+    session (all xdist workers: the lock file sits above their temporary folders) runs. Some compare times
+    taken seconds apart, and another test's kernels time-sliced in between would stretch one of them. Others
+    keep a kernel running (a spinning fault, sleeps on a side stream): beside them, another test's timed calls
+    stretch, and a correct solution is rejected as having slowed the reference (`reference_slowed`)."""
     if request.node.get_closest_marker("gpu") is None:
         yield
         return
