@@ -85,6 +85,11 @@ class Judgement:
     notes: list[str] = field(default_factory=list)
 
 
+def only_reference_slowed(judged: Judgement) -> bool:
+    """Rejected for ``reference_slowed`` and for no other broken rule."""
+    return judged.verdict == Verdict.REJECTED and set(judged.flags) & INTEGRITY_FLAGS == {"reference_slowed"}
+
+
 def _strings(value: Any) -> list[str]:
     """A list of strings from the worker, or nothing: what arrives on the pipe may have been forged."""
     return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []

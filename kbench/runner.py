@@ -20,11 +20,12 @@ from kbench.baselines import Baseline, baseline_key
 from kbench.catalog import Problem, Solution
 from kbench.config import KbenchConfig, check_timing_mode
 from kbench.isolation import WorkerCommand, WorkerRun, run_workers
-from kbench.judge import Judgement, judge
-from kbench.monitor import DeviceMonitor
+from kbench.judge import Judgement, judge, only_reference_slowed
+from kbench.monitor import DeviceMonitor, DeviceState
 from kbench.reference import ReferenceRun, load_reference
 from kbench.results import JobResult, Verdict
-from kbench.solution_starts import SolutionStarter, worker_env
+from kbench.scan import file_flags
+from kbench.solution_starts import SolutionStart, SolutionStarter, worker_env
 from kbench.spec import WorkerSpec, file_digest
 from kbench.stats import median_ms
 from kbench.store import JsonStore
@@ -49,6 +50,17 @@ class _ReferenceJob:
     baseline_key: str
     cached: Baseline | None  # the baseline cache's timings; None: the worker times the reference itself
     command: WorkerCommand
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One solution worker's run of a job, judged."""
+
+    worker: WorkerRun
+    judged: Judgement
+    device_state: DeviceState  # NVML while it ran
+    began: float  # time.monotonic() as its gate opened
+    judge_s: float
 
 
 def _reference_key(problem: Problem, overrides: dict[str, Any]) -> str:
@@ -240,6 +252,21 @@ class Runner:
         if reference is not None and reference.error is None:
             self._starter.start_early(job, _poison_numel(reference))
 
+    def _attempt(self, job: Job, reference: ReferenceRun, start: SolutionStart, next_job: Job | None) -> _Attempt:
+        """Let the started worker through its gate, follow it to its end, and judge what it left."""
+        began = time.monotonic()
+        with DeviceMonitor(enabled=self.device.startswith("cuda")) as monitor:
+            monitor.worker_started(start.worker.pid)
+            start.worker.open_gate()
+            if next_job is not None and self._prefetch:
+                self._start_early(next_job)
+            (worker,) = run_workers([], started=[start.worker], watch=self._starter.waiting())
+        worker_done = time.monotonic()
+        flags = file_flags(job.solution.path)  # the static scan: a second opinion, never a verdict alone
+        judged = judge(worker, start.out_dir, reference, self.config, self.bandwidth_bytes_per_s, flags)
+        shutil.rmtree(start.out_dir, ignore_errors=True)
+        return _Attempt(worker, judged, monitor.state, began, time.monotonic() - worker_done)
+
     def _run(self, job: Job, started: float, next_job: Job | None) -> JobResult:
         base: dict[str, Any] = {
             "problem": job.problem.name,
@@ -264,20 +291,13 @@ class Runner:
                 detail=reference.detail,
                 wall_s=time.monotonic() - started,
             )
-        start = self._starter.start(job, _poison_numel(reference))
-        out_dir = start.out_dir
-        with DeviceMonitor(enabled=self.device.startswith("cuda")) as monitor:
-            monitor.worker_started(start.worker.pid)
-            start.worker.open_gate()
-            if next_job is not None and self._prefetch:
-                self._start_early(next_job)
-            (worker,) = run_workers([], started=[start.worker], watch=self._starter.waiting())
-        worker_done = time.monotonic()
-        judged = judge(
-            worker, out_dir, reference, self.config, self.bandwidth_bytes_per_s, static_flags(job.solution.path)
-        )
-        judged_at = time.monotonic()
-        shutil.rmtree(out_dir, ignore_errors=True)
+        poison = _poison_numel(reference)
+        attempt = self._attempt(job, reference, self._starter.start(job, poison), next_job)
+        reruns: list[str] = []
+        while only_reference_slowed(attempt.judged) and len(reruns) < self.config.timing.reference_drift_retries:
+            reruns.append(_rerun_note(len(reruns) + 1, attempt.judged, ref_ms))
+            attempt = self._attempt(job, reference, self._starter.start_fresh(job, poison), None)
+        worker, judged, state = attempt.worker, attempt.judged, attempt.device_state
         tolerance = self.config.tolerance_for(_first_dtype(reference.trials))
         comparison = judged.comparison
         floor = audit.roofline_floor_ms(reference.moved_bytes, reference.matrix_flops, self.ceilings)
@@ -313,19 +333,30 @@ class Runner:
             compute_floor_ms=audit.compute_floor_ms(reference.matrix_flops, self.ceilings),
             roofline_fraction=floor / judged.new_ms if floor and judged.new_ms and judged.speedup else None,
             kernels=judged.kernels,
-            warnings=reference.warnings + monitor.state.warnings(),
-            device_state=asdict(monitor.state) if monitor.state.samples or monitor.state.error else {},
-            notes=judged.notes + _reference_notes(reference, judged),
+            warnings=reference.warnings + state.warnings(),
+            device_state=asdict(state) if state.samples or state.error else {},
+            notes=judged.notes + reruns + _reference_notes(reference, judged),
             timing_mode=judged.timing_mode,
             timing_fallback=judged.timing_fallback,
             detail=judged.detail[-20_000:],
             wall_s=time.monotonic() - started,
             stage_s={
                 "reference": reference_done - started,  # 0 when this run already has the problem's reference
+                **({"earlier_runs": attempt.began - reference_done} if reruns else {}),
                 **{f"solution_{phase}": seconds for phase, seconds in worker.phase_s.items()},
-                "judge": judged_at - worker_done,
+                "judge": attempt.judge_s,
             },
         )
+
+
+def _rerun_note(run: int, judged: Judgement, alone_ms: float | None) -> str:
+    beside = f"{judged.ref_ms:.4g} ms" if judged.ref_ms is not None else "?"
+    alone = f"{alone_ms:.4g} ms" if alone_ms is not None else "?"
+    return (
+        f"run {run} broke no rule but reference_slowed (the reference took {beside} beside the solution, {alone} "
+        "alone), so the job ran again in a fresh worker: a solution holding the reference back does so again, a "
+        "passing slowdown of the GPU or host does not"
+    )
 
 
 def _speedup_vs_compile(reference: ReferenceRun, judged: Judgement) -> float | None:
@@ -352,17 +383,6 @@ def _reference_notes(reference: ReferenceRun, judged: Judgement) -> list[str]:
             f"no speedup_vs_compile: torch.compile timed with {compiled}, the solution with {judged.timing_mode}"
         )
     return notes
-
-
-def static_flags(solution: Path) -> list[str]:
-    """The static scan's flags for a solution file (a second opinion; it never decides a verdict alone)."""
-    from kbench.scan import scan_source
-
-    try:
-        source = solution.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    return sorted({finding.flag for finding in scan_source(source)})
 
 
 def _digest_or_empty(path: Path) -> str:

@@ -65,6 +65,10 @@ class SolutionStarter:
             return early
         if early is not None:
             early.worker.close()  # started for another job: never let through its gate
+        return self.start_fresh(job, poison_numel)
+
+    def start_fresh(self, job: Any, poison_numel: int) -> SolutionStart:
+        """A new worker for the job, waiting at its gate; one started early for the next job is left waiting."""
         out_dir = Path(tempfile.mkdtemp(prefix="job-", dir=self._scratch))
         spec_path = out_dir / "spec.json"
         self._spec(job, out_dir, poison_numel).write(spec_path)

@@ -39,6 +39,8 @@ def verify(*args: str | Path, env: dict[str, str] | None = None) -> tuple[int, l
 def summary(line: dict) -> str:
     """What a failed assertion shows of a result: pytest cuts a whole result line short before its stages."""
     keys = ("verdict", "reason", "flags", "timing_mode", "new_timing_count", "wall_s", "stage_s", "notes")
+    # The reference's medians beside the solution and alone, and what NVML saw: why `reference_slowed` was set.
+    keys += ("ref_ms", "ref_ms_alone", "new_ms", "ref_rse", "new_rse", "warnings", "device_state")
     # The detail's end: a timed-out worker's stacks, written just before it was killed.
     return json.dumps({**{key: line.get(key) for key in keys}, "detail": str(line.get("detail", ""))[-4000:]})
 
@@ -70,7 +72,9 @@ def test_side_stream_work_is_rejected():
 
 
 def test_pytorch_only_solution_is_flagged_no_custom_kernel():
-    code, (line,) = verify("-s", CUDA_FIXTURES / "torch_only.py", *SMALL)
+    # Full size: at batch_size=1024 a call takes ~50 µs and the timing loop can be bound by the host's launch
+    # rate. On a loaded host the reference (four launches) then looks slowed beside it, in both runs.
+    code, (line,) = verify("-s", CUDA_FIXTURES / "torch_only.py")
     assert code == 0, summary(line)
     assert line["verdict"] == "correct" and "no_custom_kernel" in line["flags"], summary(line)
 
@@ -101,6 +105,22 @@ def test_gpu_faults_are_judged_and_the_gpu_stays_usable(short_run: Path):
     code, lines = verify("-s", faulty, "-s", CUDA_FUSED, *SMALL, "--config", short_run, env=env)
     assert code == 1
     assert [line["verdict"] for line in lines] == ["timeout", "correct"], [summary(line) for line in lines]
+
+
+@pytest.mark.gpu_alone  # it compares the reference's times
+def test_a_reference_held_back_in_two_runs_is_rejected_and_a_slowdown_that_passed_is_not(tmp_path: Path):
+    cheat = CUDA_FIXTURES / "holds_reference_back.py"
+    code, (line,) = verify("-s", cheat, env={**os.environ, "KBENCH_HOLD_BACK": "always"})
+    assert code == 1 and line["verdict"] == "rejected" and "reference_slowed" in line["flags"], summary(line)
+    assert line["ref_ms"] > 1.1 * line["ref_ms_alone"], summary(line)
+    assert any(note.startswith("run 1 broke no rule but reference_slowed") for note in line["notes"]), summary(line)
+    marker = tmp_path / "held_back_once"
+    env = {**os.environ, "KBENCH_HOLD_BACK": "first", "KBENCH_HOLD_BACK_MARKER": str(marker)}
+    code, (line,) = verify("-s", cheat, env=env)
+    assert marker.exists()
+    assert code == 0 and line["verdict"] == "correct" and "reference_slowed" not in line["flags"], summary(line)
+    assert any(note.startswith("run 1 broke no rule but reference_slowed") for note in line["notes"]), summary(line)
+    assert line["stage_s"]["earlier_runs"] > 0
 
 
 # --- timing modes (issue #5) ------------------------------------------------------------------------------

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from conftest import PROBLEMS, fast_config, run_fixture
 
+from kbench import runner as runner_module
 from kbench.catalog import read_problem
 from kbench.config import ConfigError, KbenchConfig, TimingConfig, load_config
-from kbench.results import Verdict
+from kbench.judge import INTEGRITY_FLAGS
+from kbench.results import JobResult, Verdict
 from kbench.runner import Runner
 from kbench.stats import median_rse, speedup_interval
 from kbench.timing import TimingPlan, time_models
@@ -144,6 +146,53 @@ def test_reference_held_back_beside_the_solution_is_flagged_on_cuda():
     assert judge_timing({"timing_ms": [1.0] * 3, "ref_timing_ms": [1.0] * 30}, 1.0, config, True).flags == {
         "bad_timing"
     }
+
+
+def _reference_slowed_in_runs(runs: int, calls: list[str]):
+    """The real judge, except that the first ``runs`` runs of a job also show the reference held back, as the
+    CUDA drift check would (it is not judged on the CPU)."""
+    real = runner_module.judge
+
+    def judge(*args, **kwargs):
+        judged = real(*args, **kwargs)
+        calls.append(judged.verdict)
+        if len(calls) <= runs:
+            flags = {*judged.flags, "reference_slowed"}
+            rejected = judged.verdict in (Verdict.CORRECT, Verdict.REJECTED)
+            judged.flags, judged.ref_ms = sorted(flags), 9.0
+            if rejected:
+                judged.verdict, judged.speedup = Verdict.REJECTED, None
+                judged.reason = f"integrity checks failed: {', '.join(sorted(flags & INTEGRITY_FLAGS))}"
+        return judged
+
+    return judge
+
+
+def test_a_job_rejected_only_for_reference_drift_runs_again_and_a_repeated_drift_stays_rejected(monkeypatch):
+    problem = read_problem(PROBLEMS / "affine_relu.py")
+
+    def judged(name: str, slowed_runs: int, retries: int = 1) -> tuple[JobResult, list[str]]:
+        calls: list[str] = []
+        monkeypatch.setattr(runner_module, "judge", _reference_slowed_in_runs(slowed_runs, calls))
+        config = fast_config()
+        timing = config.timing.model_copy(update={"reference_drift_retries": retries})
+        config = config.model_copy(update={"timing": timing})
+        with Runner(config, "cpu") as runner:
+            return run_fixture(runner, problem, name), calls
+
+    passing, calls = judged("correct_torch", slowed_runs=1)  # a slowdown that passed: judged on the second run
+    assert len(calls) == 2 and passing.verdict == Verdict.CORRECT and passing.flags == []
+    assert any(note.startswith("run 1 broke no rule but reference_slowed") and "9 ms" in note for note in passing.notes)
+    assert passing.speedup is not None and passing.stage_s["earlier_runs"] > 0
+    held_back, calls = judged("correct_torch", slowed_runs=2)  # held back every time: rejected
+    assert len(calls) == 2 and held_back.verdict == Verdict.REJECTED and held_back.flags == ["reference_slowed"]
+    assert held_back.speedup is None and any(note.startswith("run 1 ") for note in held_back.notes)
+    no_retry, calls = judged("correct_torch", slowed_runs=1, retries=0)
+    assert len(calls) == 1 and no_retry.verdict == Verdict.REJECTED and "earlier_runs" not in no_retry.stage_s
+    # Another broken rule beside the drift decides the verdict at once: no second run.
+    cheat, calls = judged("mutates_input", slowed_runs=1)
+    assert len(calls) == 1 and cheat.verdict == Verdict.REJECTED and "input_mutated" in cheat.flags
+    assert not any(note.startswith("run 1 ") for note in cheat.notes)
 
 
 def test_patching_a_function_the_reference_uses_is_rejected():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+from pathlib import Path
 
 from kbench.scan.findings import (
     FLAGS,
@@ -43,6 +44,7 @@ __all__ = [
     "STATIC_THREAD",
     "STATIC_TORCH_FALLBACK",
     "Finding",
+    "file_flags",
     "scan_source",
 ]
 
@@ -66,3 +68,12 @@ def scan_source(source: str) -> list[Finding]:
             scan_literal_values(findings, tree)
             scan_tree(findings, tree)
     return findings.sorted()
+
+
+def file_flags(solution: Path) -> list[str]:
+    """The flags of a solution file's findings; none for a file that cannot be read (its worker says why)."""
+    try:
+        source = solution.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return sorted({finding.flag for finding in scan_source(source)})
