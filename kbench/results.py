@@ -72,7 +72,8 @@ class JobResult:
     problem_path: str = ""
     detail: str = ""  # compiler / Python error text, kept for the user
     wall_s: float = 0.0
-    # Where wall_s went: the reference, the solution worker's phases (load, build, run), judging.
+    # Where wall_s went: the reference, the solution worker's phases (load, build, run), judging, and for a job
+    # run again (see timing.reference_drift_retries) its earlier runs (earlier_runs).
     stage_s: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
