@@ -68,8 +68,9 @@ class TimingConfig(_Strict):
     input_sets: int = Field(default=3, ge=1)  # rotated, so inputs that fit in cache are not timed hot
     flush_l2: bool = True
     reference_drift: float = Field(default=0.10, ge=0)  # see judge: reference timed slower beside the solution
-    # A job whose only broken rule is `reference_slowed` runs again in a fresh worker, up to this many times: a
-    # solution holding the reference back does it again, a passing slowdown of the GPU or host does not.
+    # A job whose only broken rule is `reference_slowed` runs again in a fresh worker, up to this many times, held
+    # against the reference alone timed again: a solution holding the reference back does it again, a slowdown of
+    # the GPU or host, or an out-of-date time alone, does not.
     reference_drift_retries: int = Field(default=1, ge=0)
 
     @model_validator(mode="after")

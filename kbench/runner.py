@@ -5,8 +5,6 @@ Trusted side. Nothing here imports a solution; workers are separate processes (s
 
 from __future__ import annotations
 
-import contextlib
-import json
 import shutil
 import tempfile
 import time
@@ -16,16 +14,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kbench import audit
-from kbench.baselines import Baseline, baseline_key
 from kbench.catalog import Problem, Solution
 from kbench.config import KbenchConfig, check_timing_mode
-from kbench.isolation import WorkerCommand, WorkerRun, run_workers
+from kbench.isolation import WorkerRun, run_workers
 from kbench.judge import Judgement, judge, only_reference_slowed
 from kbench.monitor import DeviceMonitor, DeviceState
-from kbench.reference import ReferenceRun, load_reference
+from kbench.reference import ReferenceRun
+from kbench.references import References
 from kbench.results import JobResult, Verdict
 from kbench.scan import file_flags
-from kbench.solution_starts import SolutionStart, SolutionStarter, worker_env
+from kbench.solution_starts import SolutionStart, SolutionStarter
 from kbench.spec import WorkerSpec, file_digest
 from kbench.stats import median_ms
 from kbench.store import JsonStore
@@ -42,17 +40,6 @@ class Job:
 
 
 @dataclass(frozen=True)
-class _ReferenceJob:
-    """A reference worker ready to start, and what its result is read with."""
-
-    spec: WorkerSpec
-    out_dir: Path
-    baseline_key: str
-    cached: Baseline | None  # the baseline cache's timings; None: the worker times the reference itself
-    command: WorkerCommand
-
-
-@dataclass(frozen=True)
 class _Attempt:
     """One solution worker's run of a job, judged."""
 
@@ -61,10 +48,6 @@ class _Attempt:
     device_state: DeviceState  # NVML while it ran
     began: float  # time.monotonic() as its gate opened
     judge_s: float
-
-
-def _reference_key(problem: Problem, overrides: dict[str, Any]) -> str:
-    return json.dumps([str(problem.path), overrides], sort_keys=True, default=str)
 
 
 def effective_overrides(problem: Problem, device: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -91,14 +74,13 @@ class Runner:
         self.device = device
         self.cache_root = cache_root
         self.bandwidth_bytes_per_s = bandwidth_bytes_per_s
-        self.baseline_cache = baseline_cache if config.baselines.cache else None
-        self.device_name = device_name or device
         self.ceilings = ceilings  # measured by `kbench calibrate`: the roofline's two ceilings
         self._scratch = Path(tempfile.mkdtemp(prefix="kbench-"))
-        self._references: dict[str, ReferenceRun] = {}
+        self.references = References(
+            config, device, self._scratch, cache_root, self._reference_spec, baseline_cache, device_name or device
+        )
         self._prefetch = config.pipeline.prefetch_on(device)
         self._starter = SolutionStarter(config, self._scratch, cache_root, self._solution_spec)
-        self.device_info: dict[str, Any] = {}
 
     def close(self) -> None:
         self._starter.close()
@@ -130,100 +112,6 @@ class Runner:
             poison_numel=poison_numel,
         )
 
-    def reference(self, problem: Problem, overrides: dict[str, Any]) -> ReferenceRun:
-        key = _reference_key(problem, overrides)
-        if key not in self._references:
-            job = self._reference_job(problem, overrides, self._cached_baseline(problem, overrides))
-            self._references[key] = self._finish_reference(job, run_workers([job.command])[0])
-        return self._references[key]
-
-    def prepare_references(self, wanted: list[tuple[Problem, dict[str, Any]]]) -> int:
-        """Run side by side, ``baselines.parallel`` at a time, the references that time nothing (their timings
-        are in the baseline cache), so that jobs find them done. One that fails here is left for its job to run
-        alone: running beside the others (short of memory, say) must not be what fails it. A reference that
-        times runs alone, when its job asks for it. Returns how many ran here."""
-        # This is only a head start: where anything here fails (a full disk, say), the job runs its reference
-        # alone and reports what went wrong there.
-        pending: dict[str, _ReferenceJob] = {}
-        try:
-            for problem, overrides in wanted:
-                key = _reference_key(problem, overrides)
-                cached = self._cached_baseline(problem, overrides)
-                if cached is not None and key not in self._references and key not in pending:
-                    pending[key] = self._reference_job(problem, overrides, cached)
-            workers = run_workers([job.command for job in pending.values()], at_once=self.config.baselines.parallel)
-        except Exception:
-            return 0
-        for (key, job), worker in zip(pending.items(), workers, strict=True):
-            with contextlib.suppress(Exception):
-                reference = self._finish_reference(job, worker)
-                if reference.error is None:
-                    self._references[key] = reference
-        return len(pending)
-
-    def _compile_mode(self) -> str | None:
-        baselines = self.config.baselines
-        return baselines.compile_mode if baselines.compile_on(self.device) else None
-
-    def baseline_key(self, problem: Problem, overrides: dict[str, Any]) -> str:
-        """Where this problem's reference timings are cached: timing settings and mode included."""
-        return baseline_key(problem, overrides, self.device_name, self.config.timing.model_dump(), self._compile_mode())
-
-    def _cached_baseline(self, problem: Problem, overrides: dict[str, Any]) -> Baseline | None:
-        if self.baseline_cache is None:
-            return None
-        return self.baseline_cache.get(self.baseline_key(problem, overrides), Baseline)
-
-    def _reference_job(self, problem: Problem, overrides: dict[str, Any], cached: Baseline | None) -> _ReferenceJob:
-        out_dir = Path(tempfile.mkdtemp(prefix="ref-", dir=self._scratch))
-        spec_path = out_dir / "spec.json"
-        spec = self._spec(problem, overrides, out_dir, None)
-        spec.time_reference = cached is None
-        spec.compile_mode = self._compile_mode() if cached is None else None
-        spec.write(spec_path)
-        timeout = self.config.timeouts.reference_s
-        command = WorkerCommand(
-            "kbench.reference_worker",
-            [str(spec_path)],
-            out_dir / "worker.log",
-            {"load": timeout, "run": timeout},
-            env=worker_env(self.cache_root),
-        )
-        return _ReferenceJob(spec, out_dir, self.baseline_key(problem, overrides), cached, command)
-
-    def _finish_reference(self, job: _ReferenceJob, worker: WorkerRun) -> ReferenceRun:
-        result, error = worker.last("result"), worker.last("error")
-        if worker.timed_out_phase:
-            return ReferenceRun(error=f"reference timed out after {worker.timeout_s:g} s", detail=worker.log_tail)
-        if error is not None or result is None or worker.returncode != 0:
-            info = error["error"] if error else {}
-            reason = info.get("reason") or f"reference worker {worker.exit_description()} without a result"
-            return ReferenceRun(error=reason, detail=f"{info.get('detail', '')}\n{worker.log_tail}")
-        reference = load_reference(job.out_dir, job.spec, result["result"])
-        shutil.rmtree(job.out_dir, ignore_errors=True)  # now held in memory, where no worker can reach it
-        if reference.error is None:
-            self.device_info = reference.device_info
-            reference.warnings = audit.degenerate_warnings(reference.trials, self.config.tolerance_for)
-            cached = job.cached
-            if cached is not None:
-                reference.timing_ms, reference.compile_timing_ms = cached.eager_ms, cached.compile_ms
-                reference.compile_error, reference.baseline_cached = cached.compile_error, True
-                reference.timing_mode, reference.compile_timing_mode = cached.timing_mode, cached.compile_timing_mode
-                reference.timing_notes = cached.timing_notes
-            elif self.baseline_cache is not None:
-                self.baseline_cache.put(
-                    job.baseline_key,
-                    Baseline(
-                        reference.timing_ms,
-                        reference.compile_timing_ms,
-                        reference.compile_error,
-                        reference.timing_mode,
-                        reference.compile_timing_mode,
-                        reference.timing_notes,
-                    ),
-                )
-        return reference
-
     def run(self, job: Job, next_job: Job | None = None) -> JobResult:
         """Judge one job. Never raises: if kbench itself fails, the job says so and the run goes on. With
         prefetching on, ``next_job``'s solution worker starts while this one runs, and waits at its gate."""
@@ -242,14 +130,17 @@ class Runner:
                 wall_s=time.monotonic() - started,
             )
 
+    def _reference_spec(self, problem: Problem, overrides: dict[str, Any], out_dir: Path) -> WorkerSpec:
+        return self._spec(problem, overrides, out_dir, None)
+
     def _solution_spec(self, job: Job, out_dir: Path, poison_numel: int) -> WorkerSpec:
         return self._spec(job.problem, job.overrides, out_dir, job.solution.path, poison_numel)
 
     def _start_early(self, job: Job) -> None:
         """Start ``job``'s solution worker now if its reference is ready (running a reference now would
         share the GPU with the job being timed)."""
-        reference = self._references.get(_reference_key(job.problem, job.overrides))
-        if reference is not None and reference.error is None:
+        reference = self.references.ready(job.problem, job.overrides)
+        if reference is not None:
             self._starter.start_early(job, _poison_numel(reference))
 
     def _attempt(self, job: Job, reference: ReferenceRun, start: SolutionStart, next_job: Job | None) -> _Attempt:
@@ -278,7 +169,7 @@ class Runner:
             "solution_digest": _digest_or_empty(job.solution.path),
             "trials": self.config.trials,
         }
-        reference = self.reference(job.problem, job.overrides)
+        reference = self.references.get(job.problem, job.overrides)
         reference_done = time.monotonic()
         ref_ms = median_ms(reference.timing_ms)
         compile_ms = median_ms(reference.compile_timing_ms)
@@ -293,10 +184,16 @@ class Runner:
             )
         poison = _poison_numel(reference)
         attempt = self._attempt(job, reference, self._starter.start(job, poison), next_job)
+        yardstick = reference  # what the reference beside the solution is held against: its time alone
         reruns: list[str] = []
         while only_reference_slowed(attempt.judged) and len(reruns) < self.config.timing.reference_drift_retries:
-            reruns.append(_rerun_note(len(reruns) + 1, attempt.judged, ref_ms))
-            attempt = self._attempt(job, reference, self._starter.start_fresh(job, poison), None)
+            # The yardstick may be out of date (a cached baseline, a host that has slowed since), so the
+            # reference alone is timed again first, while no solution process is left to slow it.
+            again = self.references.timed_again(job.problem, job.overrides)
+            reruns.append(_rerun_note(len(reruns) + 1, attempt.judged, ref_ms, again))
+            if again.error is None:
+                yardstick, ref_ms = again, median_ms(again.timing_ms)
+            attempt = self._attempt(job, yardstick, self._starter.start_fresh(job, poison), None)
         worker, judged, state = attempt.worker, attempt.judged, attempt.device_state
         tolerance = self.config.tolerance_for(_first_dtype(reference.trials))
         comparison = judged.comparison
@@ -335,7 +232,7 @@ class Runner:
             kernels=judged.kernels,
             warnings=reference.warnings + state.warnings(),
             device_state=asdict(state) if state.samples or state.error else {},
-            notes=judged.notes + reruns + _reference_notes(reference, judged),
+            notes=judged.notes + reruns + _reference_notes(reference, judged, retimed=yardstick is not reference),
             timing_mode=judged.timing_mode,
             timing_fallback=judged.timing_fallback,
             detail=judged.detail[-20_000:],
@@ -349,13 +246,19 @@ class Runner:
         )
 
 
-def _rerun_note(run: int, judged: Judgement, alone_ms: float | None) -> str:
-    beside = f"{judged.ref_ms:.4g} ms" if judged.ref_ms is not None else "?"
-    alone = f"{alone_ms:.4g} ms" if alone_ms is not None else "?"
+def _rerun_note(run: int, judged: Judgement, alone_ms: float | None, again: ReferenceRun) -> str:
+    def ms(value: float | None) -> str:
+        return f"{value:.4g} ms" if value is not None else "?"
+
+    retimed = (
+        f"the reference alone was timed again in a fresh trusted worker ({ms(median_ms(again.timing_ms))}), and"
+        if again.error is None
+        else f"timing the reference alone again failed ({again.error}), so the last yardstick stands, and"
+    )
     return (
-        f"run {run} broke no rule but reference_slowed (the reference took {beside} beside the solution, {alone} "
-        "alone), so the job ran again in a fresh worker: a solution holding the reference back does so again, a "
-        "passing slowdown of the GPU or host does not"
+        f"run {run} broke no rule but reference_slowed (the reference took {ms(judged.ref_ms)} beside the solution, "
+        f"{ms(alone_ms)} alone), so {retimed} the job ran again in a fresh worker: a solution holding the "
+        "reference back does so again; a passing slowdown of the GPU or host, or an out-of-date time alone, does not"
     )
 
 
@@ -367,15 +270,18 @@ def _speedup_vs_compile(reference: ReferenceRun, judged: Judgement) -> float | N
     return compile_ms / judged.new_ms
 
 
-def _reference_notes(reference: ReferenceRun, judged: Judgement) -> list[str]:
+def _reference_notes(reference: ReferenceRun, judged: Judgement, retimed: bool) -> list[str]:
+    """``retimed``: the time alone in the result is not the cached one but was taken again (see _rerun_note)."""
     notes = []
     if reference.audit_error:
         notes.append(f"float64 audit skipped: {reference.audit_error}")
     if reference.compile_error:
         notes.append(f"no torch.compile baseline: {reference.compile_error}")
     if reference.baseline_cached:
-        timed = "alone, and torch.compile" if reference.compile_timing_ms else "alone"
-        notes.append(f"reference timings ({timed}) from the baseline cache")
+        kept = (("alone", not retimed), ("torch.compile", bool(reference.compile_timing_ms)))
+        cached = [name for name, is_cached in kept if is_cached]
+        if cached:
+            notes.append(f"reference timings ({' and '.join(cached)}) from the baseline cache")
     notes.extend(reference.timing_notes)
     compiled = reference.compile_timing_mode
     if compiled and judged.speedup and judged.timing_mode and compiled != judged.timing_mode:

@@ -165,8 +165,8 @@ def lint(problems: list[Problem], device: str, config: KbenchConfig, overrides: 
         catalog.check_overrides(problem, overrides)
     wanted = [(problem, effective_overrides(problem, device, overrides)) for problem in problems]
     with _runner(config, device) as runner:
-        runner.prepare_references(wanted)
-        checks = [ReferenceCheck.of(problem, runner.reference(problem, sizes)) for problem, sizes in wanted]
+        runner.references.prepare(wanted)
+        checks = [ReferenceCheck.of(problem, runner.references.get(problem, sizes)) for problem, sizes in wanted]
     return checks
 
 
@@ -220,7 +220,7 @@ def execute(
     references: list[ReferenceCheck] = []
     with _runner(config, device) as runner:
         on_prepare()
-        runner.prepare_references([(job.problem, job.overrides) for job in session.jobs] + session.reference_only)
+        runner.references.prepare([(job.problem, job.overrides) for job in session.jobs] + session.reference_only)
         for index, job in enumerate(session.jobs):
             on_start(job)
             result = runner.run(job, next_job=session.jobs[index + 1] if index + 1 < len(session.jobs) else None)
@@ -229,9 +229,9 @@ def execute(
             results.append(result)
             on_result(result)
         for problem, sizes in session.reference_only:
-            reference = runner.reference(problem, sizes)
+            reference = runner.references.get(problem, sizes)
             references.append(ReferenceCheck.of(problem, reference))
-        outcome = SessionOutcome(results, references, runner.device_info)
+        outcome = SessionOutcome(results, references, runner.references.device_info)
     if recorder is not None:
         recorder.finish(outcome.device_info, references)
     return outcome

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 CUDA_FIXTURES = Path(__file__).parent / "fixtures" / "cuda"
 CUDA_FUSED = Path(__file__).parents[1] / "kbench" / "solutions" / "example_scale_bias_relu6" / "cuda_fused.py"
+EXAMPLE_PROBLEM = Path(__file__).parents[1] / "kbench" / "problems" / "example_scale_bias_relu6.py"
 SMALL = ["--set", "batch_size=1024"]  # fault tests need no full-size tensor
 cli = CliRunner(env={"COLUMNS": "200"})
 
@@ -121,6 +122,34 @@ def test_a_reference_held_back_in_two_runs_is_rejected_and_a_slowdown_that_passe
     assert code == 0 and line["verdict"] == "correct" and "reference_slowed" not in line["flags"], summary(line)
     assert any(note.startswith("run 1 broke no rule but reference_slowed") for note in line["notes"]), summary(line)
     assert line["stage_s"]["earlier_runs"] > 0
+
+
+@pytest.mark.gpu_alone  # it compares the reference's times
+def test_a_correct_solution_is_not_rejected_for_an_out_of_date_cached_time_alone(tmp_path: Path):
+    from kbench.baselines import Baseline
+    from kbench.caches import default_cache_root
+    from kbench.catalog import read_problem
+    from kbench.config import load_config
+    from kbench.runner import Runner
+    from kbench.session import device_name
+    from kbench.store import JsonStore
+
+    config = tmp_path / "own_baseline.yaml"
+    # A timing setting no other test uses: this test's baseline has a cache entry of its own to age.
+    config.write_text(yaml.safe_dump({"timing": {"budget_s": 4.5}}))
+    with Runner(load_config(config), "cuda", device_name=device_name("cuda")) as runner:
+        key = runner.references.baseline_key(read_problem(EXAMPLE_PROBLEM), {})
+    code, (line,) = verify("--config", config)  # times the reference alone, or finds it cached
+    assert code == 0 and line["verdict"] == "correct", summary(line)
+    alone_ms = line["ref_ms_alone"]
+    store = JsonStore(default_cache_root() / "baselines.json")
+    entry = store.entries()[key]
+    # As if cached on a host twice as fast: the reference beside the solution is 2x its cached time alone.
+    store.put(key, Baseline(**{**entry, "eager_ms": [sample / 2 for sample in entry["eager_ms"]]}))
+    code, (line,) = verify("--config", config)
+    assert code == 0 and line["verdict"] == "correct" and "reference_slowed" not in line["flags"], summary(line)
+    assert any("alone was timed again in a fresh trusted worker" in note for note in line["notes"]), summary(line)
+    assert line["ref_ms_alone"] > 0.75 * alone_ms and line["ref_ms"] < 1.1 * line["ref_ms_alone"], summary(line)
 
 
 # --- timing modes (issue #5) ------------------------------------------------------------------------------

@@ -154,9 +154,9 @@ def test_physics_floor_rejects_impossible_times():
 
 
 def test_degenerate_problem_warns_and_a_normal_one_does_not(runner: Runner):
-    saturated = runner.reference(read_problem(PROBLEMS / "saturated_sigmoid.py"), {})
+    saturated = runner.references.get(read_problem(PROBLEMS / "saturated_sigmoid.py"), {})
     assert len(saturated.warnings) == 2
-    assert runner.reference(AFFINE, {}).warnings == []
+    assert runner.references.get(AFFINE, {}).warnings == []
 
 
 def test_relative_error_and_precision_rule():

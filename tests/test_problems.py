@@ -63,7 +63,7 @@ def test_reference_runs_on_the_cpu_at_small_sizes(runner: Runner, name: str):
     problem = Catalog().resolve_problem(name)
     sizes = effective_overrides(problem, "cpu", {})
     assert sizes == problem.small_sizes
-    reference = runner.reference(problem, sizes)
+    reference = runner.references.get(problem, sizes)
     assert reference.error is None, (reference.error, reference.detail[-2000:])
     _, expected_shape = PROBLEMS[name]
     assert len(reference.trials) == runner.config.trials

@@ -195,6 +195,47 @@ def test_a_job_rejected_only_for_reference_drift_runs_again_and_a_repeated_drift
     assert not any(note.startswith("run 1 ") for note in cheat.notes)
 
 
+def test_a_rerun_is_held_against_the_reference_alone_timed_again_not_an_out_of_date_baseline(monkeypatch, tmp_path):
+    from kbench.baselines import Baseline
+    from kbench.reference import ReferenceRun
+    from kbench.references import References
+    from kbench.stats import median_ms
+    from kbench.store import JsonStore
+
+    problem = read_problem(PROBLEMS / "affine_relu.py")
+    store = JsonStore(tmp_path / "baselines.json")
+    with Runner(fast_config(), "cpu", baseline_cache=store) as cold:
+        assert cold.references.get(problem, {}).error is None  # times the reference alone: fills the cache
+    ((key, entry),) = store.entries().items()
+    # An out-of-date baseline: the reference alone took 1000 ms then (another host, a faster hour).
+    store.put(key, Baseline(**{**entry, "eager_ms": [1000.0] * len(entry["eager_ms"])}))
+
+    def judged_against() -> tuple[JobResult, list[float]]:
+        yardsticks: list[float] = []
+        slowed_once = _reference_slowed_in_runs(1, [])
+
+        def judge(*args, **kwargs):
+            yardsticks.append(median_ms(args[2].timing_ms))  # judge(worker, out_dir, reference, ...)
+            return slowed_once(*args, **kwargs)
+
+        monkeypatch.setattr(runner_module, "judge", judge)
+        with Runner(fast_config(), "cpu", baseline_cache=store) as runner:
+            return run_fixture(runner, problem, "correct_torch"), yardsticks
+
+    result, yardsticks = judged_against()
+    assert yardsticks[0] == 1000.0 and 0 < yardsticks[1] < 1000.0, yardsticks
+    assert result.verdict == Verdict.CORRECT and result.ref_ms_alone == yardsticks[1]
+    assert any("alone was timed again in a fresh trusted worker" in note for note in result.notes), result.notes
+    assert not any(note.startswith("reference timings (alone") for note in result.notes), result.notes
+    assert store.entries()[key]["eager_ms"][0] == 1000.0, "a time taken for one re-run is no baseline"
+
+    # Where the reference cannot be timed again, the re-run is held against the yardstick it had.
+    monkeypatch.setattr(References, "timed_again", lambda *_: ReferenceRun(error="No space left on device"))
+    result, yardsticks = judged_against()
+    assert yardsticks == [1000.0, 1000.0] and result.ref_ms_alone == 1000.0
+    assert any("again failed (No space left on device)" in note for note in result.notes), result.notes
+
+
 def test_patching_a_function_the_reference_uses_is_rejected():
     with Runner(fast_config(), "cpu") as runner:
         result = run_fixture(runner, read_problem(PROBLEMS / "affine_relu.py"), "slows_reference")

@@ -137,10 +137,10 @@ def test_the_baseline_cache_key_differs_by_timing_mode():
     keys = {}
     for mode in ("events", "graph", "kernel"):
         with Runner(with_mode(mode), "cuda", device_name="some-gpu") as runner:  # builds keys; runs nothing
-            keys[mode] = runner.baseline_key(problem, {})
+            keys[mode] = runner.references.baseline_key(problem, {})
     assert len(set(keys.values())) == 3
     with Runner(with_mode("events"), "cuda", device_name="some-gpu") as runner:
-        assert runner.baseline_key(problem, {}) == keys["events"]
+        assert runner.references.baseline_key(problem, {}) == keys["events"]
 
 
 @pytest.mark.parametrize("path", ["torch.cuda.CUDAGraph.replay", "torch.cuda.graph", "torch.profiler.record_function"])

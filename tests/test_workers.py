@@ -82,26 +82,26 @@ def test_cached_references_run_together_and_one_that_fails_there_runs_again_alon
     problems = [read_problem(PROBLEMS / "affine_relu.py"), read_problem(_problem_failing_once(tmp_path))]
     store = JsonStore(tmp_path / "baselines.json")
     with Runner(fast_config(), "cpu", baseline_cache=store) as cold:
-        first = [cold.reference(problem, {}) for problem in problems]  # times each, alone: fills the cache
-        assert cold.prepare_references([(problem, {}) for problem in problems]) == 0  # all done already
+        first = [cold.references.get(problem, {}) for problem in problems]  # times each, alone: fills the cache
+        assert cold.references.prepare([(problem, {}) for problem in problems]) == 0  # all done already
     assert all(ref.error is None and not ref.baseline_cached for ref in first)
     assert len(json.loads((tmp_path / "baselines.json").read_text())) == 2
 
     (tmp_path / "fail-next-load").touch()
-    import kbench.runner
+    import kbench.references
 
     batches: list[int] = []
-    real = kbench.runner.run_workers
+    real = kbench.references.run_workers
 
     def counting(commands, at_once=None):
         batches.append(len(commands))
         return real(commands, at_once)
 
-    monkeypatch.setattr(kbench.runner, "run_workers", counting)
+    monkeypatch.setattr(kbench.references, "run_workers", counting)
     with Runner(fast_config(), "cpu", baseline_cache=store) as warm:
-        assert warm.prepare_references([(problem, {}) for problem in problems]) == 2
+        assert warm.references.prepare([(problem, {}) for problem in problems]) == 2
         assert batches == [2]
-        steady, flaky = (warm.reference(problem, {}) for problem in problems)
+        steady, flaky = (warm.references.get(problem, {}) for problem in problems)
     assert batches == [2, 1], "only the reference that failed beside the other runs again, alone"
     assert steady.error is None and flaky.error is None, flaky.error
     assert steady.baseline_cached and flaky.baseline_cached
@@ -149,8 +149,10 @@ def test_a_failure_of_kbench_while_preparing_references_leaves_them_to_their_job
     problem = read_problem(PROBLEMS / "affine_relu.py")
     store = JsonStore(tmp_path / "baselines.json")
     with Runner(fast_config(), "cpu", baseline_cache=store) as cold:
-        assert cold.reference(problem, {}).error is None  # fills the baseline cache
-    real = Runner._finish_reference
+        assert cold.references.get(problem, {}).error is None  # fills the baseline cache
+    from kbench.references import References
+
+    real = References._finish
     calls: list[int] = []
 
     def failing_once(self, job, worker):
@@ -159,10 +161,10 @@ def test_a_failure_of_kbench_while_preparing_references_leaves_them_to_their_job
             raise OSError("No space left on device")
         return real(self, job, worker)
 
-    monkeypatch.setattr(Runner, "_finish_reference", failing_once)
+    monkeypatch.setattr(References, "_finish", failing_once)
     with Runner(fast_config(), "cpu", baseline_cache=store) as warm:
-        assert warm.prepare_references([(problem, {})]) == 1  # no exception escapes
-        reference = warm.reference(problem, {})
+        assert warm.references.prepare([(problem, {})]) == 1  # no exception escapes
+        reference = warm.references.get(problem, {})
     assert reference.error is None and reference.baseline_cached and len(calls) == 2
 
 
@@ -180,7 +182,7 @@ def test_the_next_solution_worker_starts_early_and_imports_the_solution_only_aft
     second = Job(problem, read_solution(SOLUTIONS / "affine_relu" / "records_import.py"))
     config = fast_config().model_copy(update={"pipeline": PipelineConfig(prefetch="on")})
     with Runner(config, "cpu") as runner:
-        runner.reference(problem, {})  # ready: the next job's worker may start while the first job runs
+        runner.references.get(problem, {})  # ready: the next job's worker may start while the first job runs
         one = runner.run(first, next_job=second)
         first_done = time.time()
         (early,) = runner._starter.waiting()
@@ -203,7 +205,7 @@ def test_a_worker_started_early_for_a_job_that_does_not_come_is_stopped(tmp_path
     never = Job(problem, read_solution(SOLUTIONS / "affine_relu" / "records_import.py"))
     config = fast_config().model_copy(update={"pipeline": PipelineConfig(prefetch="on")})
     with Runner(config, "cpu") as runner:
-        runner.reference(problem, {})
+        runner.references.get(problem, {})
         runner.run(correct, next_job=never)
         (early,) = runner._starter.waiting()
         other = runner.run(correct)  # not the job it was started for

@@ -1,0 +1,191 @@
+"""The trusted reference workers of one run: each problem's reference run once and held in the parent's memory,
+its timings taken from the baseline cache when there, and stored there when measured.
+
+Trusted side. A reference worker imports the problem file and nothing a solution wrote (``reference_worker``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kbench import audit
+from kbench.baselines import Baseline, baseline_key
+from kbench.catalog import Problem
+from kbench.config import KbenchConfig
+from kbench.isolation import WorkerCommand, WorkerRun, run_workers
+from kbench.reference import ReferenceRun, load_reference
+from kbench.solution_starts import worker_env
+from kbench.spec import WorkerSpec
+from kbench.store import JsonStore
+
+# (problem, overrides, out_dir) -> the reference worker's spec
+SpecFactory = Callable[[Problem, dict[str, Any], Path], WorkerSpec]
+
+
+@dataclass(frozen=True)
+class _ReferenceJob:
+    """A reference worker ready to start, and what its result is read with."""
+
+    spec: WorkerSpec
+    out_dir: Path
+    baseline_key: str | None  # where a timing it measures is cached; None: it is kept out of the cache
+    cached: Baseline | None  # the baseline cache's timings; None: the worker times the reference itself
+    command: WorkerCommand
+
+
+def _reference_key(problem: Problem, overrides: dict[str, Any]) -> str:
+    return json.dumps([str(problem.path), overrides], sort_keys=True, default=str)
+
+
+class References:
+    """Runs, reuses and caches the references of one run, on one device with one configuration."""
+
+    def __init__(
+        self,
+        config: KbenchConfig,
+        device: str,
+        scratch: Path,
+        cache_root: Path | None,
+        spec: SpecFactory,
+        baseline_cache: JsonStore | None,
+        device_name: str,
+    ) -> None:
+        self.config = config
+        self.device = device
+        self._scratch = scratch
+        self._cache_root = cache_root
+        self._spec = spec
+        self.baseline_cache = baseline_cache if config.baselines.cache else None
+        self.device_name = device_name
+        self._done: dict[str, ReferenceRun] = {}
+        self.device_info: dict[str, Any] = {}  # from the last reference that ran
+
+    def get(self, problem: Problem, overrides: dict[str, Any]) -> ReferenceRun:
+        key = _reference_key(problem, overrides)
+        if key not in self._done:
+            job = self._job(problem, overrides, self._cached_baseline(problem, overrides))
+            self._done[key] = self._finish(job, run_workers([job.command])[0])
+        return self._done[key]
+
+    def ready(self, problem: Problem, overrides: dict[str, Any]) -> ReferenceRun | None:
+        """The reference if it already ran without error; None otherwise (nothing is started)."""
+        reference = self._done.get(_reference_key(problem, overrides))
+        return reference if reference is not None and reference.error is None else None
+
+    def prepare(self, wanted: list[tuple[Problem, dict[str, Any]]]) -> int:
+        """Run side by side, ``baselines.parallel`` at a time, the references that time nothing (their timings
+        are in the baseline cache), so that jobs find them done. One that fails here is left for its job to run
+        alone: running beside the others (short of memory, say) must not be what fails it. A reference that
+        times runs alone, when its job asks for it. Returns how many ran here."""
+        # This is only a head start: where anything here fails (a full disk, say), the job runs its reference
+        # alone and reports what went wrong there.
+        pending: dict[str, _ReferenceJob] = {}
+        try:
+            for problem, overrides in wanted:
+                key = _reference_key(problem, overrides)
+                cached = self._cached_baseline(problem, overrides)
+                if cached is not None and key not in self._done and key not in pending:
+                    pending[key] = self._job(problem, overrides, cached)
+            workers = run_workers([job.command for job in pending.values()], at_once=self.config.baselines.parallel)
+        except Exception:
+            return 0
+        for (key, job), worker in zip(pending.items(), workers, strict=True):
+            with contextlib.suppress(Exception):
+                reference = self._finish(job, worker)
+                if reference.error is None:
+                    self._done[key] = reference
+        return len(pending)
+
+    def timed_again(self, problem: Problem, overrides: dict[str, Any]) -> ReferenceRun:
+        """The reference alone, timed now in a fresh trusted worker (eager only, no float64 audit, no perturbed
+        trials), and kept out of the baseline cache: a yardstick for this moment, not a baseline. Only the
+        returned run's timings are new; its outputs are the ones this run already holds."""
+        reference = self.get(problem, overrides)
+        job = self._job(problem, overrides, None, keep=False)
+        timed = self._finish(job, run_workers([job.command])[0])
+        if timed.error is not None:
+            return timed
+        return dataclasses.replace(
+            reference,
+            timing_ms=timed.timing_ms,
+            timing_mode=timed.timing_mode,
+            timing_notes=timed.timing_notes,
+            baseline_cached=False,
+        )
+
+    def compile_mode(self) -> str | None:
+        baselines = self.config.baselines
+        return baselines.compile_mode if baselines.compile_on(self.device) else None
+
+    def baseline_key(self, problem: Problem, overrides: dict[str, Any]) -> str:
+        """Where this problem's reference timings are cached: timing settings and mode included."""
+        return baseline_key(problem, overrides, self.device_name, self.config.timing.model_dump(), self.compile_mode())
+
+    def _cached_baseline(self, problem: Problem, overrides: dict[str, Any]) -> Baseline | None:
+        if self.baseline_cache is None:
+            return None
+        return self.baseline_cache.get(self.baseline_key(problem, overrides), Baseline)
+
+    def _job(
+        self, problem: Problem, overrides: dict[str, Any], cached: Baseline | None, keep: bool = True
+    ) -> _ReferenceJob:
+        """``keep=False``: only the eager timing is wanted (the outputs are the ones already held), uncached."""
+        out_dir = Path(tempfile.mkdtemp(prefix="ref-", dir=self._scratch))
+        spec_path = out_dir / "spec.json"
+        spec = self._spec(problem, overrides, out_dir)
+        spec.time_reference = cached is None
+        spec.compile_mode = self.compile_mode() if cached is None and keep else None
+        if not keep:
+            spec.audit_float64, spec.perturbation_trials = False, 0
+        spec.write(spec_path)
+        timeout = self.config.timeouts.reference_s
+        command = WorkerCommand(
+            "kbench.reference_worker",
+            [str(spec_path)],
+            out_dir / "worker.log",
+            {"load": timeout, "run": timeout},
+            env=worker_env(self._cache_root),
+        )
+        key = self.baseline_key(problem, overrides) if keep else None
+        return _ReferenceJob(spec, out_dir, key, cached, command)
+
+    def _finish(self, job: _ReferenceJob, worker: WorkerRun) -> ReferenceRun:
+        result, error = worker.last("result"), worker.last("error")
+        if worker.timed_out_phase:
+            return ReferenceRun(error=f"reference timed out after {worker.timeout_s:g} s", detail=worker.log_tail)
+        if error is not None or result is None or worker.returncode != 0:
+            info = error["error"] if error else {}
+            reason = info.get("reason") or f"reference worker {worker.exit_description()} without a result"
+            return ReferenceRun(error=reason, detail=f"{info.get('detail', '')}\n{worker.log_tail}")
+        reference = load_reference(job.out_dir, job.spec, result["result"])
+        shutil.rmtree(job.out_dir, ignore_errors=True)  # now held in memory, where no worker can reach it
+        if reference.error is None:
+            self.device_info = reference.device_info
+            reference.warnings = audit.degenerate_warnings(reference.trials, self.config.tolerance_for)
+            cached = job.cached
+            if cached is not None:
+                reference.timing_ms, reference.compile_timing_ms = cached.eager_ms, cached.compile_ms
+                reference.compile_error, reference.baseline_cached = cached.compile_error, True
+                reference.timing_mode, reference.compile_timing_mode = cached.timing_mode, cached.compile_timing_mode
+                reference.timing_notes = cached.timing_notes
+            elif self.baseline_cache is not None and job.baseline_key is not None:
+                self.baseline_cache.put(
+                    job.baseline_key,
+                    Baseline(
+                        reference.timing_ms,
+                        reference.compile_timing_ms,
+                        reference.compile_error,
+                        reference.timing_mode,
+                        reference.compile_timing_mode,
+                        reference.timing_notes,
+                    ),
+                )
+        return reference
