@@ -65,10 +65,11 @@ class WorkerRun:
 
 
 class _Protocol:
-    """What a worker may say: its phases once each, in order; ``built``, ``weights``, ``result`` and
-    ``error`` at most once; each output file announced once. Anything else came from the solution."""
+    """What a worker may say: its phases once each, in order; ``built``, ``weights``, ``result``, ``compiled``
+    (the reference worker's torch.compile baseline) and ``error`` at most once; each output file announced once.
+    Anything else came from the solution."""
 
-    SINGLE = ("built", "weights", "result", "error")
+    SINGLE = ("built", "weights", "result", "compiled", "error")
     OUTPUT_NAME = re.compile(r"(new|ref)_[a-z0-9_]+\.pt")
 
     def __init__(self, phases: list[str], run: WorkerRun) -> None:

@@ -3,7 +3,7 @@
 It imports the problem file and nothing a solution wrote. In order: the correctness trials, the buffers
 after them, the timed calls (the last output per input set is kept), and trials after every weight was
 perturbed; the solution worker repeats the same sequence. Each kind of output is also evaluated in float64
-(``Float64Audit``).
+(``Float64Audit``). Then, when asked, torch.compile(Model) is timed, in a phase of its own.
 Usage (by the parent only): ``python -m kbench.reference_worker SPEC_JSON CHANNEL_FD``.
 """
 
@@ -51,33 +51,42 @@ class Float64Audit:
 
 
 def _timings(model: Any, input_sets: list[Any], spec: WorkerSpec) -> dict[str, Any]:
-    """Eager timing (and torch.compile's, when asked), plus the last output on each input set. With the
-    timings cached by the parent, the outputs are computed once per set, untimed."""
+    """Eager timing, plus the last output on each input set. With the timings cached by the parent, the
+    outputs are computed once per set, untimed."""
     import torch
 
     from kbench import timing
 
-    plan = timing.TimingPlan.from_dict(spec.timing)
     if not spec.time_reference:
         with torch.no_grad():
             return {"timing_ms": [], "last_outputs": [model(*inputs) for inputs in input_sets]}
+    plan = timing.TimingPlan.from_dict(spec.timing)
     timed = timing.time_models([model], [input_sets], spec.device, plan, ["reference"])
-    found: dict[str, Any] = {
+    return {
         "timing_ms": timed.samples_ms[0],
         "last_outputs": timed.last_outputs,
         "timing_mode": timed.mode,
         "timing_notes": _fallback_notes("reference alone", timed),
     }
-    if spec.compile_mode is not None:
-        try:
-            compiled = torch.compile(model, mode=spec.compile_mode)
-            timed = timing.time_models([compiled], [input_sets], spec.device, plan, ["torch.compile(reference)"])
-            found["compile_timing_ms"] = timed.samples_ms[0]
-            found["compile_timing_mode"] = timed.mode
-            found["timing_notes"] += _fallback_notes("torch.compile baseline", timed)
-        except Exception as exc:  # a problem torch.compile cannot handle has no compile baseline, that's all
-            found["compile_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-    return found
+
+
+def _compile_timing(model: Any, input_sets: list[Any], spec: WorkerSpec) -> dict[str, Any]:
+    """torch.compile(model)'s timing, or why there is none."""
+    import torch
+
+    from kbench import timing
+
+    try:
+        compiled = torch.compile(model, mode=spec.compile_mode)
+        plan = timing.TimingPlan.from_dict(spec.timing)
+        timed = timing.time_models([compiled], [input_sets], spec.device, plan, ["torch.compile(reference)"])
+    except Exception as exc:  # a problem torch.compile cannot handle has no compile baseline, that's all
+        return {"compile_error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
+    return {
+        "compile_timing_ms": timed.samples_ms[0],
+        "compile_timing_mode": timed.mode,
+        "timing_notes": _fallback_notes("torch.compile baseline", timed),
+    }
 
 
 def _save_float64_timed(
@@ -155,6 +164,13 @@ def main(spec_path: str, fd: str) -> None:
                 "matrix_flops": matrix_flops,
             }
         )
+        if spec.time_reference and spec.compile_mode is not None:
+            # Last, in a phase of its own: the reference's result is with the parent already, so a compile
+            # that hangs or crashes the process costs the torch.compile baseline only.
+            channel.phase("compile")
+            del model, state, perturbed  # the fresh copy below takes their memory
+            seeded = execution.seeded_model(problem, problem.Model, spec.weights_seed(), spec.device)
+            channel.send(compiled=_compile_timing(seeded, input_sets, spec))
     except BaseException as exc:  # report every failure, then exit; the parent decides what it means
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
         channel.send(error={"reason": reason, "detail": traceback.format_exc()})

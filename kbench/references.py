@@ -151,7 +151,7 @@ class References:
             "kbench.reference_worker",
             [str(spec_path)],
             out_dir / "worker.log",
-            {"load": timeout, "run": timeout},
+            {"load": timeout, "run": timeout, "compile": timeout},
             env=worker_env(self._cache_root),
         )
         key = self.baseline_key(problem, overrides) if keep else None
@@ -159,13 +159,18 @@ class References:
 
     def _finish(self, job: _ReferenceJob, worker: WorkerRun) -> ReferenceRun:
         result, error = worker.last("result"), worker.last("error")
-        if worker.timed_out_phase:
+        compiling = result is not None and "compile" in worker.phase_s  # the reference itself was done
+        if worker.timed_out_phase and not compiling:
             return ReferenceRun(error=f"reference timed out after {worker.timeout_s:g} s", detail=worker.log_tail)
-        if error is not None or result is None or worker.returncode != 0:
+        if not compiling and (error is not None or result is None or worker.returncode != 0):
             info = error["error"] if error else {}
             reason = info.get("reason") or f"reference worker {worker.exit_description()} without a result"
             return ReferenceRun(error=reason, detail=f"{info.get('detail', '')}\n{worker.log_tail}")
-        reference = load_reference(job.out_dir, job.spec, result["result"])
+        found = dict(result["result"])  # type: ignore[index]
+        if compiling:
+            compiled = _compile_baseline(worker)
+            found.update(compiled, timing_notes=found.get("timing_notes", []) + compiled.get("timing_notes", []))
+        reference = load_reference(job.out_dir, job.spec, found)
         shutil.rmtree(job.out_dir, ignore_errors=True)  # now held in memory, where no worker can reach it
         if reference.error is None:
             self.device_info = reference.device_info
@@ -189,3 +194,16 @@ class References:
                     ),
                 )
         return reference
+
+
+def _compile_baseline(worker: WorkerRun) -> dict[str, Any]:
+    """The torch.compile baseline a reference worker sent after its result, or why there is none: a compile
+    that hung or took the process down loses that baseline, never the reference."""
+    compiled = worker.last("compiled")
+    if compiled is not None and isinstance(compiled["compiled"], dict):
+        return compiled["compiled"]
+    if worker.timed_out_phase == "compile":
+        return {"compile_error": f"torch.compile timed out after {worker.timeout_s:g} s (timeouts.reference_s)"}
+    error = worker.last("error")
+    reason = error["error"].get("reason") if error else None
+    return {"compile_error": reason or f"the reference worker {worker.exit_description()} in torch.compile"}

@@ -271,6 +271,21 @@ def test_compile_baseline_is_measured_once_then_taken_from_the_cache(tmp_path):
     assert not any("baseline cache" in note for note in fresh.notes)
 
 
+@pytest.mark.parametrize("failure", ["exit", "hang"])
+def test_a_torch_compile_that_hangs_or_crashes_costs_its_baseline_not_the_reference(failure, monkeypatch, tmp_path):
+    from kbench.config import BaselineConfig
+    from kbench.store import JsonStore
+
+    monkeypatch.setenv("KBENCH_TEST_COMPILE", failure)
+    config = fast_config(reference_s=15.0).model_copy(update={"baselines": BaselineConfig(compile="on")})
+    with Runner(config, "cpu", baseline_cache=JsonStore(tmp_path / "baselines.json")) as runner:
+        reference = runner.references.get(read_problem(PROBLEMS / "compile_breaks.py"), {})
+    assert reference.error is None, reference.detail
+    assert reference.timing_ms and reference.trials and not reference.compile_timing_ms
+    expected = "torch.compile timed out after 15 s" if failure == "hang" else "exited with status 3"
+    assert expected in (reference.compile_error or ""), reference.compile_error
+
+
 def test_the_roofline_floor_is_the_larger_of_the_memory_and_compute_floors():
     from kbench.audit import compute_floor_ms, roofline_floor_ms
     from kbench.calibrate import Ceilings
