@@ -96,13 +96,20 @@ def _run(
     if not planned.jobs and not planned.reference_only and not allow_empty:
         raise fail("nothing to run")
     progress_console = errors if quiet else console
+    finished = 0
     with display.job_progress(progress_console, len(planned.jobs)) as (progress, task):
 
         def on_start(job: Any) -> None:
             progress.update(task, description=f"{job.problem.name} / {job.solution.name}")
 
         def on_result(result: JobResult) -> None:
+            nonlocal finished
+            finished += 1
             progress.advance(task)
+            if not progress_console.is_terminal:  # no progress bar there: a line per job instead
+                progress_console.print(
+                    display.job_line(result, finished, len(planned.jobs)), markup=False, highlight=False, soft_wrap=True
+                )
 
         def on_prepare() -> None:
             progress.update(task, description="references with cached timings, side by side")

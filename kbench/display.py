@@ -67,6 +67,18 @@ def results_table(results: list[JobResult], title: str = "kbench results") -> Ta
     return table
 
 
+def job_line(result: JobResult, done: int, total: int) -> str:
+    """One finished job on one line, for a log: where the progress bar is not shown, it is all that tells a
+    reader of a long run (or of one cut off) how far it got."""
+    r = result
+    outcome = f"{r.verdict}" + (f" ({', '.join(r.flags)})" if r.flags else "")
+    if r.verdict == Verdict.CORRECT:
+        outcome += f", {_num(r.ref_ms)} -> {_num(r.new_ms)} ms, speedup {_speedup(r)}"
+    elif r.reason:
+        outcome += f": {r.reason.splitlines()[0]}"
+    return f"[{done}/{total}] {r.problem} / {r.solution}: {outcome} ({r.wall_s:.1f} s)"
+
+
 def print_details(console: Console, results: list[JobResult], kernels: bool = False) -> None:
     """Per job: why it did not pass (with the tail of its error text), flags, notes, the kernel census;
     per problem: warnings about the problem itself."""

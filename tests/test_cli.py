@@ -145,6 +145,11 @@ def test_bench_records_a_run_that_report_and_gate_read(tmp_path: Path, make_cata
     lines = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
     verdicts = {(r["solution"], r["verdict"]) for r in lines}
     assert verdicts == {("correct_torch", "correct"), ("wrong_values", "incorrect")}
+    # No terminal here, so no progress bar: each finished job has its own line in the log instead.
+    logged = [line for line in out.splitlines() if line.startswith("[")]
+    assert [line[:20] for line in logged] == ["[1/2] affine_relu / ", "[2/2] affine_relu / "]
+    assert any("/ correct_torch: correct, " in line and "speedup" in line for line in logged)
+    assert any("/ wrong_values: incorrect" in line and "elements outside atol" in line for line in logged)
     meta = json.loads((run_dir / "metadata.json").read_text())
     assert meta["torch"] and meta["device"] == "cpu" and meta["config"]["trials"] == 2 and meta["finished_at"]
     assert meta["device_info"]["device"] == "cpu"
@@ -200,6 +205,7 @@ def test_a_killed_run_keeps_every_finished_job_and_resumes(tmp_path: Path):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(fast_config(run_s=300.0).model_dump()))
     results_dir = tmp_path / "results"
+    log = tmp_path / "bench.log"
     parent = subprocess.Popen(
         [
             sys.executable,
@@ -218,8 +224,8 @@ def test_a_killed_run_keeps_every_finished_job_and_resumes(tmp_path: Path):
             "--config",
             str(config),
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 120
     results = None
@@ -235,6 +241,9 @@ def test_a_killed_run_keeps_every_finished_job_and_resumes(tmp_path: Path):
     assert results is not None, "the first job never finished"
     lines = results.read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["verdict"] == "correct"
+    # The log of the killed run says how far it got: the finished job, and nothing of the one cut off.
+    logged = [line for line in log.read_text().splitlines() if line.startswith("[")]
+    assert len(logged) == 1 and logged[0].startswith("[1/2] affine_relu / a_correct: correct, "), logged
     time.sleep(1.0)
     leftover = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_mentions(p, str(tmp_path))]
     assert leftover == [], "a worker outlived the killed parent"
