@@ -74,6 +74,9 @@ class Judgement:
     speedup_interval: tuple[float, float] | None = None
     new_rse: float | None = None
     ref_rse: float | None = None
+    new_trend: float | None = None
+    ref_trend: float | None = None
+    timing_warnings: list[str] = field(default_factory=list)
     timing_mode: str | None = None
     timing_fallback: str | None = None
     build_s: float | None = None
@@ -358,6 +361,9 @@ def judge(
         speedup_interval=timing.interval if correct else None,
         new_rse=timing.new_rse,
         ref_rse=timing.ref_rse,
+        new_trend=timing.new_trend,
+        ref_trend=timing.ref_trend,
+        timing_warnings=timing.warnings,
         timing_mode=timing.mode,
         timing_fallback=timing.fallback,
         new_error_fp64=new_error,

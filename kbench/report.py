@@ -29,6 +29,8 @@ COLUMNS = [
     "speedup_vs_compile",
     "ref_rse",
     "new_rse",
+    "ref_trend",
+    "new_trend",
     "ref_error_fp64",
     "new_error_fp64",
     "floor_ms",

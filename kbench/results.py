@@ -47,6 +47,9 @@ class JobResult:
     speedup_vs_compile: float | None = None  # compile_ms / new_ms, for correct solutions only
     ref_rse: float | None = None  # relative standard error of each median
     new_rse: float | None = None
+    # Each median's trend while it was timed (second half of the rounds against the first, stats.median_trend)
+    ref_trend: float | None = None
+    new_trend: float | None = None
     ref_timing_count: int | None = None
     new_timing_count: int | None = None
     timing_mode: str | None = None  # how ref_ms and new_ms were timed: events | graph | kernel (docs/timing.md)
@@ -62,7 +65,8 @@ class JobResult:
     # max(bytes / measured copy bandwidth, compute_floor_ms) / new_ms: 1.0 = at the roofline floor
     roofline_fraction: float | None = None
     kernels: list[dict[str, Any]] = field(default_factory=list)  # CUDA kernel census of one forward call
-    warnings: list[str] = field(default_factory=list)  # about the problem (degenerate) or the device (throttling)
+    # about the problem (degenerate), the device (throttling), or a median that moved while it was timed
+    warnings: list[str] = field(default_factory=list)
     device_state: dict[str, Any] = field(default_factory=dict)  # NVML while the solution worker ran (CUDA)
     notes: list[str] = field(default_factory=list)  # checks that could not run, and why
     trials: int = 0

@@ -217,6 +217,8 @@ class Runner:
             speedup_high=judged.speedup_interval[1] if judged.speedup_interval else None,
             ref_rse=judged.ref_rse,
             new_rse=judged.new_rse,
+            ref_trend=judged.ref_trend,
+            new_trend=judged.new_trend,
             # Interleaved: every round times the reference once and the solution once.
             ref_timing_count=judged.new_timing_count,
             new_timing_count=judged.new_timing_count,
@@ -230,7 +232,7 @@ class Runner:
             compute_floor_ms=audit.compute_floor_ms(reference.matrix_flops, self.ceilings),
             roofline_fraction=floor / judged.new_ms if floor and judged.new_ms and judged.speedup else None,
             kernels=judged.kernels,
-            warnings=reference.warnings + state.warnings(),
+            warnings=reference.warnings + state.warnings() + judged.timing_warnings,
             device_state=asdict(state) if state.samples or state.error else {},
             notes=judged.notes + reruns + _reference_notes(reference, judged, retimed=yardstick is not reference),
             timing_mode=judged.timing_mode,

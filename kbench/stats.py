@@ -1,4 +1,5 @@
-"""Statistics of timing samples: medians, their relative standard error, and the speedup's interval."""
+"""Statistics of timing samples: medians, their relative standard error, their trend, and the speedup's
+interval."""
 
 from __future__ import annotations
 
@@ -27,6 +28,21 @@ def median_rse(samples: Sequence[float]) -> float:
     upper = ordered[min(n - 1, math.ceil(n / 2 + half_width))]
     middle = statistics.median(ordered)
     return (upper - lower) / (2 * Z_95) / middle if middle > 0 else math.inf
+
+
+def median_trend(samples: Sequence[float]) -> tuple[float, float] | None:
+    """How far the median moved while the samples were taken, in the order given: (median of the second half
+    minus median of the first half) / median of all, with the standard error of that difference, from each
+    half's ``median_rse``. Samples from a steady device give a trend within about two errors of 0; a GPU that
+    slows as it heats, or runs into its power cap, gives more. None below 6 samples."""
+    half = len(samples) // 2
+    if half < 3:
+        return None
+    first, second, middle = samples[:half], samples[-half:], statistics.median(samples)
+    if middle <= 0:
+        return None
+    trend = (statistics.median(second) - statistics.median(first)) / middle
+    return trend, math.hypot(median_rse(first), median_rse(second))
 
 
 def speedup_interval(

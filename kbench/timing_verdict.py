@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kbench.config import KbenchConfig
-from kbench.stats import median_ms, median_rse, speedup_interval
+from kbench.stats import Z_95, median_ms, median_rse, median_trend, speedup_interval
 
 
 @dataclass
@@ -21,9 +21,12 @@ class TimingFacts:
     interval: tuple[float, float] | None = None
     new_rse: float | None = None
     ref_rse: float | None = None
+    new_trend: float | None = None  # see stats.median_trend
+    ref_trend: float | None = None
     mode: str | None = None
     fallback: str | None = None
     flags: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)  # the device's speed changed while it was timed
 
 
 def timing_mode_used(payload: dict[str, Any], requested: str) -> tuple[str, str | None] | None:
@@ -52,6 +55,9 @@ def judge_timing(
     facts.mode, facts.fallback = used
     facts.speedup = facts.ref_ms / facts.new_ms if facts.ref_ms and facts.new_ms else None
     facts.interval = speedup_interval(ref, new)
+    facts.ref_trend, ref_warning = _trend("reference", ref, config.timing.target_rse)
+    facts.new_trend, new_warning = _trend("solution", new, config.timing.target_rse)
+    facts.warnings = [warning for warning in (ref_warning, new_warning) if warning]
     # The reference beside the solution runs in the solution's process. Slower there than in the trusted
     # worker, beyond the allowed drift, means the solution held it back to inflate its speedup. Not judged on
     # the CPU, where separate processes' timings differ too much (docs/timing.md).
@@ -63,6 +69,23 @@ def judge_timing(
     ):
         facts.flags.add("reference_slowed")
     return facts
+
+
+def _trend(label: str, samples: list[float], target_rse: float) -> tuple[float | None, str | None]:
+    """The median's trend over the timed rounds, and a warning when it is both beyond the noise of the two
+    halves and larger than the precision asked for: the median's own error then understates how far another
+    run may land, since it depends on how long the device was timed."""
+    found = median_trend(samples)
+    if found is None:
+        return None, None
+    trend, error = found
+    if abs(trend) <= max(target_rse, Z_95 * error):
+        return trend, None
+    way = "slower" if trend > 0 else "faster"
+    return trend, (
+        f"the {label}'s calls ran {abs(trend):.2%} {way} in the second half of timing than in the first: the "
+        "device's speed changed while it was timed, so this median depends on how long it was timed"
+    )
 
 
 def _valid_samples(samples: Any, least: int, most: int) -> list[float] | None:

@@ -14,7 +14,7 @@ from kbench.config import ConfigError, KbenchConfig, TimingConfig, load_config
 from kbench.judge import INTEGRITY_FLAGS
 from kbench.results import JobResult, Verdict
 from kbench.runner import Runner
-from kbench.stats import median_rse, speedup_interval
+from kbench.stats import median_rse, median_trend, speedup_interval
 from kbench.timing import TimingPlan, time_models
 from kbench.timing_verdict import judge_timing
 
@@ -51,6 +51,41 @@ def test_speedup_interval_covers_the_true_ratio_and_drift_cancels():
     low, high = speedup_interval(ref, new)
     assert low < 3.0 < high and high - low < 0.1
     assert speedup_interval([1.0, 2.0], [1.0, 2.0]) is None
+
+
+def test_median_trend_sees_a_device_that_slows_while_it_is_timed():
+    rng = random.Random(3)
+    steady = [2.0 * (1 + rng.gauss(0, 0.005)) for _ in range(100)]
+    slowing = [2.0 * (1 + 0.03 * i / 100) * (1 + rng.gauss(0, 0.005)) for i in range(100)]  # 3 % over the run
+    trend, error = median_trend(steady)
+    assert abs(trend) < 2 * error < 0.01
+    trend, error = median_trend(slowing)
+    assert trend == pytest.approx(0.015, abs=0.004) and trend > 4 * error  # half a 3 % ramp between the halves
+    assert median_trend(list(reversed(slowing)))[0] == pytest.approx(-trend)
+    assert median_trend([1.0] * 5) is None
+
+
+def test_a_median_that_moved_while_it_was_timed_is_warned_about_and_a_steady_one_is_not():
+    config = KbenchConfig(timing=TimingConfig(repeats=30, target_rse=0.005))
+    rng = random.Random(4)
+    steady = [2.0 * (1 + rng.gauss(0, 0.005)) for _ in range(90)]
+    heating = [8.6 * (1 + 0.02 * i / 90) * (1 + rng.gauss(0, 0.001)) for i in range(90)]
+    quiet = judge_timing(
+        {"timing_ms": steady, "ref_timing_ms": steady[::-1], "timing_mode": "events"}, 2.0, config, True
+    )
+    assert quiet.warnings == [] and abs(quiet.new_trend) < 0.005 and abs(quiet.ref_trend) < 0.005
+    drifted = judge_timing({"timing_ms": steady, "ref_timing_ms": heating, "timing_mode": "events"}, 8.6, config, True)
+    assert drifted.ref_trend == pytest.approx(0.01, abs=0.002) and abs(drifted.new_trend) < 0.005
+    (warning,) = drifted.warnings
+    assert warning.startswith(f"the reference's calls ran {drifted.ref_trend:.2%} slower in the second half")
+    # Beyond its noise but within the precision asked for: not worth a warning.
+    slight = [8.6 * (1 + 0.006 * i / 90) for i in range(90)]
+    assert (
+        judge_timing(
+            {"timing_ms": steady, "ref_timing_ms": slight, "timing_mode": "events"}, 8.6, config, True
+        ).warnings
+        == []
+    )
 
 
 def test_timing_stops_at_the_target_the_budget_or_the_cap():
