@@ -26,6 +26,9 @@ class Baseline:
     timing_mode: str | None = None  # the mode actually used: the requested one, or events after a fallback
     compile_timing_mode: str | None = None
     timing_notes: list[str] = field(default_factory=list)  # why a timing fell back
+    # Elements of the reference's first outputs: a warm run can start its first solution worker before the
+    # reference has run again (solution_starts.py). None in entries written before it was kept.
+    output_numel: int | None = None
 
 
 def baseline_key(

@@ -40,6 +40,11 @@ class ReferenceRun:
     error: str | None = None
     detail: str = ""
 
+    @property
+    def output_numel(self) -> int:
+        """Elements of the first trial's outputs: what the solution worker poisons before each call."""
+        return sum(t.numel() for t in self.trials[0]["tensors"]) if self.trials else 0
+
     @cached_property
     def float64_error(self) -> float | None:
         """PyTorch fp32's own error against float64: the yardstick for a solution's precision."""

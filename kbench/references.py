@@ -121,6 +121,11 @@ class References:
             baseline_cached=False,
         )
 
+    def cached_output_numel(self, problem: Problem, overrides: dict[str, Any]) -> int | None:
+        """The reference's output size from the baseline cache, before the reference has run in this run."""
+        cached = self._cached_baseline(problem, overrides)
+        return cached.output_numel if cached is not None else None
+
     def compile_mode(self) -> str | None:
         baselines = self.config.baselines
         return baselines.compile_mode if baselines.compile_on(self.device) else None
@@ -191,6 +196,7 @@ class References:
                         reference.timing_mode,
                         reference.compile_timing_mode,
                         reference.timing_notes,
+                        reference.output_numel,
                     ),
                 )
         return reference

@@ -220,6 +220,8 @@ def execute(
     references: list[ReferenceCheck] = []
     with _runner(config, device) as runner:
         on_prepare()
+        if session.jobs:
+            runner.start_first(session.jobs[0])
         runner.references.prepare([(job.problem, job.overrides) for job in session.jobs] + session.reference_only)
         for index, job in enumerate(session.jobs):
             on_start(job)

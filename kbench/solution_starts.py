@@ -40,6 +40,7 @@ class SolutionStart:
     job: Any  # runner.Job
     out_dir: Path
     worker: StartedWorker
+    poison_numel: int  # the output size the worker was started with
 
 
 class SolutionStarter:
@@ -61,10 +62,10 @@ class SolutionStarter:
     def start(self, job: Any, poison_numel: int) -> SolutionStart:
         """The job's worker, waiting at its gate: the one started early for it, or a new one."""
         early, self._early = self._early, None
-        if early is not None and early.job == job:
+        if early is not None and early.job == job and early.poison_numel == poison_numel:
             return early
         if early is not None:
-            early.worker.close()  # started for another job: never let through its gate
+            early.worker.close()  # started for another job, or with another output size: never let through
         return self.start_fresh(job, poison_numel)
 
     def start_fresh(self, job: Any, poison_numel: int) -> SolutionStart:
@@ -81,7 +82,7 @@ class SolutionStarter:
             env=worker_env(self._cache_root),
             gated=True,
         )
-        return SolutionStart(job, out_dir, start_worker(command))
+        return SolutionStart(job, out_dir, start_worker(command), poison_numel)
 
     def start_early(self, job: Any, poison_numel: int) -> None:
         """Start ``job``'s worker now; a failure here only loses the head start."""

@@ -3,6 +3,7 @@ references that time nothing run together before the jobs, a failure there retri
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import PROBLEMS, SOLUTIONS, fast_config
 
+from kbench.baselines import Baseline
 from kbench.catalog import read_problem
 from kbench.config import PipelineConfig
 from kbench.isolation import WorkerCommand, run_workers
@@ -215,3 +217,43 @@ def test_a_worker_started_early_for_a_job_that_does_not_come_is_stopped(tmp_path
         (early,) = runner._starter.waiting()
     assert not Path(f"/proc/{early.pid}").exists(), "closing the runner leaves no worker waiting"
     assert not (tmp_path / "imports").exists(), "no solution got past its gate"
+
+
+def test_a_warm_run_starts_its_first_solution_worker_before_the_references_run(tmp_path: Path, monkeypatch):
+    from kbench.catalog import read_solution
+    from kbench.results import Verdict
+    from kbench.runner import Job
+
+    log = tmp_path / "imports"
+    monkeypatch.setenv("KBENCH_TEST_IMPORT_LOG", str(log))
+    problem = read_problem(PROBLEMS / "affine_relu.py")
+    job = Job(problem, read_solution(SOLUTIONS / "affine_relu" / "records_import.py"))
+    config = fast_config().model_copy(update={"pipeline": PipelineConfig(prefetch="on")})
+    store = JsonStore(tmp_path / "baselines.json")
+    with Runner(config, "cpu", baseline_cache=store) as cold:
+        cold.start_first(job)
+        assert not cold._starter.waiting(), "nothing cached yet: the output size is not known"
+        reference = cold.references.get(problem, {})  # timed, and cached with its output size
+    (entry,) = json.loads(store.path.read_text()).values()
+    assert entry["output_numel"] == reference.output_numel > 0
+
+    with Runner(config, "cpu", baseline_cache=store) as warm:
+        warm.start_first(job)
+        (early,) = warm._starter.waiting()  # started before any reference of this run
+        assert warm.references.ready(problem, {}) is None
+        assert warm.references.prepare([(problem, {})]) == 1
+        assert not log.exists(), "the solution was imported before its gate opened"
+        result = warm.run(job)
+    assert result.verdict == Verdict.CORRECT, result.reason
+    assert int(log.read_text().split()[1]) == early.pid  # the job ran in the worker started first
+
+    # A cached size that is not the reference's (another torch, say): that worker is never let through.
+    (key,) = json.loads(store.path.read_text())
+    store.put(key, dataclasses.replace(store.get(key, Baseline), output_numel=1))
+    log.unlink()
+    with Runner(config, "cpu", baseline_cache=store) as stale:
+        stale.start_first(job)
+        (wrong,) = stale._starter.waiting()
+        result = stale.run(job)
+    assert result.verdict == Verdict.CORRECT, result.reason
+    assert int(log.read_text().split()[1]) != wrong.pid and not Path(f"/proc/{wrong.pid}").exists()
