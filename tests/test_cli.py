@@ -206,6 +206,7 @@ def test_a_killed_run_keeps_every_finished_job_and_resumes(tmp_path: Path):
     config.write_text(yaml.safe_dump(fast_config(run_s=300.0).model_dump()))
     results_dir = tmp_path / "results"
     log = tmp_path / "bench.log"
+    sink = log.open("w")  # the child keeps its own copy of the descriptor
     parent = subprocess.Popen(
         [
             sys.executable,
@@ -224,9 +225,10 @@ def test_a_killed_run_keeps_every_finished_job_and_resumes(tmp_path: Path):
             "--config",
             str(config),
         ],
-        stdout=log.open("w"),
+        stdout=sink,
         stderr=subprocess.STDOUT,
     )
+    sink.close()
     deadline = time.monotonic() + 120
     results = None
     while time.monotonic() < deadline:
