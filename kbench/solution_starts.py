@@ -75,7 +75,7 @@ class SolutionStarter:
         self._spec(job, out_dir, poison_numel).write(spec_path)
         limits = self._timeouts
         command = WorkerCommand(
-            "kbench.solution_worker",
+            "kbench.untrusted.worker",
             [str(spec_path)],
             out_dir / "worker.log",
             {"load": limits.run_s, "wait": GATE_WAIT_S, "build": limits.build_s, "run": limits.run_s},

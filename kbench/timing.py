@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from kbench.integrity import fingerprint, plain_tensors, same
+from kbench.fingerprints import fingerprint, plain_tensors, same
 from kbench.stats import median_rse
 from kbench.timing_modes import (
     ModeUnavailable,

@@ -24,12 +24,12 @@ from kbench.config import (
     load_config,
     with_timing_mode,
 )
-from kbench.integrity import Guards, _resolve
 from kbench.report import COLUMNS, MARKDOWN_COLUMNS
 from kbench.runner import Runner
 from kbench.timing import TimingPlan, time_models
 from kbench.timing_modes import Activity, ModeUnavailable, kernel_totals_ms
 from kbench.timing_verdict import judge_timing
+from kbench.untrusted.guards import Guards, _resolve
 
 cli = CliRunner(env={"COLUMNS": "200"})
 AFFINE = PROBLEMS / "affine_relu.py"

@@ -49,7 +49,7 @@ def test_a_timeout_says_where_the_worker_was_stuck(runner: Runner):
     assert result.verdict == Verdict.TIMEOUT and "in the run phase" in result.reason, result.reason
     # The worker's stacks, written to its log when it ran out of time: the solution's own line first.
     assert 'hang.py", line 14 in forward' in result.detail, result.detail[-3000:]
-    assert "solution_worker.py" in result.detail
+    assert "untrusted/worker.py" in result.detail
 
 
 def test_correct_solution_passes_with_errors_and_timing(runner: Runner):

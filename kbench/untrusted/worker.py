@@ -3,7 +3,7 @@
 Everything here runs in the same process as solution code, so nothing it reports is taken on trust: the
 parent compares the saved outputs itself against the reference worker's. A failure is reported with the
 verdict it implies; a worker that dies or hangs is judged by the parent from the outside.
-Usage (by the parent only): ``python -m kbench.solution_worker SPEC_JSON CHANNEL_FD GATE_FD``.
+Usage (by the parent only): ``python -m kbench.untrusted.worker SPEC_JSON CHANNEL_FD GATE_FD``.
 """
 
 from __future__ import annotations
@@ -68,7 +68,9 @@ def _run(spec: WorkerSpec, problem: Any, reference: Any, model_new: type, guards
 
     import torch
 
-    from kbench import census, execution, integrity, timing, timing_modes, weights
+    from kbench import execution, timing, timing_modes, weights
+    from kbench.untrusted import census
+    from kbench.untrusted.guards import CallWatch
 
     try:
         reference = reference.to(spec.device)
@@ -77,7 +79,7 @@ def _run(spec: WorkerSpec, problem: Any, reference: Any, model_new: type, guards
         perturbed = weights.perturbed_values(reference, spec.perturbation_seed(), spec.perturbation_trials > 0)
         buffer_names = weights.buffer_names(reference)
         channel.send(weights=state.mode)
-        watch = integrity.CallWatch(spec.device, spec.poison_numel)
+        watch = CallWatch(spec.device, spec.poison_numel)
         # One untimed reference call first: the thread pools it starts are not the solution's threads. Under
         # kernel timing it runs inside a profiler session, whose threads outlive it: they are kbench's too.
         first_inputs = execution.clone_inputs(execution.seeded_inputs(problem, spec.trial_seeds()[0], spec.device))
@@ -137,11 +139,12 @@ def _wait_at_gate(gate_fd: str, channel: Channel) -> None:
 def main(spec_path: str, fd: str, gate_fd: str) -> None:
     channel = Channel(int(fd))  # the worker starts in the "load" phase
     try:
-        from kbench import execution, integrity
+        from kbench import execution
+        from kbench.untrusted.guards import Guards
 
         spec = WorkerSpec.read(Path(spec_path))
         problem = execution.load_problem(spec)
-        guards = integrity.Guards()  # before the solution is imported: what it replaces shows later
+        guards = Guards()  # before the solution is imported: what it replaces shows later
         # The reference's seeded weights, made on the CPU before any solution code runs (moved to the device
         # in the run phase): for large weights this is seconds, done while the worker may still wait.
         reference = execution.seeded_model(problem, problem.Model, spec.weights_seed(), "cpu")

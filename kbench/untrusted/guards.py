@@ -1,4 +1,4 @@
-"""In-process integrity checks the solution worker runs around the solution's code.
+"""UNTRUSTED: in-process integrity checks the solution worker runs around the solution's code.
 
 They run in the same process as the solution, so a determined solution could defeat them; they are one
 layer of several. The trusted parent compares every output itself, and the static scan gives a second
@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from kbench.fingerprints import fingerprint, plain_tensors, same
 
 # Functions kbench times with. Replacing any of them is timer tampering.
 TIMER_PATHS = (
@@ -51,8 +53,8 @@ PATCH_PATHS = (
     "kbench.execution.seeded_inputs",
     "kbench.channel.Channel.send",
     "kbench.timing.time_models",
-    "kbench.integrity.Guards.check",
-    "kbench.integrity.CallWatch.call",
+    "kbench.untrusted.guards.Guards.check",
+    "kbench.untrusted.guards.CallWatch.call",
     "kbench_problem.Model",
     "kbench_problem.get_inputs",
     "kbench_problem.get_init_inputs",
@@ -123,26 +125,6 @@ def _native_threads() -> int:
         return len(os.listdir("/proc/self/task"))
     except OSError:
         return threading.active_count()
-
-
-def plain_tensors(value: Any) -> list[torch.Tensor]:
-    """The output's plain, strided tensors (anything else is rejected by the parent anyway)."""
-    items = value if isinstance(value, list | tuple) else [value]
-    return [item for item in items if type(item) is torch.Tensor and item.layout == torch.strided]
-
-
-def fingerprint(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """One float64-accumulated sum per tensor, enqueued on the current stream without a sync, so it sees
-    the output as the caller's stream does. Cheap enough to run after every timed call."""
-    sums = []
-    for t in tensors:
-        values = torch.view_as_real(t.detach()) if t.is_complex() else t.detach()
-        sums.append(values.sum(dtype=torch.float64).reshape(1))
-    return sums
-
-
-def same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return bool(((a == b) | (a.isnan() & b.isnan())).all())
 
 
 @dataclass
