@@ -16,10 +16,22 @@ from rich.markup import escape
 
 from kbench import catalog, display, report, session, spread
 from kbench.catalog import CatalogError
+from kbench.cli_options import (
+    ConfigOpt,
+    DeviceOpt,
+    JsonFlag,
+    JunitOpt,
+    ProblemsDirOpt,
+    ResultsDirOpt,
+    SetOpt,
+    SolutionsDirOpt,
+    TimingModeOpt,
+)
 from kbench.config import ConfigError, KbenchConfig, check_timing_mode, load_config
-from kbench.gate import GateCheck, evaluate, load_gate
+from kbench.export import ExportContext, get_exporter, json_format, write_export
+from kbench.gate import GateCheck, GateConfig, evaluate, load_gate
 from kbench.results import JobResult, Verdict
-from kbench.runs import RunNotFound, find_run, new_run
+from kbench.runs import RunDir, RunNotFound, find_run, new_run
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -31,28 +43,6 @@ app = typer.Typer(
 )
 console = Console()
 errors = Console(stderr=True)
-
-DeviceOpt = Annotated[str, typer.Option("--device", help="cuda, cpu, or auto (cuda when available).")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Run configuration YAML (default: built in).")]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a problem's module-level constant, e.g. --set batch_size=8. Repeatable."),
-]
-TimingModeOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--timing-mode",
-        help="events (CUDA events per call), graph (CUDA-graph replays) or kernel (profiler kernel time); "
-        "overrides timing.mode of the config. graph and kernel need CUDA.",
-    ),
-]
-ResultsDirOpt = Annotated[Path, typer.Option("--results-dir", help="Folder holding run directories.")]
-ProblemsDirOpt = Annotated[
-    Path, typer.Option("--problems-dir", help="Folder of problem files (default: kbench's own).")
-]
-SolutionsDirOpt = Annotated[
-    Path, typer.Option("--solutions-dir", help="Folder of <problem>/<solution>.py files (default: kbench's own).")
-]
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -83,6 +73,22 @@ def settings(config: Path | None, device: str, timing_mode: str | None = None) -
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return dict(catalog.parse_override(item) for item in items or [])
+
+
+def print_json(document: Any) -> None:
+    # Plain stdout, not rich: markup and wrapping would corrupt the document.
+    sys.stdout.write(json_format.dumps(document))
+
+
+def export(name: str, path: Path, results: list[JobResult], context: ExportContext) -> None:
+    """Write one export format (kbench.export) to ``path``; a missing dependency or an unwritable path is a
+    usage error that says so."""
+    try:
+        write_export(name, results, context, path)
+    except ImportError as exc:
+        raise fail(f"the {name} export needs the package '{exc.name}': pip install {exc.name}") from None
+    except OSError as exc:
+        raise fail(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _run(
@@ -135,15 +141,20 @@ def _print_references(references: list[session.ReferenceCheck], device: str) -> 
 
 @app.command("list")
 def list_command(
-    problems_dir: ProblemsDirOpt = catalog.PROBLEMS_DIR, solutions_dir: SolutionsDirOpt = catalog.SOLUTIONS_DIR
+    problems_dir: ProblemsDirOpt = catalog.PROBLEMS_DIR,
+    solutions_dir: SolutionsDirOpt = catalog.SOLUTIONS_DIR,
+    as_json: JsonFlag = False,
 ) -> None:
-    """List the problems and the solutions registered for each."""
+    """List the problems and the solutions registered for each (--json: as JSON)."""
     registry = catalog.Catalog(problems_dir, solutions_dir)
     try:
         entries = [(p, registry.registered_solutions(p)) for p in registry.list_problems()]
     except CatalogError as exc:
         raise fail(str(exc)) from None
-    console.print(display.catalog_table(entries))
+    if as_json:
+        print_json(json_format.catalog_document(entries))
+    else:
+        console.print(display.catalog_table(entries))
 
 
 @app.command()
@@ -194,10 +205,15 @@ def bench(
     timing_mode: TimingModeOpt = None,
     results_dir: ResultsDirOpt = Path("results"),
     gate: Annotated[Path | None, typer.Option("--gate", help="Also apply this gate file to the run.")] = None,
+    junit: JunitOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the run as one JSON document on stdout (progress goes to stderr).")
+    ] = False,
     problems_dir: ProblemsDirOpt = catalog.PROBLEMS_DIR,
     solutions_dir: SolutionsDirOpt = catalog.SOLUTIONS_DIR,
 ) -> None:
-    """Verify and time every problem x solution; record the run under results/<run-id>/."""
+    """Verify and time every problem x solution; record the run under results/<run-id>/. --junit writes a JUnit
+    XML report for CI; --json prints the run as JSON instead of tables."""
     if resume is not None and (problems or run_all):
         raise fail("--resume takes no problem selection: the run's own is used")
     if resume is not None and timing_mode is not None:
@@ -212,7 +228,9 @@ def bench(
             # A run resumes with its own configuration, on its own device.
             planned, cfg, dev = resumption.plan, resumption.config, resolve_device(resumption.device)
             check_timing_mode(cfg, dev)
-            console.print(f"resuming {run_dir.run_id}: {resumption.done} jobs done, {len(planned.jobs)} to run")
+            (errors if as_json else console).print(
+                f"resuming {run_dir.run_id}: {resumption.done} jobs done, {len(planned.jobs)} to run"
+            )
             recorder = session.Recorder.reopen(run_dir, sys.argv)
         else:
             cfg, dev = settings(config, device, timing_mode)
@@ -223,20 +241,40 @@ def bench(
             selection = session.Selection([str(t.path) for t in targets], sizes, str(problems_dir), str(solutions_dir))
             run_dir = new_run(results_dir)  # only once the plan is sound: bad input leaves no empty run behind
             recorder = session.Recorder(run_dir, dev, cfg, sys.argv, selection)
-        outcome = _run(planned, dev, cfg, recorder, quiet=False, allow_empty=resume is not None)
+        outcome = _run(planned, dev, cfg, recorder, quiet=as_json, allow_empty=resume is not None)
     except (CatalogError, ConfigError, RunNotFound, session.RecordError) as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(f"cannot create a run under {results_dir}: {exc.strerror}") from None
-    results = run_dir.results.read()
-    console.print(display.results_table(results, title=f"kbench bench ({dev}) — {run_dir.run_id}"))
-    display.print_details(console, results)
-    _print_references(outcome.references, dev)
-    console.print(f"results: {run_dir.path}", highlight=False)
-    code = _exit_for(results, outcome.references)
-    if gate_cfg is not None:
-        code = max(code, _print_gate(evaluate(results, gate_cfg)))
-    raise typer.Exit(code)
+    raise typer.Exit(_finish_bench(run_dir, dev, outcome.references, gate_cfg, junit, as_json))
+
+
+def _finish_bench(
+    run_dir: RunDir,
+    device: str,
+    references: list[session.ReferenceCheck],
+    gate_cfg: GateConfig | None,
+    junit: Path | None,
+    as_json: bool,
+) -> int:
+    """Report a finished bench run (tables or JSON, and JUnit when asked); the exit code."""
+    results = run_dir.results.read()  # the whole run: a resumed run's earlier jobs too
+    checks = evaluate(results, gate_cfg) if gate_cfg is not None else None
+    failed_refs = {ref.problem: ref.error for ref in references if ref.error}
+    context = ExportContext(run_dir.run_id, run_dir.read_metadata(), checks, failed_refs)
+    if junit:
+        export("junit", junit, results, context)
+    if as_json:
+        print_json(json_format.bench_document(context, run_dir.path, results, references))
+    else:
+        console.print(display.results_table(results, title=f"kbench bench ({device}) — {run_dir.run_id}"))
+        display.print_details(console, results)
+        _print_references(references, device)
+        console.print(f"results: {run_dir.path}", highlight=False)
+        if checks is not None:
+            console.print(display.gate_table(checks))
+    code = _exit_for(results, references)
+    return code if checks is None else max(code, _gate_code(checks))
 
 
 @app.command()
@@ -247,8 +285,9 @@ def lint(
     overrides: SetOpt = None,
     config: ConfigOpt = None,
     problems_dir: ProblemsDirOpt = catalog.PROBLEMS_DIR,
+    as_json: JsonFlag = False,
 ) -> None:
-    """Warn about degenerate problems: outputs a constant or input-blind answer would match."""
+    """Warn about degenerate problems: outputs a constant or input-blind answer would match (--json: as JSON)."""
     if run_all == bool(problems):
         raise fail("name the problems to check, or pass --all (not both)")
     try:
@@ -258,7 +297,9 @@ def lint(
         checks = session.lint(targets, dev, cfg, parse_overrides(overrides))
     except (CatalogError, ConfigError) as exc:
         raise fail(str(exc)) from None
-    for check in checks:
+    if as_json:
+        print_json(json_format.lint_document(checks))
+    for check in [] if as_json else checks:
         if check.error:
             console.print(f"[red]{check.problem}: reference failed:[/] {check.error}", highlight=False)
         for warning in check.warnings:
@@ -295,8 +336,7 @@ def calibrate(
         console.print(f"  [yellow]{escape(note)}[/]", highlight=False)
 
 
-def _print_gate(checks: list[GateCheck]) -> int:
-    console.print(display.gate_table(checks))
+def _gate_code(checks: list[GateCheck]) -> int:
     return EXIT_OK if checks and all(c.passed for c in checks) else EXIT_FAILED
 
 
@@ -305,22 +345,30 @@ def report_command(
     run: Annotated[str | None, typer.Argument(help="Run id or directory (default: the newest run).")] = None,
     results_dir: ResultsDirOpt = Path("results"),
     csv: Annotated[Path | None, typer.Option("--csv", help="Write the table as CSV here.")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the table as JSON here.")] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the table as JSON here (lists as lists, full precision).")
+    ] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="Write a self-contained HTML page here (opens offline): verdicts, speedup per job with its 95 % "
+            "interval, the fast_p curve, geomean, roofline fraction.",
+        ),
+    ] = None,
 ) -> None:
-    """Print a run as a Markdown table; optionally write it as CSV or JSON."""
+    """Print a run as a Markdown table; optionally write it as CSV, JSON or an HTML page with charts."""
     try:
         run_dir = find_run(results_dir, run)
-        frame = report.results_frame(run_dir.results.read())
-        if csv:
-            report.write_csv(frame, csv)
-        if json_path:
-            report.write_json(frame, json_path)
+        results = run_dir.results.read()
     except RunNotFound as exc:
         raise fail(str(exc)) from None
-    except OSError as exc:
-        raise fail(f"cannot write the report: {exc}") from None
+    context = ExportContext(run_dir.run_id, run_dir.read_metadata())
+    for name, path in (("csv", csv), ("json", json_path), ("html", html)):
+        if path:
+            export(name, path, results, context)
     print(f"run {run_dir.run_id}\n")
-    print(report.to_markdown(frame))
+    print(get_exporter("markdown").render(results, context), end="")
 
 
 @app.command("compare")
@@ -332,6 +380,7 @@ def compare_command(
         typer.Option("--within", min=0.0, help="Largest allowed spread of a solution's median, e.g. 0.005 for 0.5 %."),
     ] = 0.005,
     csv: Annotated[Path | None, typer.Option("--csv", help="Write the comparison as CSV here.")] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Compare the same jobs across runs (back to back, or timed in different modes): each median's spread.
     Exit 1 when a solution's median moved by more than --within."""
@@ -346,8 +395,12 @@ def compare_command(
         raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(f"cannot write the comparison: {exc}") from None
+    if as_json:
+        print_json(json_format.compare_document(found, within))
     if not found:
         raise fail("no job was timed correct in two of these runs", EXIT_FAILED)
+    if as_json:
+        raise typer.Exit(EXIT_OK if all(s.within(within) for s in found) else EXIT_FAILED)
     console.print(display.spread_table(found, within))
     for s in found:
         name = f"{escape(s.problem)} / {escape(s.solution)}"
@@ -367,11 +420,21 @@ def gate_command(
         "configs/ci.yaml"
     ),
     results_dir: ResultsDirOpt = Path("results"),
+    junit: JunitOpt = None,
+    as_json: JsonFlag = False,
 ) -> None:
-    """Exit 0 only if every problem in the run is correct and meets its minimum speedup."""
+    """Exit 0 only if every problem in the run is correct and meets its minimum speedup. --junit writes a
+    testcase per gate check for CI; --json prints the checks as JSON."""
     try:
         gate_cfg = load_gate(config)
-        results = find_run(results_dir, run).results.read()
+        run_dir = find_run(results_dir, run)
     except (ConfigError, RunNotFound) as exc:
         raise fail(str(exc)) from None
-    raise typer.Exit(_print_gate(evaluate(results, gate_cfg)))
+    checks = evaluate(run_dir.results.read(), gate_cfg)
+    if junit:  # the gate's checks only: `bench --junit` reports the jobs themselves
+        export("junit", junit, [], ExportContext(run_dir.run_id, run_dir.read_metadata(), checks))
+    if as_json:
+        print_json(json_format.gate_document(checks))
+    else:
+        console.print(display.gate_table(checks))
+    raise typer.Exit(_gate_code(checks))

@@ -1,9 +1,11 @@
-"""Flat tables of results (pandas) and their exports: CSV, JSON and Markdown."""
+"""The flat table of results: one row per job, the columns every export shares (pandas for CSV and Markdown,
+plain records for JSON). The formats themselves live in ``kbench.export``."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -66,28 +68,31 @@ MARKDOWN_COLUMNS = [
 ]
 
 
-def results_frame(results: list[JobResult]) -> pd.DataFrame:
-    rows = []
+def results_records(results: list[JobResult]) -> list[dict[str, Any]]:
+    """One dict per job with the table's columns, in native types: lists stay lists, numbers keep full
+    precision (the JSON export; a CSV cell needs the flattened form of ``results_frame``)."""
+    records = []
     for result in results:
         row = result.to_dict()
-        row["flags"] = ";".join(result.flags)
-        row["overrides"] = json.dumps(result.overrides, sort_keys=True, default=str) if result.overrides else ""
         row["verdict"] = str(result.verdict)
         # What NVML saw during the job: two runs' medians can differ because the GPU ran at different clocks.
         row["sm_clock_mhz_busy_mean"] = result.device_state.get("sm_clock_mhz_busy_mean")
-        row["gpu_throttle"] = ";".join(result.device_state.get("throttle", []))
-        row["warnings"] = "; ".join(result.warnings)
-        rows.append({column: row.get(column) for column in COLUMNS})
+        row["gpu_throttle"] = list(result.device_state.get("throttle", []))
+        records.append({column: row.get(column) for column in COLUMNS})
+    return records
+
+
+def results_frame(results: list[JobResult]) -> pd.DataFrame:
+    rows = []
+    for row in results_records(results):
+        row["flags"] = ";".join(row["flags"])
+        row["overrides"] = json.dumps(row["overrides"], sort_keys=True, default=str) if row["overrides"] else ""
+        row["gpu_throttle"] = ";".join(row["gpu_throttle"])
+        row["warnings"] = "; ".join(row["warnings"])
+        rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Any flat table as CSV (``kbench compare --csv`` writes its own table through this)."""
     frame.to_csv(path, index=False)
-
-
-def write_json(frame: pd.DataFrame, path: Path) -> None:
-    frame.to_json(path, orient="records", indent=2)
-
-
-def to_markdown(frame: pd.DataFrame) -> str:
-    return frame[MARKDOWN_COLUMNS].to_markdown(index=False, floatfmt=".4g")
