@@ -10,6 +10,7 @@ import faulthandler
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +45,11 @@ class Channel:
         path.write_bytes(data)
         if self._announce_outputs:
             self.send(output=path.name, digest=bytes_digest(data), size=len(data))
+
+
+def wait_at_gate(gate_fd: str, channel: Channel) -> None:
+    """Everything before this is kbench's own, CPU-only work; the parent may have started this worker early,
+    while another job still runs, and says when the GPU is this job's."""
+    channel.phase("wait")
+    if not os.read(int(gate_fd), 2):
+        sys.exit(0)  # the parent gave up on this job (the run ended first): nothing to report

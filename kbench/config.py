@@ -46,6 +46,19 @@ def _default_tolerances() -> dict[str, Tolerance]:
     }
 
 
+# How a solution's outputs are matched with the reference's (docs/verdicts.md, "Matching outputs"):
+# float64: against the reference's float64 evaluation, within tolerance or within a multiple of PyTorch fp32's own
+# error; kernelbench: allclose against the fp32 reference alone, as KernelBench's papers judge.
+AccuracyPolicy = Literal["float64", "kernelbench"]
+
+
+class AccuracyConfig(_Strict):
+    policy: AccuracyPolicy = "float64"
+    # float64 policy: an element further than the tolerance from the float64 evaluation still matches within this
+    # many times PyTorch fp32's largest error on the same output (0: the tolerance alone decides).
+    fp32_error_factor: float = Field(default=4.0, ge=0.0)
+
+
 class Timeouts(_Strict):
     reference_s: float = Field(default=300.0, gt=0)  # reference outputs + reference timing
     build_s: float = Field(default=900.0, gt=0)  # importing the solution, which compiles it
@@ -65,7 +78,11 @@ class TimingConfig(_Strict):
     # ... but not before this long: a median over a few milliseconds sees one clock and power state; one over
     # a second sees what the GPU's clock control does over that time, which the next run sees too.
     min_time_s: float = Field(default=1.0, ge=0)
-    input_sets: int = Field(default=3, ge=1)  # rotated, so inputs that fit in cache are not timed hot
+    # Timing one model alone (the reference's baseline, torch.compile, calibrate) rotates this many input sets; a
+    # reference and a solution timed together get fresh inputs for every call instead (kbench.turns).
+    input_sets: int = Field(default=3, ge=1)
+    # Timed calls whose outputs are compared with the reference's, picked at random after each call (docs/timing.md).
+    checked_calls: int = Field(default=8, ge=1)
     flush_l2: bool = True
     reference_drift: float = Field(default=0.10, ge=0)  # see judge: reference timed slower beside the solution
     # A job whose only broken rule is `reference_slowed` runs again in a fresh worker, up to this many times, held
@@ -93,7 +110,7 @@ class BaselineConfig(_Strict):
     compile: Literal["auto", "on", "off"] = "auto"  # time torch.compile(Model) too; auto: on CUDA only
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     cache: bool = True  # reuse reference timings of an unchanged problem on the same device and torch
-    parallel: int = Field(default=4, ge=1)  # references with cached timings (they time nothing) run this many at once
+    parallel: int = Field(default=4, ge=1)  # references with cached timings (a short check only) run this many at once
 
     def compile_on(self, device: str) -> bool:
         return self.compile == "on" or (self.compile == "auto" and device.startswith("cuda"))
@@ -113,6 +130,7 @@ class KbenchConfig(_Strict):
     seed: int = 0
     trials: int = Field(default=5, ge=1)
     tolerances: dict[DType, Tolerance] = Field(default_factory=_default_tolerances)
+    accuracy: AccuracyConfig = Field(default_factory=AccuracyConfig)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     timing: TimingConfig = Field(default_factory=TimingConfig)
     integrity: IntegrityConfig = Field(default_factory=IntegrityConfig)

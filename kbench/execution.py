@@ -40,6 +40,10 @@ def load_problem(spec: WorkerSpec) -> ModuleType:
     return module
 
 
+def manual_seed(seed: int) -> None:
+    _manual_seed(seed)
+
+
 def to_device(value: Any, device: str) -> Any:
     if isinstance(value, torch.Tensor):
         return value.to(device)

@@ -15,6 +15,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -165,9 +166,10 @@ def _kill_orphans(before: set[int]) -> int:
 
 @dataclass(frozen=True)
 class WorkerCommand:
-    """``python -m module ARGS... FD [GATE_FD]``, with its log file and its phases' time limits (see
-    ``run_workers``). A gated worker gets the read end of a second pipe: it waits there, before anything
-    untrusted runs, until ``StartedWorker.open_gate``."""
+    """``python -m module ARGS... FD [GATE_FD] [TURN_COMMAND_FD TURN_REPLY_FD]``, with its log file and its phases'
+    time limits (see ``run_workers``). A gated worker gets the read end of a second pipe: it waits there, before
+    anything untrusted runs, until ``StartedWorker.open_gate``. A worker that takes timing turns
+    (``kbench.turns``) gets a pipe for the parent's commands and one for its replies."""
 
     module: str
     args: list[str]
@@ -176,6 +178,7 @@ class WorkerCommand:
     env: Mapping[str, str] | None = None
     on_start: Callable[[int], None] | None = None  # called with the worker's pid once it runs
     gated: bool = False
+    turns: bool = False
 
 
 class StartedWorker:
@@ -184,21 +187,27 @@ class StartedWorker:
     def __init__(self, command: WorkerCommand) -> None:
         self.read_fd, write_fd = os.pipe()
         gate_read, self._gate = os.pipe() if command.gated else (None, None)
+        # The parent's ends of the turn pipes: it writes commands to one and reads replies from the other.
+        self._turns_lock = threading.Lock()
+        self.driven = False  # a turn driver reads the reply pipe (see release_turns)
+        turn_read, self.turn_command_fd = os.pipe() if command.turns else (None, None)
+        self.turn_reply_fd, turn_write = os.pipe() if command.turns else (None, None)
+        child_fds = [fd for fd in (write_fd, gate_read, turn_read, turn_write) if fd is not None]
         self.run = WorkerRun()
         self.log_path = command.log_path
         started = time.monotonic()
         self.timeouts = command.phase_timeouts
         phases = list(self.timeouts)
         self.protocol = _Protocol(phases[1:], self.run)
-        gate_args = [str(gate_read)] if gate_read is not None else []
+        extra_args = [str(fd) for fd in child_fds[1:]]
         try:
             with command.log_path.open("wb") as log:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", command.module, *command.args, str(write_fd), *gate_args],
+                    [sys.executable, "-m", command.module, *command.args, str(write_fd), *extra_args],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    pass_fds=(write_fd,) if gate_read is None else (write_fd, gate_read),
+                    pass_fds=tuple(child_fds),
                     start_new_session=True,  # its own process group, killed as one
                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
                     env=dict(command.env) if command.env is not None else None,
@@ -206,11 +215,11 @@ class StartedWorker:
         except BaseException:  # no worker (a full disk for its log, say): leave no pipe behind
             os.close(self.read_fd)
             self._close_gate()
+            self._close_turns()
             raise
         finally:
-            os.close(write_fd)
-            if gate_read is not None:
-                os.close(gate_read)
+            for fd in child_fds:
+                os.close(fd)
         _LIVE.add(self.proc.pid)
         if command.on_start is not None:
             command.on_start(self.proc.pid)
@@ -272,6 +281,29 @@ class StartedWorker:
             os.close(self._gate)  # a worker still waiting reads end-of-file and leaves
             self._gate = None
 
+    def end_turns(self) -> None:
+        """Close the command end of the turn pipes: a worker waiting for a command reads end-of-file and leaves.
+        Called from the turn driver's thread, and again at close: the lock keeps one descriptor from being closed
+        twice (its number may already belong to another file by then)."""
+        with self._turns_lock:
+            if self.turn_command_fd is not None:
+                os.close(self.turn_command_fd)
+                self.turn_command_fd = None
+
+    def release_turns(self) -> None:
+        """Close the reply end too; once the turn driver, which reads it in its own thread, has returned."""
+        self.end_turns()
+        with self._turns_lock:
+            if self.turn_reply_fd is not None:
+                os.close(self.turn_reply_fd)
+                self.turn_reply_fd = None
+
+    def _close_turns(self) -> None:
+        if self.driven:
+            self.end_turns()  # the driver may still read replies: whoever started it releases them
+        else:
+            self.release_turns()
+
     def drain(self) -> None:
         """Read whatever the channel holds now, without waiting for more."""
         while select.select([self.read_fd], [], [], 0)[0] and self.read():
@@ -282,6 +314,7 @@ class StartedWorker:
         self._close_gate()
         _kill_group(self.proc.pid)
         os.close(self.read_fd)
+        self._close_turns()
         self.run.returncode = self.proc.wait()
         _LIVE.discard(self.proc.pid)
         self.run.log_tail = read_log_tail(self.log_path)

@@ -7,32 +7,25 @@ comparisons of saved outputs with the reference's, and only when the worker also
 
 from __future__ import annotations
 
-import io
-import stat
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from kbench import audit
 from kbench.compare import (
     Comparison,
     UnreadableOutput,
-    compare_records,
-    compare_tensor,
-    load_outputs,
-    merge,
-    rounded_like,
 )
-from kbench.config import KbenchConfig, Tolerance
+from kbench.config import KbenchConfig
 from kbench.isolation import WorkerRun
+from kbench.output_checks import compare_kind, worker_strings
+from kbench.partner import Partner
 from kbench.reference import ReferenceRun
 from kbench.results import Verdict
-from kbench.spec import PERTURBED, TIMED, TRIAL, bytes_digest, output_path, state_path
+from kbench.spec import TIMED, TRIAL
 from kbench.stats import median_ms
 from kbench.timing_verdict import judge_timing, timing_mode_used
+from kbench.weight_checks import WeightsMatch, read_weights, state_check, weights_check
 
 WORKER_FAILURE_VERDICTS = {Verdict.COMPILE_ERROR, Verdict.LOAD_ERROR, Verdict.RUNTIME_ERROR}
 # Integrity flags the solution worker raises itself (its in-process guards).
@@ -45,16 +38,19 @@ WORKER_FLAGS = frozenset(
         "thread",
         "timer_tampering",
         "monkey_patch",
+        "settings_changed",  # informational: torch's settings changed in the solution's own process
     }
 )
 # Flags that mean the solution broke the rules: with matching answers, the verdict is `rejected`.
-INTEGRITY_FLAGS = WORKER_FLAGS | {
+INTEGRITY_FLAGS = WORKER_FLAGS - {"settings_changed"} | {
     "output_not_tensor",
     "output_tampered",
     "channel_tampering",
     "bad_timing",
     "implausible_speed",
     "reference_slowed",
+    "background_work",
+    "unchecked_weights",
 }
 # A measured time this far under the physics floor cannot be explained by measurement error.
 FLOOR_MARGIN = 0.95
@@ -93,110 +89,6 @@ def only_reference_slowed(judged: Judgement) -> bool:
     return judged.verdict == Verdict.REJECTED and set(judged.flags) & INTEGRITY_FLAGS == {"reference_slowed"}
 
 
-def _strings(value: Any) -> list[str]:
-    """A list of strings from the worker, or nothing: what arrives on the pipe may have been forged."""
-    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
-
-
-class TamperedOutput(UnreadableOutput):
-    """A solution output file that is not what the worker announced when it wrote it."""
-
-
-def read_announced(path: Path, announced: dict[str, tuple[str, int]]) -> bytes:
-    """A solution file's bytes, only if they are still what the worker announced when it wrote them (digest
-    and size): a file rewritten later (by an exit hook, say), replaced by a link or a device, or never
-    announced is refused. Read once, then checked and loaded from memory, so what is checked is what is
-    loaded; nothing larger than announced is read."""
-    if path.name not in announced:
-        if path.exists():
-            raise TamperedOutput(f"{path.name} was never announced by the worker")
-        raise UnreadableOutput(f"no output file {path.name}")
-    digest, size = announced[path.name]
-    try:
-        status = path.lstat()
-        if not stat.S_ISREG(status.st_mode) or status.st_size != size:
-            raise TamperedOutput(f"{path.name} changed after the worker wrote it")
-        content = path.read_bytes()
-    except OSError:
-        raise TamperedOutput(f"{path.name} was removed after the worker wrote it") from None
-    if len(content) != size or bytes_digest(content) != digest:
-        raise TamperedOutput(f"{path.name} changed after the worker wrote it")
-    return content
-
-
-def load_announced(path: Path, announced: dict[str, tuple[str, int]]) -> dict[str, Any]:
-    return load_outputs(path, read_announced(path, announced))
-
-
-def compare_kind(
-    out_dir: Path,
-    kind: str,
-    references: list[dict[str, Any]],
-    tolerance_for: Callable[[str], Tolerance],
-    announced: dict[str, tuple[str, int]],
-    exact: list[dict[str, Any]] | None = None,
-    notes: list[str] | None = None,
-) -> tuple[Comparison, list[dict[str, Any]]]:
-    """Compare each saved solution output of one kind with the reference output the parent holds. With the
-    reference's float64 evaluation of the same calls (``exact``), an output outside tolerance of the fp32
-    reference passes when it is within tolerance of the float64 one: the fp32 reference's own rounding must
-    not fail a more exact answer. Each such pass is written to ``notes``."""
-    so_far = Comparison(True, "within tolerance", 0.0, 0.0)
-    loaded = []
-    passed_by_float64: list[str] = []  # why each output that passed only against float64 failed against fp32
-    for index, ref in enumerate(references):
-        try:
-            new = load_announced(output_path(out_dir, "new", kind, index), announced)
-        except TamperedOutput as exc:
-            return merge(so_far, Comparison(False, f"{kind} {index}: {exc}", tampered=True)), loaded
-        except UnreadableOutput as exc:
-            return merge(so_far, Comparison(False, f"{kind} {index}: {exc}", not_tensor=True)), loaded
-        loaded.append(new)
-        result = compare_records(new, ref, tolerance_for)
-        if not result.ok and not result.not_tensor and exact and index < len(exact):
-            versus_exact = compare_records(new, rounded_like(exact[index], ref), tolerance_for)
-            if versus_exact.ok:
-                passed_by_float64.append(f"{kind} {index}: {result.reason}")
-                result = versus_exact
-        if not result.ok:
-            result.reason = f"{kind} {index}: {result.reason}"
-        so_far = merge(so_far, result)
-        if not so_far.ok:
-            break
-    if passed_by_float64 and notes is not None:
-        notes.append(
-            f"{len(passed_by_float64)} {kind} output(s) within tolerance of the float64 evaluation but not of the "
-            f"fp32 reference; first: {passed_by_float64[0]}"
-        )
-    return so_far, loaded
-
-
-def compare_state(
-    out_dir: Path,
-    reference: dict[str, torch.Tensor],
-    tolerance_for: Callable[[str], Tolerance],
-    announced: dict[str, tuple[str, int]],
-) -> str:
-    """Empty when ModelNew's buffers after the trials match the reference's; else what differs."""
-    try:
-        content = read_announced(state_path(out_dir, "new"), announced)
-    except UnreadableOutput:
-        return "buffers file missing, or changed after the worker wrote it"
-    try:
-        new = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        return f"buffers unreadable: {exc}".splitlines()[0]
-    if not isinstance(new, dict):
-        return "buffers file holds no buffers"
-    for name, ref in reference.items():
-        if name not in new or type(new[name]) is not torch.Tensor:
-            return f"buffer {name} missing"
-        result = compare_tensor(new[name], ref, tolerance_for)
-        if not result.ok:
-            return f"buffer {name}: {result.reason}"
-    return ""
-
-
 def _failure(worker: WorkerRun, facts: dict[str, Any]) -> Judgement | None:
     """The verdict when the worker did not deliver a clean result, else None."""
     if worker.timed_out_phase is not None:
@@ -225,31 +117,48 @@ def _failure(worker: WorkerRun, facts: dict[str, Any]) -> Judgement | None:
     return None
 
 
+def _timed_check(
+    out_dir: Path, partner: Partner, config: KbenchConfig, notes: list[str], announced: dict[str, tuple[str, int]]
+) -> Comparison:
+    """The timed calls the parent kept, at random, against the reference partner's outputs for the same rounds."""
+    if not partner.turns.kept:
+        return Comparison(False, "no timed call was kept for checking: the timing turns did not finish")
+    try:
+        references, exact = partner.kept_outputs(out_dir)
+    except UnreadableOutput as exc:
+        return Comparison(False, f"the reference partner's timed outputs are unusable: {exc}")
+    kept = partner.turns.kept
+    return compare_kind(
+        out_dir, TIMED, references, config.tolerance_for, announced, exact, notes, kept, config.accuracy
+    )[0]
+
+
 def _comparisons(
     out_dir: Path,
     reference: ReferenceRun,
-    weights_mode: str | None,
+    match: WeightsMatch,
     config: KbenchConfig,
     notes: list[str],
     announced: dict[str, tuple[str, int]],
+    partner: Partner,
 ) -> tuple[Comparison, list[dict[str, Any]], list[tuple[str, Comparison]]]:
     """The trials, then (when they pass) timed outputs, buffers and perturbed weights: (trials, the solution's
     trial outputs, every check as (flag on failure, comparison))."""
 
     def compare(kind: str, references: list[dict[str, Any]]) -> tuple[Comparison, list[dict[str, Any]]]:
         exact = reference.float64.get(kind)
-        return compare_kind(out_dir, kind, references, config.tolerance_for, announced, exact, notes)
+        return compare_kind(
+            out_dir, kind, references, config.tolerance_for, announced, exact, notes, accuracy=config.accuracy
+        )
 
     trials, new_trials = compare(TRIAL, reference.trials)
     checks = [("", trials)]
     if trials.ok:
-        checks.append(("timed_output_mismatch", compare(TIMED, reference.timed)[0]))
-    if trials.ok and weights_mode in ("by_name", "by_position"):
-        state_problem = compare_state(out_dir, reference.state, config.tolerance_for, announced)
-        checks.append(("state_mismatch", Comparison(not state_problem, state_problem or "buffers match")))
-        checks.append(("stale_weights", compare(PERTURBED, reference.perturbed)[0]))
-    elif trials.ok:
-        notes.append("weights matched by seed only: buffer state and perturbed-weight checks skipped")
+        checks.append(("timed_output_mismatch", _timed_check(out_dir, partner, config, notes, announced)))
+        checks.append(("state_mismatch", state_check(out_dir, reference, match, config.tolerance_for, announced)))
+        perturbed = weights_check(compare, reference, match, checks)
+        if perturbed is not None:
+            checks.append(perturbed)
     return trials, new_trials, checks
 
 
@@ -285,8 +194,11 @@ def _verdict(
         return Verdict.INCORRECT, trials.reason
     if flags & INTEGRITY_FLAGS:
         bad = sorted(flags & INTEGRITY_FLAGS)
-        own_reason = trials.not_tensor or trials.tampered
-        return Verdict.REJECTED, trials.reason if own_reason else f"integrity checks failed: {', '.join(bad)}"
+        if trials.not_tensor or trials.tampered:
+            return Verdict.REJECTED, trials.reason
+        # A check that could not run says itself what is missing.
+        unanswered = [check.reason for flag, check in checks if flag in bad and not check.ok]
+        return Verdict.REJECTED, "; ".join([f"integrity checks failed: {', '.join(bad)}", *unanswered])
     if failures:
         return Verdict.INCORRECT, failures[0].reason
     return Verdict.CORRECT, f"{trial_count} trials {trials.reason}"
@@ -297,39 +209,50 @@ def judge(
     out_dir: Path,
     reference: ReferenceRun,
     config: KbenchConfig,
-    bandwidth_bytes_per_s: float | None = None,
-    static_flags: list[str] | None = None,
+    bandwidth_bytes_per_s: float | None,
+    static_flags: list[str],
+    partner: Partner,
 ) -> Judgement:
     built = worker.last("built")
     build = built["built"] if built and isinstance(built.get("built"), dict) else {}
-    weights_msg = worker.last("weights")
-    weights_mode = weights_msg.get("weights") if weights_msg else None
+    match = read_weights(worker.last("weights"), set(reference.tensors))
     facts: dict[str, Any] = {
         "build_s": build.get("build_s"),
         "build_cache_hit": build.get("cache_hit"),
-        "weights": weights_mode,
+        "weights": match.mode,
     }
+    reference_failed = partner.failure()
+    if reference_failed is not None:
+        detail = f"{partner.run.log_tail}\n--- solution worker ---\n{worker.log_tail}"
+        return Judgement(Verdict.RUNTIME_ERROR, reference_failed, ["reference_failed"], detail=detail, **facts)
     failed = _failure(worker, facts)
     if failed is not None:
         return failed
     payload = worker.last("result")["result"]  # type: ignore[index]
-    flags = {flag for flag in _strings(payload.get("flags")) if flag in WORKER_FLAGS}
+    flags = {flag for flag in worker_strings(payload.get("flags")) if flag in WORKER_FLAGS}
     notes: list[str] = []
-    replaced = _strings(payload.get("replaced"))
+    replaced = worker_strings(payload.get("replaced"))
     detail = "replaced after import: " + ", ".join(replaced) if replaced else ""
     if worker.orphans_killed:
         notes.append(f"killed {worker.orphans_killed} process(es) the solution left running after its worker")
-    if worker.violations or worker.garbage_lines:
+    if worker.violations or worker.garbage_lines or not match.valid:
         flags.add("channel_tampering")  # only the solution could have written that to the private pipe
-        detail = "\n".join([detail, *worker.violations[:20]]).strip()
+        malformed = [] if match.valid else ["weights message missing or malformed"]
+        detail = "\n".join([detail, *worker.violations[:20], *malformed]).strip()
 
-    trials, new_trials, checks = _comparisons(out_dir, reference, weights_mode, config, notes, worker.outputs)
+    settings = worker_strings(payload.get("settings"))
+    if "settings_changed" in flags and settings:
+        notes.append("ModelNew changed torch settings in its own process: " + "; ".join(settings[:20]))
+    flags |= partner.flags()
+    notes.extend(partner.notes())
+    trials, new_trials, checks = _comparisons(out_dir, reference, match, config, notes, worker.outputs, partner)
     on_cuda = str(reference.device_info.get("device", "")).startswith("cuda")
     # A reference alone timed in another mode (one of them fell back to events) is no yardstick for the
     # reference beside the solution: its drift is then not judged.
-    used = timing_mode_used(payload, config.timing.mode)
+    timed = partner.timing_payload()
+    used = timing_mode_used(timed, config.timing.mode)
     same_mode = used is None or reference.timing_mode in (None, used[0])
-    timing = judge_timing(payload, median_ms(reference.timing_ms) if same_mode else None, config, on_cuda)
+    timing = judge_timing(timed, median_ms(reference.timing_ms) if same_mode else None, config, on_cuda)
     if not same_mode:
         notes.append(
             f"reference drift not judged: the reference alone was timed with {reference.timing_mode}, "

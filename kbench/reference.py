@@ -11,24 +11,27 @@ from typing import Any
 import torch
 
 from kbench.audit import worst_relative_error
-from kbench.compare import UnreadableOutput, load_outputs, rounded_like
-from kbench.spec import PERTURBED, TIMED, TRIAL, WorkerSpec, float64_kind, output_path, state_path
+from kbench.compare import UnreadableOutput, exact_record, load_outputs
+from kbench.spec import PERTURBED, TRIAL, WorkerSpec, float64_kind, output_path, state_path
 
 
 @dataclass
 class ReferenceRun:
     trials: list[dict[str, Any]] = field(default_factory=list)
-    timed: list[dict[str, Any]] = field(default_factory=list)
     perturbed: list[dict[str, Any]] = field(default_factory=list)
-    # The same calls evaluated in float64, per kind (TRIAL, TIMED, PERTURBED; the last two rounded to the fp32
-    # outputs' dtypes); empty when the audit was off or failed. Outputs within tolerance of these are accepted
-    # too: an fp32 reference can be the less exact one.
+    # The same calls evaluated in float64, per kind (TRIAL, TIMED, PERTURBED; the last two rounded to fp32), each
+    # record with PyTorch fp32's own error on each output (compare.FP32_ERROR); empty when the audit was off or
+    # failed. The float64 accuracy policy judges outputs against these (docs/verdicts.md, "Matching outputs").
     float64: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # buffers after the trials
+    initial_state: dict[str, torch.Tensor] = field(default_factory=dict)  # ... and before them
+    tensors: dict[str, bool] = field(default_factory=dict)  # every parameter and buffer's name -> floating
     timing_ms: list[float] = field(default_factory=list)
     compile_timing_ms: list[float] = field(default_factory=list)  # torch.compile(Model), when measured
     compile_error: str | None = None
     baseline_cached: bool = False  # the timings came from the baseline cache, not this run
+    baseline_check_ms: list[float] = field(default_factory=list)  # ... then the short check they passed
+    baseline_notes: list[str] = field(default_factory=list)  # why a cache entry was not used and measured again
     timing_mode: str | None = None  # the timing mode actually used for timing_ms (see docs/timing.md)
     compile_timing_mode: str | None = None  # ... and for compile_timing_ms
     timing_notes: list[str] = field(default_factory=list)  # why a timing fell back to another mode
@@ -56,21 +59,24 @@ def load_reference(out_dir: Path, spec: WorkerSpec, result: dict[str, Any]) -> R
     def load(kind: str, count: int) -> list[dict[str, Any]]:
         return [load_outputs(output_path(out_dir, "ref", kind, i)) for i in range(count)]
 
-    counts = {TRIAL: spec.trials, TIMED: int(spec.timing["input_sets"]), PERTURBED: spec.perturbation_trials}
+    counts = {TRIAL: spec.trials, PERTURBED: spec.perturbation_trials}
     try:
         run = ReferenceRun(
             trials=load(TRIAL, counts[TRIAL]),
-            timed=load(TIMED, counts[TIMED]),
             perturbed=load(PERTURBED, counts[PERTURBED]),
             state=torch.load(state_path(out_dir, "ref"), map_location="cpu", weights_only=True),
+            initial_state=torch.load(state_path(out_dir, "ref_initial"), map_location="cpu", weights_only=True),
         )
         if spec.audit_float64 and not result.get("audit_error"):
-            run.float64 = {TRIAL: load(float64_kind(TRIAL), counts[TRIAL])}  # kept in float64 for the audit
-            # Timed and perturbed outputs are only matched, never audited: held rounded like the fp32 outputs
-            # (as compare_kind would round them), one file at a time, at half the memory of float64.
-            for kind, fp32 in ((TIMED, run.timed), (PERTURBED, run.perturbed)):
+            # One file at a time; PyTorch fp32's own error on each output is measured at full precision first.
+            # Trials stay in float64 for the audit. Perturbed outputs are only matched, never audited: held rounded
+            # to fp32, at half the memory, which moves them by at most half an fp32 ulp. (The timed calls' outputs
+            # come from each job's reference partner: kbench.partner.)
+            for kind, fp32 in ((TRIAL, run.trials), (PERTURBED, run.perturbed)):
                 path = partial(output_path, out_dir, "ref", float64_kind(kind))
-                run.float64[kind] = [rounded_like(load_outputs(path(i)), ref) for i, ref in enumerate(fp32)]
+                run.float64[kind] = [
+                    exact_record(load_outputs(path(i)), ref, narrow=kind != TRIAL) for i, ref in enumerate(fp32)
+                ]
     except (UnreadableOutput, OSError, RuntimeError) as exc:
         return ReferenceRun(error=f"reference outputs unreadable: {exc}")
     run.timing_ms = [float(s) for s in result.get("timing_ms", [])]
@@ -81,5 +87,6 @@ def load_reference(out_dir: Path, spec: WorkerSpec, result: dict[str, Any]) -> R
     run.device_info = result.get("device_info", {})
     run.audit_error = result.get("audit_error")
     run.moved_bytes = sum(int(result.get(key, 0)) for key in ("input_bytes", "output_bytes", "state_bytes"))
+    run.tensors = {str(name): bool(floating) for name, floating in result.get("tensors", {}).items()}
     run.matrix_flops = int(result["matrix_flops"]) if result.get("matrix_flops") is not None else None
     return run

@@ -1,8 +1,9 @@
 """Trusted worker: computes everything the solution is judged against, from the problem file alone.
 
 It imports the problem file and nothing a solution wrote. In order: the correctness trials, the buffers
-after them, the timed calls (the last output per input set is kept), and trials after every weight was
-perturbed; the solution worker repeats the same sequence. Each kind of output is also evaluated in float64
+before and after them, the reference timed alone (or a short check of its cached time), and trials after every
+weight was perturbed; the solution worker repeats the same sequence (its timed calls are compared with each job's
+reference partner's instead: ``kbench.reference_partner``). Each kind of output is also evaluated in float64
 (``Float64Audit``). Then, when asked, torch.compile(Model) is timed, in a phase of its own.
 Usage (by the parent only): ``python -m kbench.reference_worker SPEC_JSON CHANNEL_FD``.
 """
@@ -17,18 +18,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kbench.channel import Channel
-from kbench.spec import PERTURBED, TIMED, TRIAL, WorkerSpec, float64_kind
+from kbench.spec import PERTURBED, TRIAL, WorkerSpec, float64_kind
 
 if TYPE_CHECKING:
     from kbench.timing import TimedCalls
 
 
 class Float64Audit:
-    """The reference evaluated in float64 beside each fp32 sequence: trials, timed input sets, perturbed trials.
+    """The reference evaluated in float64 beside each fp32 sequence: trials, perturbed trials, and (in the reference
+    partner) the timed calls kept for checking.
 
     Each evaluation runs on a fresh float64 copy of the model as it is just then (weights and buffers), so it
-    sees what the fp32 calls see. The parent accepts outputs within tolerance of either evaluation, and uses
-    the trials for the accuracy audit. All or nothing: after one failure no more are made, and the parent
+    sees what the fp32 calls see. The parent judges outputs against it (docs/verdicts.md, "Matching outputs"),
+    and uses the trials for the accuracy audit. All or nothing: after one failure no more are made, and the parent
     uses none of them.
     """
 
@@ -51,22 +53,30 @@ class Float64Audit:
 
 
 def _timings(model: Any, input_sets: list[Any], spec: WorkerSpec) -> dict[str, Any]:
-    """Eager timing, plus the last output on each input set. With the timings cached by the parent, the
-    outputs are computed once per set, untimed."""
+    """Eager timing, plus the last output on each input set, and how the host and device were while it was
+    timed. With the timings cached by the parent, only a short check of them is timed (``check_ms``), which the
+    parent holds against the cached time (baselines.check_refusal)."""
     import torch
 
-    from kbench import timing
+    from kbench import baselines, timing
 
     if not spec.time_reference:
-        with torch.no_grad():
-            return {"timing_ms": [], "last_outputs": [model(*inputs) for inputs in input_sets]}
+        checked = timing.time_models([model], [input_sets], spec.device, baselines.check_plan(spec.timing))
+        with torch.no_grad():  # a set the check's few rounds did not reach still gets its output
+            last = [
+                out if out is not None else model(*ins)
+                for out, ins in zip(checked.last_outputs, input_sets, strict=True)
+            ]
+        return {"timing_ms": [], "last_outputs": last, "check_ms": checked.samples_ms[0], "check_mode": checked.mode}
     plan = timing.TimingPlan.from_dict(spec.timing)
+    host = baselines.host_now()
     timed = timing.time_models([model], [input_sets], spec.device, plan, ["reference"])
     return {
         "timing_ms": timed.samples_ms[0],
         "last_outputs": timed.last_outputs,
         "timing_mode": timed.mode,
         "timing_notes": _fallback_notes("reference alone", timed),
+        "timing_conditions": baselines.timing_conditions(spec.device, host),
     }
 
 
@@ -87,18 +97,6 @@ def _compile_timing(model: Any, input_sets: list[Any], spec: WorkerSpec) -> dict
         "compile_timing_mode": timed.mode,
         "timing_notes": _fallback_notes("torch.compile baseline", timed),
     }
-
-
-def _save_float64_timed(
-    forward: Callable[[list[Any]], Any], input_sets: list[Any], spec: WorkerSpec, channel: Channel
-) -> None:
-    import torch
-
-    from kbench import execution
-
-    with torch.no_grad():
-        outputs = [forward(execution.clone_inputs(inputs)) for inputs in input_sets]
-    execution.save_timed_outputs(outputs, spec, "ref", channel, float64_kind(TIMED))
 
 
 def _matrix_flops(model: Any, inputs: list[Any]) -> int | None:
@@ -132,6 +130,11 @@ def main(spec_path: str, fd: str) -> None:
         channel.phase("run")
         model = execution.seeded_model(problem, problem.Model, spec.weights_seed(), spec.device)
         perturbed = weights.perturbed_values(model, spec.perturbation_seed(), spec.perturbation_trials > 0)
+        # The tensors as built, which the solution worker matches, and the buffers' values before the trials: the
+        # judge needs to know which ones the forward changes.
+        tensors = {name: tensor.is_floating_point() for name, tensor in weights.named_state(model)}
+        initial = weights.snapshot(dict(weights.named_state(model)), weights.buffer_names(model))
+        execution.save_state(initial, spec, "ref_initial", channel)
         exact = Float64Audit(spec.audit_float64)
 
         def calls_on(seeds: list[int], kind: str) -> Callable[[Callable[[list[Any]], Any]], None]:
@@ -143,9 +146,7 @@ def main(spec_path: str, fd: str) -> None:
         execution.save_state(weights.snapshot(state, weights.buffer_names(model)), spec, "ref", channel)
         input_sets = execution.timing_input_sets(problem, spec)
         timings = _timings(model, input_sets, spec)
-        last_outputs = timings.pop("last_outputs")
-        execution.save_timed_outputs(last_outputs, spec, "ref", channel)
-        exact.run(model, lambda forward: _save_float64_timed(forward, input_sets, spec, channel))
+        last_outputs = timings.pop("last_outputs")  # only their size is used: each job's partner gives timed outputs
         matrix_flops = _matrix_flops(model, input_sets[0])
         with torch.no_grad():
             for name, tensor in state.items():
@@ -162,6 +163,7 @@ def main(spec_path: str, fd: str) -> None:
                 "output_bytes": execution.tensor_bytes(last_outputs[0]),
                 "state_bytes": sum(t.numel() * t.element_size() for t in state.values()),
                 "matrix_flops": matrix_flops,
+                "tensors": tensors,
             }
         )
         if spec.time_reference and spec.compile_mode is not None:

@@ -1,6 +1,10 @@
 """The trusted reference workers of one run: each problem's reference run once and held in the parent's memory,
 its timings taken from the baseline cache when there, and stored there when measured.
 
+A cache entry is used only when it says it was measured well (``baselines.refusal``) and a short check timed by
+the worker that runs anyway for the outputs does not find it far too slow (``baselines.check_refusal``); an entry
+refused either way is a miss: the reference runs again, alone, timing itself, and its entry is replaced.
+
 Trusted side. A reference worker imports the problem file and nothing a solution wrote (``reference_worker``).
 """
 
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kbench import audit
+from kbench import audit, baselines
 from kbench.baselines import Baseline, baseline_key
 from kbench.catalog import Problem
 from kbench.config import KbenchConfig
@@ -66,14 +70,19 @@ class References:
         self.baseline_cache = baseline_cache if config.baselines.cache else None
         self.device_name = device_name
         self._done: dict[str, ReferenceRun] = {}
+        self._refused: dict[str, str] = {}  # baseline key -> why its cache entry is not used in this run
         self.device_info: dict[str, Any] = {}  # from the last reference that ran
 
     def get(self, problem: Problem, overrides: dict[str, Any]) -> ReferenceRun:
         key = _reference_key(problem, overrides)
-        if key not in self._done:
+        found: ReferenceRun | None = self._done.get(key)
+        # Twice at most: once its check has refused a cached entry, _cached_baseline finds none, and the
+        # reference times itself.
+        while found is None:
             job = self._job(problem, overrides, self._cached_baseline(problem, overrides))
-            self._done[key] = self._finish(job, run_workers([job.command])[0])
-        return self._done[key]
+            found = self._finish(job, run_workers([job.command])[0])
+        self._done[key] = found
+        return found
 
     def ready(self, problem: Problem, overrides: dict[str, Any]) -> ReferenceRun | None:
         """The reference if it already ran without error; None otherwise (nothing is started)."""
@@ -81,10 +90,11 @@ class References:
         return reference if reference is not None and reference.error is None else None
 
     def prepare(self, wanted: list[tuple[Problem, dict[str, Any]]]) -> int:
-        """Run side by side, ``baselines.parallel`` at a time, the references that time nothing (their timings
-        are in the baseline cache), so that jobs find them done. One that fails here is left for its job to run
-        alone: running beside the others (short of memory, say) must not be what fails it. A reference that
-        times runs alone, when its job asks for it. Returns how many ran here."""
+        """Run side by side, ``baselines.parallel`` at a time, the references whose timings are in the baseline
+        cache (they time only a short check of them, which running beside others can slow but never speed up), so
+        that jobs find them done. One that fails here is left for its job to run alone: running beside the others
+        (short of memory, say) must not be what fails it; so is one whose check refused its cached time. A
+        reference that times runs alone, when its job asks for it. Returns how many ran here."""
         # This is only a head start: where anything here fails (a full disk, say), the job runs its reference
         # alone and reports what went wrong there.
         pending: dict[str, _ReferenceJob] = {}
@@ -99,8 +109,8 @@ class References:
             return 0
         for (key, job), worker in zip(pending.items(), workers, strict=True):
             with contextlib.suppress(Exception):
-                reference = self._finish(job, worker)
-                if reference.error is None:
+                reference = self._finish(job, worker)  # None: the check refused the cached time, see get
+                if reference is not None and reference.error is None:
                     self._done[key] = reference
         return len(pending)
 
@@ -110,9 +120,9 @@ class References:
         returned run's timings are new; its outputs are the ones this run already holds."""
         reference = self.get(problem, overrides)
         job = self._job(problem, overrides, None, keep=False)
-        timed = self._finish(job, run_workers([job.command])[0])
-        if timed.error is not None:
-            return timed
+        timed = self._finish(job, run_workers([job.command])[0])  # it times: there is no cached time to refuse
+        if timed is None or timed.error is not None:
+            return timed or ReferenceRun(error="the reference was not timed")
         return dataclasses.replace(
             reference,
             timing_ms=timed.timing_ms,
@@ -135,9 +145,16 @@ class References:
         return baseline_key(problem, overrides, self.device_name, self.config.timing.model_dump(), self.compile_mode())
 
     def _cached_baseline(self, problem: Problem, overrides: dict[str, Any]) -> Baseline | None:
+        """The cache entry, unless this run has refused it or it says it was measured badly (then it is a miss,
+        and why is kept for the job's notes)."""
         if self.baseline_cache is None:
             return None
-        return self.baseline_cache.get(self.baseline_key(problem, overrides), Baseline)
+        key = self.baseline_key(problem, overrides)
+        entry = None if key in self._refused else self.baseline_cache.get(key, Baseline)
+        why = baselines.refusal(entry, self.config.timing) if entry is not None else None
+        if why is not None:
+            self._refused[key] = why
+        return entry if why is None else None
 
     def _job(
         self, problem: Problem, overrides: dict[str, Any], cached: Baseline | None, keep: bool = True
@@ -162,7 +179,9 @@ class References:
         key = self.baseline_key(problem, overrides) if keep else None
         return _ReferenceJob(spec, out_dir, key, cached, command)
 
-    def _finish(self, job: _ReferenceJob, worker: WorkerRun) -> ReferenceRun:
+    def _finish(self, job: _ReferenceJob, worker: WorkerRun) -> ReferenceRun | None:
+        """The reference a worker left. None only for a job with cached timings whose check refused them (why is
+        kept in ``_refused``): its outputs are dropped, and the reference must run again, timing itself."""
         result, error = worker.last("result"), worker.last("error")
         compiling = result is not None and "compile" in worker.phase_s  # the reference itself was done
         if worker.timed_out_phase and not compiling:
@@ -180,26 +199,52 @@ class References:
         if reference.error is None:
             self.device_info = reference.device_info
             reference.warnings = audit.degenerate_warnings(reference.trials, self.config.tolerance_for)
-            cached = job.cached
-            if cached is not None:
-                reference.timing_ms, reference.compile_timing_ms = cached.eager_ms, cached.compile_ms
-                reference.compile_error, reference.baseline_cached = cached.compile_error, True
-                reference.timing_mode, reference.compile_timing_mode = cached.timing_mode, cached.compile_timing_mode
-                reference.timing_notes = cached.timing_notes
-            elif self.baseline_cache is not None and job.baseline_key is not None:
-                self.baseline_cache.put(
-                    job.baseline_key,
-                    Baseline(
-                        reference.timing_ms,
-                        reference.compile_timing_ms,
-                        reference.compile_error,
-                        reference.timing_mode,
-                        reference.compile_timing_mode,
-                        reference.timing_notes,
-                        reference.output_numel,
-                    ),
-                )
+            if job.cached is not None:
+                return self._checked(job, job.cached, reference, found)
+            self._store(job, reference, found)
         return reference
+
+    def _checked(
+        self, job: _ReferenceJob, cached: Baseline, reference: ReferenceRun, found: dict[str, Any]
+    ) -> ReferenceRun | None:
+        """``reference`` with the cached timings, unless the worker's short check of the time alone finds it an
+        outlier: then None, and the entry is refused for the rest of this run."""
+        check_ms = [float(sample) for sample in found.get("check_ms", [])]
+        why = baselines.check_refusal(cached, check_ms, found.get("check_mode"))
+        if why is not None:
+            self._refused[str(job.baseline_key)] = why  # a job with cached timings always has its key
+            return None
+        reference.timing_ms, reference.compile_timing_ms = cached.eager_ms, cached.compile_ms
+        reference.compile_error, reference.baseline_cached = cached.compile_error, True
+        reference.timing_mode, reference.compile_timing_mode = cached.timing_mode, cached.compile_timing_mode
+        reference.timing_notes, reference.baseline_check_ms = cached.timing_notes, check_ms
+        return reference
+
+    def _store(self, job: _ReferenceJob, reference: ReferenceRun, found: dict[str, Any]) -> None:
+        """Cache the timings this worker measured, with how it measured them, in place of any entry refused in this
+        run: the job's notes then say why that one was not used."""
+        if self.baseline_cache is None or job.baseline_key is None:
+            return
+        conditions = found.get("timing_conditions")
+        self.baseline_cache.put(
+            job.baseline_key,
+            Baseline(
+                reference.timing_ms,
+                reference.compile_timing_ms,
+                reference.compile_error,
+                reference.timing_mode,
+                reference.compile_timing_mode,
+                reference.timing_notes,
+                reference.output_numel,
+                baselines.measured(reference.timing_ms, conditions if isinstance(conditions, dict) else {}),
+            ),
+        )
+        why = self._refused.pop(job.baseline_key, None)
+        if why is not None:
+            reference.baseline_notes.append(
+                f"the baseline cache's time alone was not used ({why}): the reference was timed again alone, "
+                "and its entry replaced"
+            )
 
 
 def _compile_baseline(worker: WorkerRun) -> dict[str, Any]:

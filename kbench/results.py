@@ -56,7 +56,7 @@ class JobResult:
     timing_fallback: str | None = None  # why the configured mode could not be used (then timing_mode is events)
     build_s: float | None = None
     build_cache_hit: bool | None = None
-    weights: str | None = None  # by_name | by_position | seeded_only
+    weights: str | None = None  # by_name | by_position | by_value | partial | none (kbench.weights)
     ref_error_fp64: float | None = None  # PyTorch fp32's relative error against a float64 reference
     new_error_fp64: float | None = None  # the solution's relative error against the same float64 reference
     floor_ms: float | None = None  # least time the problem's bytes take at peak memory bandwidth

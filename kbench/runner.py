@@ -19,6 +19,7 @@ from kbench.config import KbenchConfig, check_timing_mode
 from kbench.isolation import WorkerRun, run_workers
 from kbench.judge import Judgement, judge, only_reference_slowed
 from kbench.monitor import DeviceMonitor, DeviceState
+from kbench.partner import Partner
 from kbench.reference import ReferenceRun
 from kbench.references import References
 from kbench.results import JobResult, Verdict
@@ -27,6 +28,8 @@ from kbench.solution_starts import SolutionStart, SolutionStarter
 from kbench.spec import WorkerSpec, file_digest
 from kbench.stats import median_ms
 from kbench.store import JsonStore
+from kbench.timing import TimingPlan
+from kbench.turns import driven
 
 if TYPE_CHECKING:
     from kbench.calibrate import Ceilings
@@ -80,7 +83,7 @@ class Runner:
             config, device, self._scratch, cache_root, self._reference_spec, baseline_cache, device_name or device
         )
         self._prefetch = config.pipeline.prefetch_on(device)
-        self._starter = SolutionStarter(config, self._scratch, cache_root, self._solution_spec)
+        self._starter = SolutionStarter(config, self._scratch, cache_root, self._solution_spec, device)
 
     def close(self) -> None:
         self._starter.close()
@@ -144,25 +147,31 @@ class Runner:
             self._starter.start_early(job, reference.output_numel)
 
     def start_first(self, job: Job) -> None:
-        """Start the first job's solution worker before the references run, when the baseline cache knows its
-        reference's output size: its CPU work (imports, the problem file, the seeded weights) then overlaps
-        theirs. References whose timings are cached time nothing, so they cannot disturb it, nor it them."""
+        """Start the first job's workers before the references run, when the baseline cache knows its reference's
+        output size: their CPU work (imports, the problem file, the seeded weights) then overlaps the references'.
+        References whose timings are cached time only a 0.1 s check of them, which an early worker's CPU work could
+        only slow, and a slower check never refuses an entry (baselines.check_refusal)."""
         numel = self.references.cached_output_numel(job.problem, job.overrides) if self._prefetch else None
         if numel is not None:
             self._starter.start_early(job, numel)
 
     def _attempt(self, job: Job, reference: ReferenceRun, start: SolutionStart, next_job: Job | None) -> _Attempt:
-        """Let the started worker through its gate, follow it to its end, and judge what it left."""
+        """Let the started pair through their gates, drive their timing turns, follow both to their ends, and
+        judge what they left."""
         began = time.monotonic()
+        plan = TimingPlan.from_dict(self.config.timing.model_dump())
         with DeviceMonitor(enabled=self.device.startswith("cuda")) as monitor:
             monitor.worker_started(start.worker.pid)
-            start.worker.open_gate()
+            start.open_gates()
             if next_job is not None and self._prefetch:
                 self._start_early(next_job)
-            (worker,) = run_workers([], started=[start.worker], watch=self._starter.waiting())
+            with driven(start.partner, start.worker, plan, self.config.timing.checked_calls) as turns:
+                worker, partner = run_workers([], started=start.workers(), watch=self._starter.waiting())
         worker_done = time.monotonic()
         flags = file_flags(job.solution.path)  # the static scan: a second opinion, never a verdict alone
-        judged = judge(worker, start.out_dir, reference, self.config, self.bandwidth_bytes_per_s, flags)
+        judged = judge(
+            worker, start.out_dir, reference, self.config, self.bandwidth_bytes_per_s, flags, Partner(partner, turns)
+        )
         shutil.rmtree(start.out_dir, ignore_errors=True)
         return _Attempt(worker, judged, monitor.state, began, time.monotonic() - worker_done)
 
@@ -291,7 +300,10 @@ def _reference_notes(reference: ReferenceRun, judged: Judgement, retimed: bool) 
         kept = (("alone", not retimed), ("torch.compile", bool(reference.compile_timing_ms)))
         cached = [name for name, is_cached in kept if is_cached]
         if cached:
-            notes.append(f"reference timings ({' and '.join(cached)}) from the baseline cache")
+            calls, checked = len(reference.baseline_check_ms), median_ms(reference.baseline_check_ms)
+            check = f", checked by {calls} calls just now ({checked:.4g} ms)" if checked and not retimed else ""
+            notes.append(f"reference timings ({' and '.join(cached)}) from the baseline cache{check}")
+    notes.extend(reference.baseline_notes)  # a cache entry not used, and why
     notes.extend(reference.timing_notes)
     compiled = reference.compile_timing_mode
     if compiled and judged.speedup and judged.timing_mode and compiled != judged.timing_mode:

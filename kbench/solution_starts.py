@@ -1,8 +1,10 @@
-"""Starting workers: their environment, and solution workers that wait at a gate.
+"""Starting workers: their environment, and each job's pair of workers that wait at a gate.
 
-Trusted side. A solution worker does kbench's own CPU-only work first (imports, the problem file, the
-reference's seeded weights), then waits at its gate until its job's turn; only then does it import the
-solution. So one can be started early, while the job before it still runs (``pipeline.prefetch``).
+Trusted side. A job runs in two workers that take timing turns (``kbench.turns``): the untrusted solution worker
+and the trusted reference partner, which times the reference beside it. Both do kbench's own CPU-only work first
+(imports, the problem file, the reference's seeded weights), then wait at their gates until the job's turn; only
+then does the solution worker import the solution. So a pair can be started early, while the job before it still
+runs (``pipeline.prefetch``).
 """
 
 from __future__ import annotations
@@ -26,8 +28,12 @@ from kbench.spec import WorkerSpec
 GATE_WAIT_S = 86_400.0
 
 
-def worker_env(cache_root: Path | None) -> dict[str, str]:
+def worker_env(cache_root: Path | None, device: str = "cuda") -> dict[str, str]:
     env = dict(os.environ)
+    if device == "cpu":
+        # The reference and the solution take turns on the same cores: OpenMP threads that spin after their own
+        # call would take cores from the other's, and would count as the solution working in the background.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # Workers run in a scratch folder; make sure they import this very kbench.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -39,8 +45,20 @@ def worker_env(cache_root: Path | None) -> dict[str, str]:
 class SolutionStart:
     job: Any  # runner.Job
     out_dir: Path
-    worker: StartedWorker
+    worker: StartedWorker  # the untrusted solution worker
+    partner: StartedWorker  # the trusted reference partner it takes timing turns with
     poison_numel: int  # the output size the worker was started with
+
+    def workers(self) -> list[StartedWorker]:
+        return [self.worker, self.partner]
+
+    def open_gates(self) -> None:
+        for worker in self.workers():
+            worker.open_gate()
+
+    def close(self) -> None:
+        for worker in self.workers():
+            worker.close()
 
 
 class SolutionStarter:
@@ -52,11 +70,13 @@ class SolutionStarter:
         scratch: Path,
         cache_root: Path | None,
         spec: Callable[[Any, Path, int], WorkerSpec],  # (job, out_dir, poison_numel) -> the worker's spec
+        device: str,
     ) -> None:
         self._timeouts = config.timeouts
         self._scratch = scratch
         self._cache_root = cache_root
         self._spec = spec
+        self._device = device
         self._early: SolutionStart | None = None
 
     def start(self, job: Any, poison_numel: int) -> SolutionStart:
@@ -65,24 +85,41 @@ class SolutionStarter:
         if early is not None and early.job == job and early.poison_numel == poison_numel:
             return early
         if early is not None:
-            early.worker.close()  # started for another job, or with another output size: never let through
+            early.close()  # started for another job, or with another output size: never let through
         return self.start_fresh(job, poison_numel)
 
     def start_fresh(self, job: Any, poison_numel: int) -> SolutionStart:
-        """A new worker for the job, waiting at its gate; one started early for the next job is left waiting."""
+        """New workers for the job, waiting at their gates; a pair started early for the next job is left waiting."""
         out_dir = Path(tempfile.mkdtemp(prefix="job-", dir=self._scratch))
         spec_path = out_dir / "spec.json"
         self._spec(job, out_dir, poison_numel).write(spec_path)
-        limits = self._timeouts
-        command = WorkerCommand(
+        limits, env = self._timeouts, worker_env(self._cache_root, self._device)
+        solution = WorkerCommand(
             "kbench.untrusted.worker",
             [str(spec_path)],
             out_dir / "worker.log",
             {"load": limits.run_s, "wait": GATE_WAIT_S, "build": limits.build_s, "run": limits.run_s},
-            env=worker_env(self._cache_root),
+            env=env,
             gated=True,
+            turns=True,
         )
-        return SolutionStart(job, out_dir, start_worker(command), poison_numel)
+        # The partner waits for the solution's turns as long as the solution may take to get there; the
+        # solution's own limits end the turns sooner when it hangs or dies.
+        partner = WorkerCommand(
+            "kbench.reference_partner",
+            [str(spec_path)],
+            out_dir / "partner.log",
+            {"load": limits.run_s, "wait": GATE_WAIT_S, "turns": limits.build_s + 2 * limits.run_s},
+            env=env,
+            gated=True,
+            turns=True,
+        )
+        started = start_worker(partner)
+        try:
+            return SolutionStart(job, out_dir, start_worker(solution), started, poison_numel)
+        except BaseException:
+            started.close()
+            raise
 
     def start_early(self, job: Any, poison_numel: int) -> None:
         """Start ``job``'s worker now; a failure here only loses the head start."""
@@ -90,10 +127,10 @@ class SolutionStarter:
             self._early = self.start(job, poison_numel)
 
     def waiting(self) -> list[StartedWorker]:
-        """The worker started early, if any: its channel is read while the current job runs."""
-        return [self._early.worker] if self._early is not None else []
+        """The workers started early, if any: their channels are read while the current job runs."""
+        return self._early.workers() if self._early is not None else []
 
     def close(self) -> None:
         if self._early is not None:
-            self._early.worker.close()  # started for a job the run did not reach
+            self._early.close()  # started for a job the run did not reach
             self._early = None

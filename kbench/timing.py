@@ -147,7 +147,7 @@ _SETUP: dict[str, Callable[[list[Timed], int, int, torch.Tensor | None], tuple[S
 }
 
 
-def _warm_up(rounds: Callable[[int, int], object], plan: TimingPlan) -> int:
+def warm_up(rounds: Callable[[int, int], object], plan: TimingPlan) -> int:
     """Untimed rounds (``rounds(first, count)`` runs and waits for them): ``plan.warmup`` at least, and more
     until ``plan.warmup_s`` has passed. Returns the index of the first round after them."""
     started = _perf_counter()
@@ -168,7 +168,7 @@ def _sampler(
         # Warm-up rounds go through the timer itself, samples discarded: the first timed round then pays no
         # first-use cost of the timed path.
         sampler = _time_batch if cuda else _time_batch_cpu
-        return sampler, timed, None, _warm_up(lambda first, rounds: sampler(timed, first, rounds, flush), plan)
+        return sampler, timed, None, warm_up(lambda first, rounds: sampler(timed, first, rounds, flush), plan)
 
     def eager(first: int, rounds: int) -> None:
         for i in range(first, first + rounds):
@@ -176,7 +176,7 @@ def _sampler(
                 each.call(i)
         _synchronize()
 
-    index = _warm_up(eager, plan)
+    index = warm_up(eager, plan)
     try:
         return (*_SETUP[plan.mode](timed, count, index, flush), None, index)
     except ModeUnavailable as exc:
@@ -186,23 +186,33 @@ def _sampler(
 
 def _time_rounds(timed: list[Timed], count: int, cuda: bool, plan: TimingPlan) -> tuple[list[list[float]], str | None]:
     """(samples per model, the fallback reason or None)."""
-    samples: list[list[float]] = [[] for _ in timed]
     flush = _l2_flush_buffer() if cuda and plan.flush_l2 else None
     with torch.no_grad():
         sampler, timed, fallback, index = _sampler(timed, count, cuda, plan, flush)
-        started = _perf_counter()
-        while True:
-            batch = min(plan.repeats, plan.max_repeats - len(samples[0]))
-            for mine, new in zip(samples, sampler(timed, index, batch, flush), strict=True):
-                mine.extend(new)
-            index += batch
-            elapsed = _perf_counter() - started
-            done = len(samples[0]) >= plan.max_repeats or elapsed >= plan.budget_s
-            settled = elapsed >= plan.min_time_s and all(median_rse(s) <= plan.target_rse for s in samples)
-            if done or settled:
-                if cuda:
-                    _synchronize()
-                return samples, fallback
+        samples = collect(lambda first, rounds: sampler(timed, first, rounds, flush), index, len(timed), plan)
+        if cuda:
+            _synchronize()
+        return samples, fallback
+
+
+def collect(
+    batch: Callable[[int, int], list[list[float]]], first: int, models: int, plan: TimingPlan
+) -> list[list[float]]:
+    """Timed rounds from ``first`` on, ``batch(first, count)`` giving each model's samples of ``count`` rounds, until
+    the plan's stopping rule holds: every median's relative standard error under the target after ``min_time_s``, or
+    the budget or the maximum count reached. Used in one process (``time_models``) and across two (``kbench.turns``)."""
+    samples: list[list[float]] = [[] for _ in range(models)]
+    index, started = first, _perf_counter()
+    while True:
+        count = min(plan.repeats, plan.max_repeats - len(samples[0]))
+        for mine, new in zip(samples, batch(index, count), strict=True):
+            mine.extend(new)
+        index += count
+        elapsed = _perf_counter() - started
+        done = len(samples[0]) >= plan.max_repeats or elapsed >= plan.budget_s
+        settled = elapsed >= plan.min_time_s and all(median_rse(s) <= plan.target_rse for s in samples)
+        if done or settled:
+            return samples
 
 
 def _time_batch_cpu(timed: list[Timed], first: int, count: int, flush: torch.Tensor | None) -> list[list[float]]:

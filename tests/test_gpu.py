@@ -152,6 +152,27 @@ def test_a_correct_solution_is_not_rejected_for_an_out_of_date_cached_time_alone
     assert line["ref_ms_alone"] > 0.75 * alone_ms and line["ref_ms"] < 1.1 * line["ref_ms_alone"], summary(line)
 
 
+# --- the reference out of the solution's process (issue #17) ---------------------------------------------------
+
+
+def test_freed_reference_memory_no_longer_holds_the_answer():
+    code, (line,) = verify("-s", CUDA_FIXTURES / "reads_freed_memory.py", *SMALL)
+    assert code == 1 and line["verdict"] == "incorrect", summary(line)
+    assert "timed_output_mismatch" in line["flags"] and line["speedup"] is None, summary(line)
+
+
+def test_an_answer_remembered_under_the_inputs_address_is_wrong_on_fresh_inputs():
+    code, (line,) = verify("-s", CUDA_FIXTURES / "memoizes_by_pointer.py", *SMALL)
+    assert code == 1 and line["verdict"] == "incorrect" and line["speedup"] is None, summary(line)
+
+
+def test_cuda_settings_changed_by_the_solution_are_recorded_and_harm_no_one():
+    code, (line,) = verify("-s", CUDA_FIXTURES / "changes_cuda_settings.py")
+    assert code == 0 and line["verdict"] == "correct" and "settings_changed" in line["flags"], summary(line)
+    changed = " ".join(note for note in line["notes"] if "settings" in note)
+    assert "cudnn.benchmark" in changed and "allow_tf32" in changed, line["notes"]
+
+
 # --- timing modes (issue #5) ------------------------------------------------------------------------------
 
 

@@ -72,10 +72,10 @@ def test_renamed_parameters_are_copied_by_position(runner: Runner):
     assert result.weights == "by_position"
 
 
-def test_unmatched_parameters_keep_the_shared_seed(runner: Runner):
-    result = run(runner, "transposed_weight")
-    assert result.verdict == Verdict.CORRECT, result.reason
-    assert result.weights == "seeded_only"
+def test_a_parameter_nothing_matches_leaves_the_weight_check_unanswered(runner: Runner):
+    result = run(runner, "transposed_weight")  # more in test_weights.py
+    assert result.verdict == Verdict.REJECTED and result.flags == ["unchecked_weights"], result.reason
+    assert result.weights == "partial"
 
 
 def test_broken_reference_blames_the_reference_not_the_solution(runner: Runner):

@@ -127,7 +127,7 @@ def test_what_an_exited_worker_wrote_is_read_even_when_its_readiness_was_missed(
 
 
 def test_an_output_replaced_by_a_link_or_grown_after_announcing_is_refused_unread(tmp_path: Path):
-    from kbench.judge import TamperedOutput, read_announced
+    from kbench.output_checks import TamperedOutput, read_announced
     from kbench.spec import bytes_digest
 
     data = b"the bytes the worker wrote"
@@ -187,7 +187,7 @@ def test_the_next_solution_worker_starts_early_and_imports_the_solution_only_aft
         runner.references.get(problem, {})  # ready: the next job's worker may start while the first job runs
         one = runner.run(first, next_job=second)
         first_done = time.time()
-        (early,) = runner._starter.waiting()
+        early, _partner = runner._starter.waiting()  # the solution worker and its reference partner
         assert not log.exists(), "the solution was imported before its gate opened"
         two = runner.run(second)
     assert one.verdict == Verdict.CORRECT and two.verdict == Verdict.CORRECT, (one.reason, two.reason)
@@ -209,13 +209,15 @@ def test_a_worker_started_early_for_a_job_that_does_not_come_is_stopped(tmp_path
     with Runner(config, "cpu") as runner:
         runner.references.get(problem, {})
         runner.run(correct, next_job=never)
-        (early,) = runner._starter.waiting()
-        other = runner.run(correct)  # not the job it was started for
+        early, partner = runner._starter.waiting()  # the solution worker and its reference partner
+        other = runner.run(correct)  # not the job they were started for
         assert other.verdict == Verdict.CORRECT, other.reason
-        assert not runner._starter.waiting() and not Path(f"/proc/{early.pid}").exists()
+        assert not runner._starter.waiting()
+        assert not Path(f"/proc/{early.pid}").exists() and not Path(f"/proc/{partner.pid}").exists()
         runner.run(correct, next_job=never)
-        (early,) = runner._starter.waiting()
+        early, partner = runner._starter.waiting()
     assert not Path(f"/proc/{early.pid}").exists(), "closing the runner leaves no worker waiting"
+    assert not Path(f"/proc/{partner.pid}").exists(), "... nor a reference partner"
     assert not (tmp_path / "imports").exists(), "no solution got past its gate"
 
 
@@ -239,7 +241,7 @@ def test_a_warm_run_starts_its_first_solution_worker_before_the_references_run(t
 
     with Runner(config, "cpu", baseline_cache=store) as warm:
         warm.start_first(job)
-        (early,) = warm._starter.waiting()  # started before any reference of this run
+        early, _partner = warm._starter.waiting()  # started before any reference of this run
         assert warm.references.ready(problem, {}) is None
         assert warm.references.prepare([(problem, {})]) == 1
         assert not log.exists(), "the solution was imported before its gate opened"
@@ -253,7 +255,7 @@ def test_a_warm_run_starts_its_first_solution_worker_before_the_references_run(t
     log.unlink()
     with Runner(config, "cpu", baseline_cache=store) as stale:
         stale.start_first(job)
-        (wrong,) = stale._starter.waiting()
+        wrong, _partner = stale._starter.waiting()
         result = stale.run(job)
     assert result.verdict == Verdict.CORRECT, result.reason
     assert int(log.read_text().split()[1]) != wrong.pid and not Path(f"/proc/{wrong.pid}").exists()

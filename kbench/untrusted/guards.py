@@ -55,6 +55,10 @@ PATCH_PATHS = (
     "kbench.timing.time_models",
     "kbench.untrusted.guards.Guards.check",
     "kbench.untrusted.guards.CallWatch.call",
+    # which ModelNew tensor gets each reference weight: a replaced matching could dodge the weight checks
+    "kbench.weights.match_state",
+    "kbench.weights.copy_reference_weights",
+    "kbench.weights.StateMap.copy_in",
     "kbench_problem.Model",
     "kbench_problem.get_inputs",
     "kbench_problem.get_init_inputs",
@@ -97,14 +101,51 @@ def _resolve(path: str) -> Any:
     return None
 
 
+def torch_settings() -> dict[str, str]:
+    """torch's process-wide settings that change how fast or how exactly work runs. Changing them affects the
+    solution's own process only (the reference is timed in another), but a result should say it happened."""
+    backends = torch.backends
+    readings: dict[str, Callable[[], object]] = {
+        "torch.get_num_threads()": torch.get_num_threads,
+        "torch.get_num_interop_threads()": torch.get_num_interop_threads,
+        "torch.get_float32_matmul_precision()": torch.get_float32_matmul_precision,
+        "torch.get_default_dtype()": torch.get_default_dtype,
+        "torch.are_deterministic_algorithms_enabled()": torch.are_deterministic_algorithms_enabled,
+        "torch.backends.cuda.matmul.allow_tf32": lambda: backends.cuda.matmul.allow_tf32,
+        "torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction": (
+            lambda: backends.cuda.matmul.allow_fp16_reduced_precision_reduction
+        ),
+        "torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction": (
+            lambda: backends.cuda.matmul.allow_bf16_reduced_precision_reduction
+        ),
+        "torch.backends.cudnn.enabled": lambda: backends.cudnn.enabled,
+        "torch.backends.cudnn.benchmark": lambda: backends.cudnn.benchmark,
+        "torch.backends.cudnn.deterministic": lambda: backends.cudnn.deterministic,
+        "torch.backends.cudnn.allow_tf32": lambda: backends.cudnn.allow_tf32,
+        "os.sched_getaffinity(0)": lambda: sorted(os.sched_getaffinity(0)),
+    }
+    found = {}
+    for name, read in readings.items():
+        try:
+            found[name] = str(read())
+        except Exception as exc:  # a setting this build lacks, or a reader the solution broke: both are news
+            found[name] = f"unreadable ({type(exc).__name__})"
+    return found
+
+
 class Guards:
-    """Remembers the timing and comparison functions before the solution is imported; ``check`` says which
-    were replaced since."""
+    """Remembers the timing and comparison functions, and torch's settings, before the solution is imported;
+    ``check`` says which were replaced since, ``changed_settings`` which settings changed."""
 
     def __init__(self) -> None:
         self._timers = {path: _resolve(path) for path in TIMER_PATHS}
         self._patches = {path: _resolve(path) for path in PATCH_PATHS}
         self._torch = _torch_namespaces()
+        self._settings = torch_settings()
+
+    def changed_settings(self) -> list[str]:
+        now = torch_settings()
+        return [f"{name}: {self._settings[name]} -> {now[name]}" for name in now if now[name] != self._settings[name]]
 
     def check(self) -> tuple[list[str], list[str]]:
         """(flags, replaced paths)."""

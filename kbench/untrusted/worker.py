@@ -3,7 +3,7 @@
 Everything here runs in the same process as solution code, so nothing it reports is taken on trust: the
 parent compares the saved outputs itself against the reference worker's. A failure is reported with the
 verdict it implies; a worker that dies or hangs is judged by the parent from the outside.
-Usage (by the parent only): ``python -m kbench.untrusted.worker SPEC_JSON CHANNEL_FD GATE_FD``.
+Usage (by the parent only): ``python -m kbench.untrusted.worker SPEC CHANNEL_FD GATE_FD TURN_COMMAND_FD TURN_REPLY_FD``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from kbench.channel import Channel
-from kbench.spec import PERTURBED, TRIAL, WorkerSpec
+from kbench.channel import Channel, wait_at_gate
+from kbench.spec import PERTURBED, TIMED, TRIAL, WorkerSpec, output_path
 
 
 class _Failure(Exception):
@@ -64,11 +64,30 @@ def _build(spec: WorkerSpec, channel: Channel) -> Any:
     return model_new
 
 
-def _run(spec: WorkerSpec, problem: Any, reference: Any, model_new: type, guards: Any, channel: Channel) -> None:
+def _take_turns(spec: WorkerSpec, problem: Any, candidate: Any, turn_fds: tuple[str, str], channel: Channel) -> Any:
+    """ModelNew's timed calls, each when the parent says (``kbench.turn_taker``), on inputs no call saw before; the
+    outputs of the rounds the parent keeps are saved for it to compare with the reference partner's."""
+    from kbench import execution
+    from kbench.turn_taker import TurnPipe, serve
 
-    import torch
+    def keep(index: int, output: Any) -> None:
+        execution.save_outputs(output, output_path(Path(spec.out_dir), "new", TIMED, index), channel)
 
-    from kbench import execution, timing, timing_modes, weights
+    pipe = TurnPipe(int(turn_fds[0]), int(turn_fds[1]))
+    return serve(candidate, problem, spec, pipe, keep, watched=True)
+
+
+def _run(
+    spec: WorkerSpec,
+    problem: Any,
+    reference: Any,
+    model_new: type,
+    guards: Any,
+    channel: Channel,
+    turn_fds: tuple[str, str],
+) -> None:
+
+    from kbench import execution, timing_modes, weights
     from kbench.untrusted import census
     from kbench.untrusted.guards import CallWatch
 
@@ -78,13 +97,15 @@ def _run(spec: WorkerSpec, problem: Any, reference: Any, model_new: type, guards
         state = weights.copy_reference_weights(reference, candidate)
         perturbed = weights.perturbed_values(reference, spec.perturbation_seed(), spec.perturbation_trials > 0)
         buffer_names = weights.buffer_names(reference)
-        channel.send(weights=state.mode)
+        channel.send(
+            weights={"mode": state.mode, "matched": sorted(state.targets), "unmatched": sorted(state.unmatched)}
+        )
+        del reference  # only its seeded weights were wanted: the reference never runs in this process
         watch = CallWatch(spec.device, spec.poison_numel)
-        # One untimed reference call first: the thread pools it starts are not the solution's threads. Under
-        # kernel timing it runs inside a profiler session, whose threads outlive it: they are kbench's too.
-        first_inputs = execution.clone_inputs(execution.seeded_inputs(problem, spec.trial_seeds()[0], spec.device))
-        with torch.no_grad(), timing_modes.profiler_session(spec.timing.get("mode") == "kernel"):
-            reference(*first_inputs)
+        # Under kernel timing the profiler starts threads that outlive its session: start them before the thread
+        # census takes its baseline (at the first checked call), so they are not taken for the solution's.
+        with timing_modes.profiler_session(spec.timing.get("mode") == "kernel"):
+            pass
 
         def checked(inputs: list[Any]) -> Any:
             watch.poison()
@@ -92,35 +113,29 @@ def _run(spec: WorkerSpec, problem: Any, reference: Any, model_new: type, guards
 
         execution.run_calls(checked, problem, spec, spec.trial_seeds(), "new", TRIAL, channel)
         execution.save_state(weights.snapshot(state.targets, buffer_names), spec, "new", channel)
-        input_sets = execution.timing_input_sets(problem, spec)
-        pristine = [execution.clone_inputs(inputs) for inputs in input_sets]
-        reference_sets = [execution.clone_inputs(inputs) for inputs in input_sets]
-        # Reference and solution interleaved, round by round, each on its own copies of the inputs; the
-        # parent checks this reference time against the trusted worker's, so holding it back shows.
-        plan = timing.TimingPlan.from_dict(spec.timing)
-        timed = timing.time_models(
-            [reference, candidate], [reference_sets, input_sets], spec.device, plan, ("reference", "solution")
-        )
-        watch.check_inputs_unchanged(input_sets, pristine)
-        if timed.deferred:
+        served = _take_turns(spec, problem, candidate, turn_fds, channel)
+        if served.deferred:
             watch.flags.add("side_stream" if spec.device.startswith("cuda") else "thread")
-        execution.save_timed_outputs(timed.last_outputs, spec, "new", channel)
-        if state.mode != "seeded_only":  # without a mapping, the perturbed weights cannot be given to ModelNew
+        if served.inputs_mutated:
+            watch.flags.add("input_mutated")
+        if state.targets:  # the perturbed weights reach ModelNew only through its matched tensors
             state.copy_in(perturbed)
             execution.run_calls(checked, problem, spec, spec.perturbed_trial_seeds(), "new", PERTURBED, channel)
         kernels = []
         if spec.kernel_census and spec.device.startswith("cuda"):
             source = Path(spec.solution_path or "").read_text(encoding="utf-8")
-            kernels = census.kernel_census(candidate, input_sets[0], source)
+            inputs = execution.seeded_inputs(problem, spec.trial_seeds()[0], spec.device)
+            kernels = census.kernel_census(candidate, inputs, source)
     except BaseException as exc:
         raise _Failure("runtime_error", exc) from exc
     flags, replaced = guards.check()
+    settings = guards.changed_settings()
+    if settings:
+        flags.append("settings_changed")
     channel.send(
         result={
-            "timing_ms": timed.samples_ms[1],
-            "ref_timing_ms": timed.samples_ms[0],
-            "timing_mode": timed.mode,
-            "timing_fallback": timed.fallback,
+            "turns": served.rounds,
+            "settings": settings,
             "flags": sorted({*flags, *watch.flags}),
             "replaced": replaced,
             "kernels": kernels,
@@ -128,15 +143,7 @@ def _run(spec: WorkerSpec, problem: Any, reference: Any, model_new: type, guards
     )
 
 
-def _wait_at_gate(gate_fd: str, channel: Channel) -> None:
-    """Everything before this is kbench's own, CPU-only work; the parent may have started this worker early,
-    while another job still runs, and says when the GPU is this job's."""
-    channel.phase("wait")
-    if not os.read(int(gate_fd), 2):
-        sys.exit(0)  # the parent gave up on this job (the run ended first): nothing to report
-
-
-def main(spec_path: str, fd: str, gate_fd: str) -> None:
+def main(spec_path: str, fd: str, gate_fd: str, *turn_fds: str) -> None:
     channel = Channel(int(fd))  # the worker starts in the "load" phase
     try:
         from kbench import execution
@@ -148,11 +155,11 @@ def main(spec_path: str, fd: str, gate_fd: str) -> None:
         # The reference's seeded weights, made on the CPU before any solution code runs (moved to the device
         # in the run phase): for large weights this is seconds, done while the worker may still wait.
         reference = execution.seeded_model(problem, problem.Model, spec.weights_seed(), "cpu")
-        _wait_at_gate(gate_fd, channel)
+        wait_at_gate(gate_fd, channel)
         channel.phase("build")
         model_new = _build(spec, channel)
         channel.phase("run")
-        _run(spec, problem, reference, model_new, guards, channel)
+        _run(spec, problem, reference, model_new, guards, channel, turn_fds)
     except _Failure as failure:
         channel.send(
             error={
@@ -168,4 +175,4 @@ def main(spec_path: str, fd: str, gate_fd: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:6])

@@ -1,0 +1,87 @@
+"""What the parent makes of one job's interleaved timing: the reference partner's run, and the turns it drove.
+
+Trusted side. The partner's outputs are read like the solution's (digests announced on its private pipe), because
+the solution ran while they were written and could have rewritten them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kbench.isolation import WorkerRun
+from kbench.output_checks import load_announced
+from kbench.spec import TIMED, float64_kind, output_path
+from kbench.turns import Interleaved
+
+# The solution's processes may use this share of the reference's turns on the CPU (wake-ups, the allocator's and
+# the driver's own threads) before they count as working in the background, taking cores from the reference.
+BACKGROUND_SHARE = 0.25
+BACKGROUND_MIN_S = 0.05  # ... and at least this much CPU time in all: short turns measure coarsely
+
+
+@dataclass(frozen=True)
+class Partner:
+    """The trusted reference partner's run, and the turns the parent drove between it and the solution."""
+
+    run: WorkerRun
+    turns: Interleaved
+
+    def failure(self) -> str | None:
+        """Why the reference's side of the job failed, or None: the job then says the reference failed, never
+        blames the solution."""
+        turns, run = self.turns, self.run
+        error = run.last("error")
+        said = error["error"].get("reason") if error and isinstance(error.get("error"), dict) else None
+        if turns.failed == "reference":
+            return f"the reference partner left the timing turns: {said or turns.error}"
+        if turns.error is None and (run.last("result") is None or run.returncode != 0):
+            return f"the reference partner {run.exit_description()} after the timing turns: {said or 'no result'}"
+        return None
+
+    def timing_payload(self) -> dict[str, Any]:
+        """The turns' samples in the form ``timing_verdict.judge_timing`` reads."""
+        reference, solution = self.turns.samples_ms
+        return {
+            "timing_ms": solution,
+            "ref_timing_ms": reference,
+            "timing_mode": self.turns.mode,
+            "timing_fallback": self.turns.fallback,
+        }
+
+    def flags(self) -> set[str]:
+        """What the turns show against the solution: it broke their protocol, or worked while the reference did."""
+        flags = set()
+        if self.turns.failed == "solution":
+            flags.add("bad_timing")
+        busy, turns = self.turns.background_cpu_s, self.turns.reference_turns_s
+        if busy > BACKGROUND_MIN_S and busy > BACKGROUND_SHARE * turns:
+            flags.add("background_work")
+        return flags
+
+    def notes(self) -> list[str]:
+        turns = self.turns
+        notes = []
+        if turns.background_cpu_s > BACKGROUND_MIN_S:
+            notes.append(
+                f"the solution's processes used {turns.background_cpu_s:.3g} s of CPU during the reference's turns "
+                f"({turns.reference_turns_s:.3g} s)"
+            )
+        if turns.error and turns.failed == "solution":
+            notes.append(f"timing turns ended early: {turns.error}")
+        return notes
+
+    def kept_outputs(self, out_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The partner's outputs of the kept rounds, and their float64 evaluations (empty when the audit was off or
+        failed). Raises UnreadableOutput when a file is not what the partner announced."""
+        announced = self.run.outputs
+        outputs = [load_announced(output_path(out_dir, "ref", TIMED, k), announced) for k in self.turns.kept]
+        result = self.run.last("result")
+        audit_error = result["result"].get("audit_error") if result and isinstance(result.get("result"), dict) else 1
+        if audit_error is not None or not self.turns.kept:
+            return outputs, []
+        exact = [
+            load_announced(output_path(out_dir, "ref", float64_kind(TIMED), k), announced) for k in self.turns.kept
+        ]
+        return outputs, exact

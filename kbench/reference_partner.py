@@ -1,0 +1,70 @@
+"""Trusted worker: the reference's side of one job's interleaved timing (``kbench.turns``).
+
+It imports the problem file and nothing a solution wrote, builds the reference with the seeded weights, and takes
+turns with the job's solution worker as the parent commands: one reference call per round, on the round's fresh
+inputs. It saves the outputs of the rounds the parent keeps, and, after the turns, the same rounds evaluated in
+float64 (the second evaluation every output is judged against; see ``reference_worker.Float64Audit``). It runs
+while the solution runs, so its files are announced with their digests like the solution's: a file rewritten
+later is refused.
+Usage (by the parent only): ``python -m kbench.reference_partner SPEC_JSON CHANNEL_FD GATE_FD TURN_FDS...``.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from kbench.channel import Channel, wait_at_gate
+from kbench.spec import TIMED, WorkerSpec, float64_kind, output_path
+
+
+def _float64_rounds(model: Any, problem: Any, spec: WorkerSpec, served: Any, channel: Channel) -> str | None:
+    """The kept rounds evaluated in float64 (the model as it is after the turns); why not, when it failed."""
+    import torch
+
+    from kbench import execution
+    from kbench.reference_worker import Float64Audit
+    from kbench.turn_taker import fresh_inputs
+
+    def calls(forward64: Any) -> None:
+        for index in served.kept:
+            inputs = fresh_inputs(problem, spec.timing_seed(index), spec.device, served.inputs_on)
+            with torch.no_grad():
+                output = forward64(inputs)
+            execution.save_outputs(output, output_path(Path(spec.out_dir), "ref", float64_kind(TIMED), index), channel)
+
+    audit = Float64Audit(spec.audit_float64)
+    audit.run(model, calls)
+    return audit.error
+
+
+def main(spec_path: str, fd: str, gate_fd: str, command_fd: str, reply_fd: str) -> None:
+    channel = Channel(int(fd))  # the worker starts in the "load" phase
+    try:
+        from kbench import execution
+        from kbench.turn_taker import TurnPipe, serve
+
+        spec = WorkerSpec.read(Path(spec_path))
+        problem = execution.load_problem(spec)
+        model = execution.seeded_model(problem, problem.Model, spec.weights_seed(), "cpu")
+        wait_at_gate(gate_fd, channel)
+        channel.phase("turns")
+        model = model.to(spec.device)
+
+        def keep(index: int, output: Any) -> None:
+            execution.save_outputs(output, output_path(Path(spec.out_dir), "ref", TIMED, index), channel)
+
+        pipe = TurnPipe(int(command_fd), int(reply_fd))
+        served = serve(model, problem, spec, pipe, keep, watched=False)
+        audit_error = _float64_rounds(model, problem, spec, served, channel)
+        channel.send(result={"rounds": served.rounds, "kept": served.kept, "audit_error": audit_error})
+    except BaseException as exc:  # the parent decides what it means (the turns may simply have been ended)
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        channel.send(error={"reason": reason, "detail": traceback.format_exc()})
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:6])

@@ -1,0 +1,276 @@
+"""A worker's side of interleaved timing: one model's calls, each one only when the parent says so.
+
+The parent (``kbench.turns``) times the reference and the solution in two processes and makes them take turns:
+it lets one call of one model run, waits until that call and everything it launched have finished, then lets the
+other model's call run. Nothing the solution does to its own process (threads, torch settings, the allocator,
+CUDA flags) reaches the process that times the reference, and neither model's work overlaps the other's.
+
+Every call gets inputs no earlier call saw: ``get_inputs()`` seeded by the round's index, made on the device
+outside the timed region and before the L2 flush, so no answer can be remembered from an earlier call. Both
+processes make the same inputs for the same round, so the parent can compare the outputs of the rounds it keeps.
+
+Runs in both workers: the trusted reference partner and the untrusted solution worker. Messages are JSON lines.
+From the parent: ``{"batch": [first, count]}`` (run those rounds; each call waits for ``{"go": k}``), ``{"keep": k}``
+(save round k's output; sent right after its call), ``{"setup": mode, "round": k}`` (after warm-up: capture graphs
+or probe the profiler, on round k's inputs), ``{"events": true}`` (fall back to events), ``{"finish": [rounds]}``.
+From the worker: ``{"ready": true}``, ``{"done": k}``, ``{"kept": k}``, ``{"setup": null or why not}`` and, after
+each batch, ``{"samples": [...]}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from kbench import execution
+from kbench.fingerprints import fingerprint, plain_tensors, same
+from kbench.spec import WorkerSpec
+from kbench.timing import _l2_flush_buffer, _time_batch, _time_batch_cpu
+from kbench.timing_modes import ModeUnavailable, Sampler, Timed, capture_graphs, kernel_batch, probe_kernels
+
+# Bound when kbench is imported, before any solution is (see timing.py).
+_synchronize = torch.cuda.synchronize
+_sleep = torch.cuda._sleep
+_Event = torch.cuda.Event
+_perf_counter = time.perf_counter
+MIN_HOLD_S, MAX_HOLD_S = 100e-6, 20e-3
+
+
+class GpuHold:
+    """Keeps the GPU busy while the host launches a timed call, so the call's events time the GPU's work, not the
+    host's launch latency. Each call starts on an idle GPU (the other worker's call has just finished), and the
+    host needs tens of microseconds to enqueue the L2 flush, the start event and the call's kernels: with nothing
+    queued, the GPU would wait for it inside the timed region. A spin kernel (``torch.cuda._sleep``) enqueued
+    first, outside the timed region, lasts twice as long as the host took to launch the last call, so the flush
+    and the call follow it without a gap; the same idea as nvbench's blocking kernel."""
+
+    def __init__(self) -> None:
+        start, end = _Event(enable_timing=True), _Event(enable_timing=True)
+        start.record()
+        _sleep(1_000_000)
+        end.record()
+        end.synchronize()
+        self.cycles_per_s = 1_000_000 / max(start.elapsed_time(end) / 1e3, 1e-6)
+        self.launch_s = 1e-3  # until the first call is measured
+        self._released = 0.0
+
+    def hold(self) -> None:
+        seconds = min(max(2 * self.launch_s, MIN_HOLD_S), MAX_HOLD_S)
+        _sleep(int(seconds * self.cycles_per_s))
+        self._released = _perf_counter()
+
+    def launched(self) -> None:
+        """The call has been enqueued: follow a slower host at once, a faster one slowly."""
+        self.launch_s = max(_perf_counter() - self._released, 0.9 * self.launch_s)
+
+
+class TurnsEnded(Exception):
+    """The parent closed the turn pipe: the other worker is gone, or the job ended."""
+
+
+class TurnPipe:
+    """The worker's end of its two turn pipes: commands in, replies out."""
+
+    def __init__(self, command_fd: int, reply_fd: int) -> None:
+        self._commands = os.fdopen(command_fd, "rb", buffering=0)
+        self._reply_fd = reply_fd
+        self._buffer = b""
+
+    def next(self) -> dict[str, Any]:
+        while b"\n" not in self._buffer:
+            chunk = self._commands.read(1 << 16)
+            if not chunk:
+                raise TurnsEnded("the parent closed the turn pipe")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def reply(self, **message: Any) -> None:
+        data = memoryview((json.dumps(message) + "\n").encode())
+        while data:
+            data = data[os.write(self._reply_fd, data) :]
+
+
+def fresh_inputs(problem: ModuleType, seed: int, device: str, made_on: str | None = None) -> list[Any]:
+    """``get_inputs()`` seeded, made on the device where the problem's factories allow it (torch's default device
+    is set around the call), so a new input set per call costs microseconds on a GPU; ``made_on="cpu"`` makes
+    them on the CPU instead. Tensors are moved to ``device``. The same seed gives the same values in every process
+    on the same device and torch."""
+    execution.manual_seed(seed)
+    with torch.device(made_on or device):
+        inputs = list(problem.get_inputs())
+    return list(execution.to_device(inputs, device))
+
+
+@dataclass
+class Served:
+    """What the worker saw while it took its turns."""
+
+    deferred: bool = False  # an output changed after its call had returned: work left running
+    inputs_mutated: bool = False  # a call wrote into its inputs
+    rounds: int = 0
+    kept: list[int] = field(default_factory=list)  # the rounds whose outputs the parent compares, as it said last
+    inputs_on: str = ""  # where the timed rounds' inputs were made (see fresh_inputs)
+
+
+@dataclass
+class _Rounds:
+    """One model's calls on fresh inputs, gated by the parent while ``gated``."""
+
+    forward: Callable[..., Any]
+    problem: ModuleType
+    spec: WorkerSpec
+    pipe: TurnPipe
+    keep: Callable[[int, Any], None]  # (round, output): save the output of a kept round
+    watched: bool  # the solution: check its outputs and inputs around each call
+    gated: bool = True
+    inputs: list[Any] = field(default_factory=list)
+    outputs: list[Any] = field(default_factory=lambda: [None])  # [latest output]; a graph's static output
+    round: int = -1
+    served: Served = field(default_factory=Served)
+    _inputs_print: list[torch.Tensor] = field(default_factory=list)
+    _static_inputs: list[Any] | None = None  # a captured graph reads these: fresh values are copied in
+    inputs_on: str = ""  # where get_inputs() makes them: the device, or the CPU after a failed graph capture
+    hold: GpuHold | None = None  # on CUDA
+
+    def __post_init__(self) -> None:
+        self.inputs_on = self.inputs_on or self.spec.device
+
+    def prepare(self, index: int) -> None:
+        """Fresh inputs for round ``index``; into the graph's own input tensors when one was captured."""
+        fresh = fresh_inputs(self.problem, self.spec.timing_seed(index), self.spec.device, self.inputs_on)
+        if self._static_inputs is not None:
+            for static, value in zip(self._static_inputs, fresh, strict=True):
+                if isinstance(static, torch.Tensor):
+                    static.copy_(value)
+            fresh = self._static_inputs
+        self.inputs, self.round = fresh, index
+        if self.watched:
+            self._inputs_print = fingerprint(plain_tensors(self.inputs))
+
+    def before(self, index: int) -> None:
+        """Wait for the parent's go (saving a kept output meanwhile), then make this round's inputs."""
+        while self.gated:
+            command = self.pipe.next()
+            if "keep" in command:
+                self.save(int(command["keep"]))
+            elif command.get("go") == index:
+                break
+            else:
+                raise TurnsEnded(f"unexpected command {command} before round {index}")
+        self.prepare(index)
+        if self.hold is not None and self.gated:
+            self.hold.hold()
+
+    def call(self, index: int) -> None:
+        self.outputs[0] = self.forward(*self.inputs)
+
+    def after(self, index: int) -> None:
+        """Wait for everything the call launched, check what it left, and hand the turn back."""
+        if self.hold is not None and self.gated:
+            self.hold.launched()
+        early = fingerprint(plain_tensors(self.outputs[0])) if self.watched else []
+        if self.spec.device.startswith("cuda"):
+            _synchronize()
+        if self.watched:
+            late = fingerprint(plain_tensors(self.outputs[0]))
+            if not all(same(a, b) for a, b in zip(early, late, strict=True)):
+                self.served.deferred = True
+            inputs_now = fingerprint(plain_tensors(self.inputs))
+            if not all(same(a, b) for a, b in zip(self._inputs_print, inputs_now, strict=True)):
+                self.served.inputs_mutated = True
+        self.served.rounds += 1
+        if self.gated:
+            self.pipe.reply(done=index)
+
+    def save(self, index: int) -> None:
+        if index != self.round:
+            raise TurnsEnded(f"asked to keep round {index}, but the latest call was round {self.round}")
+        self.keep(index, self.outputs[0])
+        self.pipe.reply(kept=index)
+
+    def timed(self) -> Timed:
+        return Timed(self.call, "solution" if self.watched else "reference", after=self.after, before=self.before)
+
+    def capture(self, index: int, timed: Timed) -> Timed:
+        """One CUDA graph on round ``index``'s input tensors; later rounds copy fresh values into them."""
+        self.prepare(index)
+        (replays,) = capture_graphs([replace(timed, outputs=self.outputs)], 1)
+        self._static_inputs = self.inputs
+        poison = replays.before
+
+        def before(k: int) -> None:
+            self.before(k)
+            if poison is not None:
+                poison(k)
+
+        return replace(replays, before=before)
+
+
+def _setup(rounds: _Rounds, mode: str, index: int, flush: torch.Tensor | None) -> tuple[Sampler, Timed]:
+    """The sampler and calls for a CUDA-only mode, set up untimed on round ``index`` (raises ModeUnavailable)."""
+    timed = rounds.timed()
+    rounds.gated = False  # set-up calls are kbench's own, made while the other worker waits
+    try:
+        if mode == "graph":
+            return _time_batch, rounds.capture(index, timed)
+        probe_kernels([timed], index, flush)
+        return kernel_batch, timed
+    except ModeUnavailable:
+        raise
+    except Exception as exc:
+        raise ModeUnavailable(f"{mode} timing cannot be set up here: {type(exc).__name__}: {exc}") from exc
+    finally:
+        rounds.gated = True
+        if rounds.spec.device.startswith("cuda"):
+            _synchronize()
+
+
+def serve(
+    forward: Callable[..., Any],
+    problem: ModuleType,
+    spec: WorkerSpec,
+    pipe: TurnPipe,
+    keep: Callable[[int, Any], None],
+    watched: bool,
+) -> Served:
+    """Take turns as the parent commands until it says finish (returns) or closes the pipe (TurnsEnded)."""
+    cuda = spec.device.startswith("cuda")
+    rounds = _Rounds(forward, problem, spec, pipe, keep, watched, hold=GpuHold() if cuda else None)
+    events: tuple[Sampler, Timed] = (_time_batch if cuda else _time_batch_cpu, rounds.timed())
+    sampler, timed = events
+    flush = _l2_flush_buffer() if cuda and spec.timing.get("flush_l2", True) else None
+    pipe.reply(ready=True)
+    with torch.no_grad():
+        while True:
+            command = pipe.next()
+            if "batch" in command:
+                first, count = (int(v) for v in command["batch"])
+                pipe.reply(samples=sampler([timed], first, count, flush)[0])
+            elif "keep" in command:
+                rounds.save(int(command["keep"]))
+            elif "setup" in command:
+                try:
+                    sampler, timed = _setup(rounds, str(command["setup"]), int(command["round"]), flush)
+                    pipe.reply(setup=None)
+                except ModeUnavailable as exc:
+                    pipe.reply(setup=str(exc))
+            elif "events" in command:
+                sampler, timed = events
+                # A failed capture can leave the CUDA generator unusable outside a capture ("Offset increment
+                # outside graph capture"): both workers make the rest of their inputs on the CPU, alike.
+                rounds._static_inputs, rounds.inputs_on = None, "cpu"
+                pipe.reply(setup=None)
+            elif "finish" in command:
+                rounds.served.kept = [int(k) for k in command["finish"]]
+                rounds.served.inputs_on = rounds.inputs_on
+                return rounds.served
+            else:
+                raise TurnsEnded(f"unknown command {sorted(command)}")

@@ -1,0 +1,263 @@
+"""Interleaved timing across two processes: the parent makes the reference and the solution take turns.
+
+Trusted side. The reference is timed in a trusted partner process, the solution in its own untrusted worker; in each
+round the parent lets the reference make one call, waits until it and all its work have finished, then lets the
+solution make one (``kbench.turn_taker`` is the workers' side). Drift in the GPU's or host's speed still hits both
+alike, round by round, while nothing the solution does to its own process (threads, torch settings, the allocator)
+can reach the reference's, nor can it see the reference's objects, outputs or freed memory.
+
+The parent also:
+- picks, after each solution call, whether to keep that round's outputs for comparison: a uniform random sample of
+  ``checked`` timed rounds (reservoir sampling), so the solution cannot know which of its calls will be checked;
+- measures the CPU time the solution's processes use during the reference's turns (a busy thread there would
+  take cores from the reference), with ``psutil``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import select
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from kbench.isolation import StartedWorker
+from kbench.timing import TimingPlan, collect, warm_up
+
+MAX_REPLY_BYTES = 1 << 20  # a batch's samples; anything longer is a solution flooding the pipe
+POLL_S = 0.2
+
+
+class TurnsBroken(Exception):
+    """A worker left the turns: it died, closed its pipe, or said something the protocol does not allow."""
+
+    def __init__(self, who: str, why: str) -> None:
+        super().__init__(f"{who}: {why}")
+        self.who = who
+
+
+@dataclass
+class WorkerTurns:
+    """The parent's end of one worker's turn pipes."""
+
+    label: str  # "reference" or "solution"
+    command_fd: int  # the parent writes commands here
+    reply_fd: int  # and reads replies here
+    pid: int
+    alive: Callable[[], bool]  # whether the worker process still runs
+    end: Callable[[], None]  # close the command pipe: a worker waiting for a command leaves
+    _buffer: bytes = b""
+
+    def send(self, **message: Any) -> None:
+        data = memoryview((json.dumps(message) + "\n").encode())
+        try:
+            while data:
+                data = data[os.write(self.command_fd, data) :]
+        except OSError as exc:
+            raise TurnsBroken(self.label, f"its turn pipe is closed ({exc.strerror})") from None
+
+    def expect(self, key: str, stop: threading.Event) -> Any:
+        """The next reply, which must carry ``key``; waits until it comes, the worker is gone, or ``stop``."""
+        while b"\n" not in self._buffer:
+            if len(self._buffer) > MAX_REPLY_BYTES:
+                raise TurnsBroken(self.label, "a reply longer than the protocol allows")
+            ready, _, _ = select.select([self.reply_fd], [], [], POLL_S)
+            if ready:
+                chunk = os.read(self.reply_fd, 1 << 16)
+                if not chunk:
+                    raise TurnsBroken(self.label, "it closed its turn pipe (it ended or died)")
+                self._buffer += chunk
+            elif stop.is_set() or not self.alive():
+                raise TurnsBroken(self.label, "it ended before its turn was over")
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        try:
+            message = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            message = None
+        if not isinstance(message, dict) or set(message) != {key}:
+            raise TurnsBroken(self.label, f"expected {key!r}, got {line[:200]!r}")
+        return message[key]
+
+    def cpu_s(self) -> float:
+        """CPU seconds used so far by the worker and its child processes (0 once they are gone)."""
+        try:
+            process = psutil.Process(self.pid)
+            members = [process, *process.children(recursive=True)]
+        except psutil.Error:
+            return 0.0
+        total = 0.0
+        for member in members:
+            try:
+                times = member.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+        return total
+
+
+@dataclass
+class Interleaved:
+    """What the parent measured while the two took turns."""
+
+    samples_ms: list[list[float]] = field(default_factory=lambda: [[], []])  # [reference, solution], per round
+    kept: list[int] = field(default_factory=list)  # timed rounds whose outputs both saved, to be compared
+    mode: str = "events"  # the mode used
+    fallback: str | None = None  # why the configured mode could not be used
+    error: str | None = None  # why the turns did not finish
+    failed: str | None = None  # which side broke them: "reference" or "solution"
+    background_cpu_s: float = 0.0  # CPU time the solution's processes used during the reference's turns
+    reference_turns_s: float = 0.0  # wall time of those turns
+    rounds: int = 0  # rounds run, warm-up included
+    wall_s: float = 0.0
+
+
+class _Driver:
+    def __init__(self, reference: WorkerTurns, solution: WorkerTurns, checked: int, stop: threading.Event) -> None:
+        self.sides = (reference, solution)
+        self.checked = checked
+        self.stop = stop
+        self.result = Interleaved()
+        self._rng = random.Random(int.from_bytes(os.urandom(8), "little"))  # unguessable by the solution
+        self._timed_rounds = 0  # timed rounds seen so far, for the reservoir
+
+    def batch(self, first: int, count: int, timed: bool) -> list[list[float]]:
+        reference, solution = self.sides
+        for side in self.sides:
+            side.send(batch=[first, count])
+        keep = False
+        for index in range(first, first + count):
+            before = solution.cpu_s()
+            began = time.perf_counter()
+            self._turn(reference, index)
+            self.result.reference_turns_s += time.perf_counter() - began
+            self.result.background_cpu_s += max(0.0, solution.cpu_s() - before)
+            self._turn(solution, index)
+            self.result.rounds += 1
+            keep = timed and self._keep(index)
+            if keep and index < first + count - 1:
+                self._save(index)
+        samples = [self._samples(side, count) for side in self.sides]
+        if keep:
+            self._save(first + count - 1)  # the last call's output is saved once its batch has ended
+        return samples
+
+    def _turn(self, side: WorkerTurns, index: int) -> None:
+        side.send(go=index)
+        if side.expect("done", self.stop) != index:
+            raise TurnsBroken(side.label, f"it finished a round other than {index}")
+
+    def _samples(self, side: WorkerTurns, count: int) -> list[float]:
+        samples = side.expect("samples", self.stop)
+        if not isinstance(samples, list) or len(samples) != count:
+            raise TurnsBroken(side.label, f"it sent {type(samples).__name__} for {count} samples")
+        if not all(isinstance(s, int | float) and not isinstance(s, bool) and 0 < s < float("inf") for s in samples):
+            raise TurnsBroken(side.label, "it sent a sample that is not a positive finite number")
+        return [float(s) for s in samples]
+
+    def _keep(self, index: int) -> bool:
+        """Reservoir sampling: after n timed rounds, each has had the same chance of being among those kept."""
+        self._timed_rounds += 1
+        kept = self.result.kept
+        if len(kept) < self.checked:
+            kept.append(index)
+            return True
+        slot = self._rng.randrange(self._timed_rounds)
+        if slot < self.checked:
+            kept[slot] = index
+            return True
+        return False
+
+    def _save(self, index: int) -> None:
+        for side in self.sides:
+            side.send(keep=index)
+            if side.expect("kept", self.stop) != index:
+                raise TurnsBroken(side.label, f"it kept a round other than {index}")
+
+    def set_up(self, mode: str, index: int) -> None:
+        """Graph capture or the profiler's probe, each side alone; both fall back to events if either cannot."""
+        for side in self.sides:
+            side.send(setup=mode, round=index)
+            why = side.expect("setup", self.stop)
+            if why is not None:
+                why = str(why)[:500]  # the worker's own words name the model that could not be set up ...
+                self.result.fallback = why if why.startswith(f"the {side.label} ") else f"the {side.label}: {why}"
+                for each in self.sides:
+                    each.send(events=True)
+                    each.expect("setup", self.stop)
+                return
+        self.result.mode = mode
+
+
+def interleave(
+    reference: WorkerTurns, solution: WorkerTurns, plan: TimingPlan, checked: int, stop: threading.Event
+) -> Interleaved:
+    """Warm up, set up the plan's mode, then time rounds until the plan's stopping rule holds; tell both to finish.
+    Never raises: a side that breaks the turns ends them, and ``error``/``failed`` say how. Both command pipes are
+    closed on return, so a worker still waiting for a command ends."""
+    driver = _Driver(reference, solution, checked, stop)
+    result = driver.result
+    started = time.perf_counter()
+    try:
+        for side in driver.sides:
+            if side.expect("ready", stop) is not True:
+                raise TurnsBroken(side.label, "it was not ready")
+        index = warm_up(lambda first, count: driver.batch(first, count, timed=False), plan)
+        if plan.mode != "events":
+            driver.set_up(plan.mode, index)
+            index += 1
+        result.samples_ms = collect(lambda first, count: driver.batch(first, count, timed=True), index, 2, plan)
+        result.kept.sort()
+        for side in driver.sides:
+            side.send(finish=result.kept)
+    except TurnsBroken as exc:
+        result.error, result.failed = str(exc), exc.who
+    finally:
+        result.wall_s = time.perf_counter() - started
+        for side in driver.sides:
+            side.end()
+    return result
+
+
+def worker_turns(worker: StartedWorker, label: str) -> WorkerTurns:
+    """A started worker's turn pipes, for the driver; the worker's reply pipe is released by ``driven``."""
+    if worker.turn_command_fd is None or worker.turn_reply_fd is None:
+        raise ValueError(f"the {label} worker was started without turn pipes")
+    worker.driven = True
+    return WorkerTurns(
+        label,
+        worker.turn_command_fd,
+        worker.turn_reply_fd,
+        worker.pid,
+        lambda: worker.proc.poll() is None,
+        worker.end_turns,
+    )
+
+
+@contextmanager
+def driven(reference: StartedWorker, solution: StartedWorker, plan: TimingPlan, checked: int) -> Iterator[Interleaved]:
+    """Drive the two workers' turns in a thread while the block follows them (``isolation.run_workers``). The
+    yielded result is filled in when the block ends: the driver has returned by then."""
+    stop = threading.Event()
+    result = Interleaved()
+    sides = worker_turns(reference, "reference"), worker_turns(solution, "solution")
+
+    def drive() -> None:
+        found = interleave(*sides, plan, checked, stop)
+        result.__dict__.update(found.__dict__)
+
+    thread = threading.Thread(target=drive, name="kbench-turns", daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()
+        for worker in (reference, solution):
+            worker.release_turns()

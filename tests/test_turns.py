@@ -1,0 +1,171 @@
+"""Interleaved timing across two processes (kbench.turns): the parent's driver against scripted workers, and the
+attacks it closes end to end on the CPU: answers remembered across timed calls, a solution that changes its own
+process to slow whatever else runs there, and one that keeps a core busy while the reference takes its turn."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from conftest import PROBLEMS, run_fixture
+
+from kbench.catalog import read_problem
+from kbench.config import KbenchConfig, Timeouts, TimingConfig
+from kbench.results import Verdict
+from kbench.runner import Runner
+from kbench.timing import TimingPlan
+from kbench.turns import Interleaved, WorkerTurns, interleave
+
+WIDE = read_problem(PROBLEMS / "wide_linear.py")
+PLAN = TimingPlan(
+    warmup=2, warmup_s=0.0, repeats=5, max_repeats=20, target_rse=0.0, budget_s=60.0, min_time_s=0.0, flush_l2=False
+)
+
+
+class ScriptedWorker:
+    """A thread speaking the worker's side of the turn protocol, with hooks to misbehave."""
+
+    def __init__(self, label: str, sample: Callable[[int], Any] = lambda k: 1.0 + k % 7 / 10) -> None:
+        command_read, self.command_write = os.pipe()
+        self.reply_read, reply_write = os.pipe()
+        self.label, self.sample = label, sample
+        self.rounds: list[int] = []
+        self.kept: list[int] = []
+        self.finished: list[int] | None = None
+        self._thread = threading.Thread(target=self._serve, args=(command_read, reply_write), daemon=True)
+        self._thread.start()
+
+    def turns(self) -> WorkerTurns:
+        return WorkerTurns(
+            self.label, self.command_write, self.reply_read, os.getpid(), self._thread.is_alive, self._end
+        )
+
+    def _end(self) -> None:
+        os.close(self.command_write)
+
+    def join(self) -> None:
+        self._thread.join(timeout=10)
+
+    def _serve(self, command_read: int, reply_write: int) -> None:
+        commands = os.fdopen(command_read, "rb")
+
+        def reply(**message: Any) -> None:
+            os.write(reply_write, (json.dumps(message) + "\n").encode())
+
+        reply(ready=True)
+        try:
+            for line in commands:
+                command = json.loads(line)
+                if "batch" in command:
+                    first, count = command["batch"]
+                    for k in range(first, first + count):
+                        while "go" not in (step := json.loads(commands.readline() or b'{"go": null}')):
+                            self.kept.append(step["keep"])
+                            reply(kept=step["keep"])
+                        if step["go"] is None:
+                            return  # the driver ended the turns
+                        self.rounds.append(step["go"])
+                        reply(done=k)
+                    reply(samples=[self.sample(k) for k in range(first, first + count)])
+                elif "keep" in command:
+                    self.kept.append(command["keep"])
+                    reply(kept=command["keep"])
+                elif "finish" in command:
+                    self.finished = command["finish"]
+                    return
+        finally:
+            os.close(reply_write)
+
+
+def drive(reference: ScriptedWorker, solution: ScriptedWorker, checked: int = 4) -> Interleaved:
+    return interleave(reference.turns(), solution.turns(), PLAN, checked, threading.Event())
+
+
+def test_the_driver_alternates_rounds_keeps_a_random_sample_and_tells_both_which():
+    reference, solution = ScriptedWorker("reference"), ScriptedWorker("solution")
+    result = drive(reference, solution)
+    reference.join(), solution.join()
+    assert result.error is None, result.error
+    assert reference.rounds == solution.rounds == list(range(result.rounds))
+    assert result.rounds == 2 + 20  # two warm-up rounds, then rounds until max_repeats (the target never holds)
+    assert result.samples_ms == [[1.0 + k % 7 / 10 for k in range(2, 22)]] * 2
+    assert len(result.kept) == 4 and all(2 <= k < 22 for k in result.kept)  # timed rounds only
+    assert reference.finished == solution.finished == result.kept
+    assert set(result.kept) <= set(reference.kept) and set(result.kept) <= set(solution.kept)
+
+
+def test_the_kept_rounds_are_spread_over_every_timed_round():
+    seen: Counter[int] = Counter()
+    for _ in range(60):
+        seen.update(drive(ScriptedWorker("reference"), ScriptedWorker("solution"), checked=2).kept)
+    early, late = sum(seen[k] for k in range(2, 12)), sum(seen[k] for k in range(12, 22))
+    assert early > 20 and late > 20  # a fixed or front-loaded pick would leave one half (nearly) unchecked
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), "fast", True])
+def test_a_forged_sample_breaks_the_turns_and_names_the_solution(bad: Any):
+    result = drive(ScriptedWorker("reference"), ScriptedWorker("solution", sample=lambda k: bad))
+    assert result.failed == "solution" and "sample" in (result.error or "")
+
+
+def test_a_worker_that_dies_ends_the_turns_without_hanging():
+    solution = ScriptedWorker("solution")
+    os.close(solution.command_write)  # it can never get a command: its thread ends, closing its replies
+    solution.command_write = os.open(os.devnull, os.O_WRONLY)
+    result = drive(ScriptedWorker("reference"), solution)
+    assert result.failed == "solution" and result.error
+
+
+def _timing_config(**timing: Any) -> KbenchConfig:
+    """Enough timed rounds for medians to mean something on a shared 2-core machine, and no more."""
+    settings = {"warmup": 2, "warmup_s": 0.0, "repeats": 15, "min_time_s": 0.3, "target_rse": 0.02, "budget_s": 3.0}
+    return KbenchConfig(
+        trials=2,
+        timing=TimingConfig(**{**settings, **timing}),
+        timeouts=Timeouts(reference_s=120.0, build_s=120.0, run_s=120.0),
+    )
+
+
+@pytest.fixture(scope="module")
+def runner() -> Iterator[Runner]:
+    with Runner(_timing_config(), "cpu") as shared:
+        yield shared
+
+
+def test_an_honest_solution_is_correct_at_about_the_references_speed(runner: Runner):
+    result = run_fixture(runner, WIDE, "honest")
+    assert result.verdict == Verdict.CORRECT, (result.reason, result.flags, result.detail[-2000:])
+    assert result.speedup is not None and 0.6 < result.speedup < 1.6
+    assert not {"background_work", "settings_changed"} & set(result.flags)
+
+
+@pytest.mark.parametrize("fixture", ["memoizes_by_content", "memoizes_by_pointer"])
+def test_a_memoiser_gets_no_speedup(runner: Runner, fixture: str):
+    # Every timed call has inputs no call saw before, so an answer remembered under the input's values never
+    # comes back, and one remembered under its address is wrong (the checked outputs show it).
+    result = run_fixture(runner, WIDE, fixture)
+    if result.verdict == Verdict.CORRECT:
+        assert result.speedup is not None and result.speedup < 1.6, result.speedup
+    else:
+        assert result.verdict == Verdict.INCORRECT and result.speedup is None, (result.reason, result.flags)
+
+
+def test_fewer_threads_left_to_the_rest_of_its_process_buy_no_speedup(runner: Runner):
+    # The reference is timed in a trusted process of its own, which the solution's thread setting cannot reach;
+    # the change is still recorded.
+    result = run_fixture(runner, WIDE, "one_thread_for_others")
+    assert result.verdict == Verdict.CORRECT, (result.reason, result.flags)
+    assert "settings_changed" in result.flags
+    assert any("get_num_threads" in note for note in result.notes), result.notes
+    assert result.speedup is not None and result.speedup < 1.6, result.speedup
+
+
+def test_a_core_kept_busy_while_the_reference_takes_its_turn_is_rejected(runner: Runner):
+    result = run_fixture(runner, WIDE, "spins_beside")
+    assert result.verdict == Verdict.REJECTED, (result.reason, result.flags, result.notes)
+    assert "background_work" in result.flags and result.speedup is None
