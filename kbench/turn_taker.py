@@ -10,11 +10,12 @@ outside the timed region and before the L2 flush, so no answer can be remembered
 processes make the same inputs for the same round, so the parent can compare the outputs of the rounds it keeps.
 
 Runs in both workers: the trusted reference partner and the untrusted solution worker. Messages are JSON lines.
-From the parent: ``{"batch": [first, count]}`` (run those rounds; each call waits for ``{"go": k}``), ``{"keep": k}``
-(save round k's output; sent right after its call), ``{"setup": mode, "round": k}`` (after warm-up: capture graphs
-or probe the profiler, on round k's inputs), ``{"events": true}`` (fall back to events), ``{"finish": [rounds]}``.
-From the worker: ``{"ready": true}``, ``{"done": k}``, ``{"kept": k}``, ``{"setup": null or why not}`` and, after
-each batch, ``{"samples": [...]}``.
+From the parent: ``{"batch": [first, count]}`` (run those rounds; each call waits for ``{"go": k}``);
+``{"keep": k, "slot": j}`` (keep a copy of round k's output in slot j, replacing what was there; sent right after
+its call); ``{"setup": mode, "round": k}`` (after warm-up: capture graphs or probe the profiler, on round k's
+inputs); ``{"events": true}`` (fall back to events); ``{"finish": [rounds]}`` (save the copies of those rounds,
+for the parent to compare). From the worker: ``{"ready": true}``, ``{"done": k}``, ``{"kept": k}``,
+``{"setup": null or why not}`` and, after each batch, ``{"samples": [...]}``.
 """
 
 from __future__ import annotations
@@ -109,6 +110,15 @@ def fresh_inputs(problem: ModuleType, seed: int, device: str, made_on: str | Non
     return list(execution.to_device(inputs, device))
 
 
+def _copy(output: Any) -> Any:
+    """The output with every tensor cloned (on its device); anything else as it is (the parent rejects it)."""
+    if isinstance(output, torch.Tensor):
+        return output.detach().clone()
+    if isinstance(output, list | tuple):
+        return type(output)(_copy(item) for item in output)
+    return output
+
+
 @dataclass
 class Served:
     """What the worker saw while it took its turns."""
@@ -128,7 +138,7 @@ class _Rounds:
     problem: ModuleType
     spec: WorkerSpec
     pipe: TurnPipe
-    keep: Callable[[int, Any], None]  # (round, output): save the output of a kept round
+    keep: Callable[[int, Any], None]  # (round, output): save a kept round's output, once the turns are over
     watched: bool  # the solution: check its outputs and inputs around each call
     gated: bool = True
     inputs: list[Any] = field(default_factory=list)
@@ -137,6 +147,8 @@ class _Rounds:
     served: Served = field(default_factory=Served)
     _inputs_print: list[torch.Tensor] = field(default_factory=list)
     _static_inputs: list[Any] | None = None  # a captured graph reads these: fresh values are copied in
+    _output_print: list[torch.Tensor] = field(default_factory=list)  # the latest output once its work was done
+    kept: dict[int, tuple[int, Any]] = field(default_factory=dict)  # slot -> (round, a copy of its output)
     inputs_on: str = ""  # where get_inputs() makes them: the device, or the CPU after a failed graph capture
     hold: GpuHold | None = None  # on CUDA
 
@@ -160,7 +172,7 @@ class _Rounds:
         while self.gated:
             command = self.pipe.next()
             if "keep" in command:
-                self.save(int(command["keep"]))
+                self.save(int(command["keep"]), int(command["slot"]))
             elif command.get("go") == index:
                 break
             else:
@@ -180,7 +192,7 @@ class _Rounds:
         if self.spec.device.startswith("cuda"):
             _synchronize()
         if self.watched:
-            late = fingerprint(plain_tensors(self.outputs[0]))
+            late = self._output_print = fingerprint(plain_tensors(self.outputs[0]))
             if not all(same(a, b) for a, b in zip(early, late, strict=True)):
                 self.served.deferred = True
             inputs_now = fingerprint(plain_tensors(self.inputs))
@@ -190,11 +202,24 @@ class _Rounds:
         if self.gated:
             self.pipe.reply(done=index)
 
-    def save(self, index: int) -> None:
-        if index != self.round:
-            raise TurnsEnded(f"asked to keep round {index}, but the latest call was round {self.round}")
-        self.keep(index, self.outputs[0])
+    def save(self, index: int, slot: int) -> None:
+        """A copy of the latest output, kept on the device until the turns end: saving it now (a copy to the host,
+        a file) would take the time of many calls between two rounds. The output must still be what it was
+        when its call's work had finished: one changed since was finished in the background."""
+        if index != self.round or not 0 <= slot < self.spec.timing["checked_calls"]:
+            raise TurnsEnded(f"asked to keep round {index} in slot {slot}, but the latest call was round {self.round}")
+        if self.watched and not all(
+            same(a, b) for a, b in zip(self._output_print, fingerprint(plain_tensors(self.outputs[0])), strict=True)
+        ):
+            self.served.deferred = True
+        self.kept[slot] = (index, _copy(self.outputs[0]))
         self.pipe.reply(kept=index)
+
+    def save_kept(self, rounds: list[int]) -> None:
+        """Save the kept copies of ``rounds``, the parent's final sample."""
+        for index, output in self.kept.values():
+            if index in rounds:
+                self.keep(index, output)
 
     def timed(self) -> Timed:
         return Timed(self.call, "solution" if self.watched else "reference", after=self.after, before=self.before)
@@ -255,7 +280,7 @@ def serve(
                 first, count = (int(v) for v in command["batch"])
                 pipe.reply(samples=sampler([timed], first, count, flush)[0])
             elif "keep" in command:
-                rounds.save(int(command["keep"]))
+                rounds.save(int(command["keep"]), int(command["slot"]))
             elif "setup" in command:
                 try:
                     sampler, timed = _setup(rounds, str(command["setup"]), int(command["round"]), flush)
@@ -270,6 +295,7 @@ def serve(
                 pipe.reply(setup=None)
             elif "finish" in command:
                 rounds.served.kept = [int(k) for k in command["finish"]]
+                rounds.save_kept(rounds.served.kept)
                 rounds.served.inputs_on = rounds.inputs_on
                 return rounds.served
             else:

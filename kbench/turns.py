@@ -131,7 +131,7 @@ class _Driver:
         reference, solution = self.sides
         for side in self.sides:
             side.send(batch=[first, count])
-        keep = False
+        slot: int | None = None
         for index in range(first, first + count):
             before = solution.cpu_s()
             began = time.perf_counter()
@@ -140,12 +140,12 @@ class _Driver:
             self.result.background_cpu_s += max(0.0, solution.cpu_s() - before)
             self._turn(solution, index)
             self.result.rounds += 1
-            keep = timed and self._keep(index)
-            if keep and index < first + count - 1:
-                self._save(index)
+            slot = self._slot(index) if timed else None
+            if slot is not None and index < first + count - 1:
+                self._save(index, slot)
         samples = [self._samples(side, count) for side in self.sides]
-        if keep:
-            self._save(first + count - 1)  # the last call's output is saved once its batch has ended
+        if slot is not None:
+            self._save(first + count - 1, slot)  # the last call's output is kept once its batch has ended
         return samples
 
     def _turn(self, side: WorkerTurns, index: int) -> None:
@@ -161,22 +161,23 @@ class _Driver:
             raise TurnsBroken(side.label, "it sent a sample that is not a positive finite number")
         return [float(s) for s in samples]
 
-    def _keep(self, index: int) -> bool:
-        """Reservoir sampling: after n timed rounds, each has had the same chance of being among those kept."""
+    def _slot(self, index: int) -> int | None:
+        """Reservoir sampling: after n timed rounds, each has had the same chance of being among those kept. The
+        slot the round's output goes to (replacing the round kept there), or None."""
         self._timed_rounds += 1
         kept = self.result.kept
         if len(kept) < self.checked:
             kept.append(index)
-            return True
+            return len(kept) - 1
         slot = self._rng.randrange(self._timed_rounds)
         if slot < self.checked:
             kept[slot] = index
-            return True
-        return False
+            return slot
+        return None
 
-    def _save(self, index: int) -> None:
+    def _save(self, index: int, slot: int) -> None:
         for side in self.sides:
-            side.send(keep=index)
+            side.send(keep=index, slot=slot)
             if side.expect("kept", self.stop) != index:
                 raise TurnsBroken(side.label, f"it kept a round other than {index}")
 

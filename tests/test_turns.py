@@ -36,6 +36,7 @@ class ScriptedWorker:
         self.label, self.sample = label, sample
         self.rounds: list[int] = []
         self.kept: list[int] = []
+        self.slots: dict[int, int] = {}  # slot -> the round whose output it holds
         self.finished: list[int] | None = None
         self._thread = threading.Thread(target=self._serve, args=(command_read, reply_write), daemon=True)
         self._thread.start()
@@ -47,6 +48,10 @@ class ScriptedWorker:
 
     def _end(self) -> None:
         os.close(self.command_write)
+
+    def _keep(self, command: dict[str, int]) -> None:
+        self.kept.append(command["keep"])
+        self.slots[command["slot"]] = command["keep"]
 
     def join(self) -> None:
         self._thread.join(timeout=10)
@@ -65,7 +70,7 @@ class ScriptedWorker:
                     first, count = command["batch"]
                     for k in range(first, first + count):
                         while "go" not in (step := json.loads(commands.readline() or b'{"go": null}')):
-                            self.kept.append(step["keep"])
+                            self._keep(step)
                             reply(kept=step["keep"])
                         if step["go"] is None:
                             return  # the driver ended the turns
@@ -73,7 +78,7 @@ class ScriptedWorker:
                         reply(done=k)
                     reply(samples=[self.sample(k) for k in range(first, first + count)])
                 elif "keep" in command:
-                    self.kept.append(command["keep"])
+                    self._keep(command)
                     reply(kept=command["keep"])
                 elif "finish" in command:
                     self.finished = command["finish"]
@@ -97,6 +102,9 @@ def test_the_driver_alternates_rounds_keeps_a_random_sample_and_tells_both_which
     assert len(result.kept) == 4 and all(2 <= k < 22 for k in result.kept)  # timed rounds only
     assert reference.finished == solution.finished == result.kept
     assert set(result.kept) <= set(reference.kept) and set(result.kept) <= set(solution.kept)
+    # Each kept round went into one of four slots, replacing the one before: the slots hold the final sample.
+    assert sorted(reference.slots.values()) == sorted(solution.slots.values()) == result.kept
+    assert set(solution.slots) == {0, 1, 2, 3}
 
 
 def test_the_kept_rounds_are_spread_over_every_timed_round():
