@@ -11,6 +11,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+# The start of the warning a job gets when its timed calls drifted (timing_verdict); the display groups them by it.
+SPEED_CHANGED = "the device's speed changed while it was timed"
+
 
 class Verdict(StrEnum):
     CORRECT = "correct"

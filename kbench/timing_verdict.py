@@ -9,7 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kbench.config import KbenchConfig
+from kbench.results import SPEED_CHANGED
 from kbench.stats import Z_95, median_ms, median_rse, median_trend, speedup_interval
+
+# In every warning about a median that moved while it was timed: kbench.display finds them by it, to say them
+# once per run rather than once per job.
 
 
 @dataclass
@@ -83,8 +87,8 @@ def _trend(label: str, samples: list[float], target_rse: float) -> tuple[float |
         return trend, None
     way = "slower" if trend > 0 else "faster"
     return trend, (
-        f"the {label}'s calls ran {abs(trend):.2%} {way} in the second half of timing than in the first: the "
-        "device's speed changed while it was timed, so this median depends on how long it was timed"
+        f"the {label}'s calls ran {abs(trend):.2%} {way} in the second half of timing than in the first: "
+        f"{SPEED_CHANGED}, so this median depends on how long it was timed"
     )
 
 
