@@ -123,23 +123,46 @@ class Catalog:
     problems_dir: Path = PROBLEMS_DIR
     solutions_dir: Path = SOLUTIONS_DIR
 
-    def list_problems(self) -> list[Problem]:
+    def problem_files(self) -> list[Path]:
+        """Every problem file under ``problems_dir``, subfolders included (names starting with ``_`` or ``.``
+        are left out). A missing, unreadable or empty folder is an error: an empty table would hide the typo."""
         if not self.problems_dir.is_dir():
             raise CatalogError(f"problems folder not found: {self.problems_dir}")
-        return [read_problem(p) for p in sorted(self.problems_dir.glob("*.py")) if not p.name.startswith("_")]
+        try:
+            files = sorted(
+                p
+                for p in self.problems_dir.rglob("*.py")
+                if not any(part.startswith(("_", ".")) for part in p.relative_to(self.problems_dir).parts)
+            )
+        except OSError as exc:
+            raise CatalogError(f"cannot read the problems folder {self.problems_dir}: {exc.strerror}") from None
+        if not files:
+            raise CatalogError(f"no problem files (*.py) in {self.problems_dir} or its subfolders")
+        return files
+
+    def list_problems(self) -> list[Problem]:
+        problems = [read_problem(p) for p in self.problem_files()]
+        seen: dict[str, Path] = {}
+        for problem in problems:  # solutions are found by name: two files of one name would share them
+            if problem.name in seen:
+                raise CatalogError(f"two problems named '{problem.name}': {seen[problem.name]} and {problem.path}")
+            seen[problem.name] = problem.path
+        return problems
 
     def resolve_problem(self, spec: str) -> Problem:
-        """A problem by name (in ``problems_dir``) or by path to any KernelBench-format file."""
+        """A problem by name (in ``problems_dir`` or its subfolders) or by path to any KernelBench-format file."""
         as_path = Path(spec)
         if as_path.suffix == ".py" or as_path.exists():
             if not as_path.is_file():
                 raise CatalogError(f"problem file not found: {spec}")
             return read_problem(as_path)
-        candidate = self.problems_dir / f"{spec}.py"
-        if candidate.is_file():
-            return read_problem(candidate)
-        names = [p.stem for p in self.problems_dir.glob("*.py") if not p.name.startswith("_")]
-        close = difflib.get_close_matches(spec, names, n=3, cutoff=0.4)
+        files = self.problem_files()
+        matches = [p for p in files if p.stem == spec]
+        if len(matches) == 1:
+            return read_problem(matches[0])
+        if matches:
+            raise CatalogError(f"two problems named '{spec}': {', '.join(map(str, matches))}; pass the path")
+        close = difflib.get_close_matches(spec, [p.stem for p in files], n=3, cutoff=0.4)
         hint = f" Did you mean: {', '.join(close)}?" if close else " Run `kbench list` to see the problems."
         raise CatalogError(f"unknown problem '{spec}'.{hint}")
 
@@ -163,10 +186,69 @@ def parse_override(text: str) -> tuple[str, Any]:
     return name, value
 
 
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _same_kind(value: Any, declared: Any) -> bool:
+    """Whether ``--set`` may put ``value`` where the problem has ``declared``: the literal's own type, an int
+    where a float stands, and any sequence where a tuple or list stands."""
+    if isinstance(declared, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(declared, bool)
+    if isinstance(declared, float):
+        return isinstance(value, int | float)
+    if isinstance(declared, list | tuple):
+        return isinstance(value, list | tuple)
+    return type(value) is type(declared) or declared is None
+
+
 def check_overrides(problem: Problem, overrides: dict[str, Any]) -> None:
+    """Every ``--set`` name is a constant of the problem and its value has the constant's type: checked from the
+    file's text, before any worker starts, so ``--set batch_size=abc`` is a usage error and not a traceback."""
     unknown = sorted(set(overrides) - set(problem.constants))
     if unknown:
         known = ", ".join(sorted(problem.constants)) or "none"
         raise CatalogError(
             f"{problem.path.name} has no module-level constant {', '.join(unknown)} (constants: {known})"
         )
+    for name, value in overrides.items():
+        declared = problem.constants[name]
+        if not _same_kind(value, declared):
+            raise CatalogError(
+                f"--set {name}={value!r}: {name} is {_type_name(declared)} in {problem.path.name} "
+                f"({name} = {declared!r}), not {_type_name(value)}"
+            )
+
+
+def _binds_model_new(statements: list[ast.stmt]) -> bool:
+    """A module-level binding of ``ModelNew`` (class, assignment, import), also inside if/try/with blocks;
+    a star import could bind it too, so it counts."""
+    for node in statements:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef) and node.name == "ModelNew":
+            return True
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(n, ast.Name) and n.id == "ModelNew" for t in targets for n in ast.walk(t)):
+                return True
+        if isinstance(node, ast.Import | ast.ImportFrom) and any(
+            alias.name == "*" or (alias.asname or alias.name) == "ModelNew" for alias in node.names
+        ):
+            return True
+        if isinstance(node, ast.If | ast.Try | ast.With):  # module-level blocks, not function or class bodies
+            blocks = [*node.body, *getattr(node, "orelse", []), *getattr(node, "finalbody", [])]
+            blocks += [s for handler in getattr(node, "handlers", []) for s in handler.body]
+            if _binds_model_new(blocks):
+                return True
+    return False
+
+
+def check_defines_model_new(path: Path) -> None:
+    """Fail at once, from the text, for a solution that defines no ``ModelNew`` (rather than after a worker
+    has started and imported torch). A file that does not parse is left to the worker, whose ``load_error``
+    shows the syntax error in context."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+        return
+    if not _binds_model_new(tree.body):
+        raise CatalogError(f"{path}: defines no ModelNew (a solution defines class ModelNew, replacing Model)")

@@ -1,20 +1,27 @@
 """The ``kbench`` command line: parses arguments, calls the library, prints. Exit codes:
 
-0 every verdict correct / the gate passed; 1 a verdict or the gate failed; 2 usage error or bad input.
+0 every verdict correct / the gate passed; 1 a verdict or the gate failed; 2 usage error or bad input (also:
+nothing to run); 3 kbench itself failed (an internal error, or it could not write its results or caches).
+
+Only light modules are imported here: torch, pandas and pydantic load inside the commands that need them, so
+``--help``, ``--version``, ``list`` and ``cache`` answer at once.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
+import traceback
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
-from kbench import catalog, display, report, session, spread
+from kbench import __version__, caches, catalog
 from kbench.catalog import CatalogError
 from kbench.cli_options import (
     ConfigOpt,
@@ -27,31 +34,79 @@ from kbench.cli_options import (
     SolutionsDirOpt,
     TimingModeOpt,
 )
-from kbench.config import ConfigError, KbenchConfig, check_timing_mode, load_config
-from kbench.export import ExportContext, get_exporter, json_format, write_export
-from kbench.gate import GateCheck, GateConfig, evaluate, load_gate
-from kbench.results import JobResult, Verdict
 from kbench.runs import RunDir, RunNotFound, find_run, new_run
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+if TYPE_CHECKING:  # annotations only; the commands import these when they run
+    from kbench import session
+    from kbench.config import KbenchConfig
+    from kbench.export import ExportContext
+    from kbench.gate import GateCheck, GateConfig
+    from kbench.results import JobResult
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 app = typer.Typer(
     help="Verify and time custom kernels (ModelNew) against PyTorch reference problems.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help text as written: the examples keep their lines
 )
 console = Console()
 errors = Console(stderr=True)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 
+def examples(*lines: str) -> str:
+    """A command's help ends with examples (as an epilog: click prints it after the options)."""
+    # "\b" tells click to keep the paragraph's lines as they are rather than rewrap them into one.
+    return "Examples:\n\n\b\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"kbench {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback(
+    epilog=examples(
+        "kbench list",
+        "kbench verify example_scale_bias_relu6",
+        "kbench bench --all --gate configs/ci.yaml",
+        "kbench cache",
+    )
+    + "\n\nExit codes: 0 all correct (or the gate passed), 1 a verdict or the gate failed, 2 usage error or "
+    "nothing to run, 3 kbench itself failed."
+)
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print kbench's version.")
+    ] = False,
+) -> None:
+    """Verify and time custom kernels (ModelNew) against PyTorch reference problems."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the command line. An exception that escapes a command is kbench's own failure, not a verdict on
+    the solution: it exits 3 (with the traceback), so CI can tell the two apart."""
+    try:
+        app(args=argv, prog_name="kbench")
+    except KeyboardInterrupt:
+        errors.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # the one place every unexpected failure becomes exit 3
+        traceback.print_exc()
+        errors.print(f"[bold red]kbench failed:[/] {escape(f'{type(exc).__name__}: {exc}')}", highlight=False)
+        errors.print("This is a failure of kbench or its environment, not a verdict on the solution.")
+        sys.exit(EXIT_INTERNAL)
+
+
 def resolve_device(requested: str) -> str:
-    import torch
+    import torch  # here, not at the top: the commands that need no device start without torch
 
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -65,6 +120,8 @@ def resolve_device(requested: str) -> str:
 def settings(config: Path | None, device: str, timing_mode: str | None = None) -> tuple[KbenchConfig, str]:
     """The run's configuration and device, checked together: a timing mode the device cannot use is an error
     before anything runs."""
+    from kbench.config import check_timing_mode, load_config
+
     cfg = load_config(config, timing_mode)
     dev = resolve_device(device)
     check_timing_mode(cfg, dev)
@@ -76,6 +133,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 
 
 def print_json(document: Any) -> None:
+    from kbench.export import json_format
+
     # Plain stdout, not rich: markup and wrapping would corrupt the document.
     sys.stdout.write(json_format.dumps(document))
 
@@ -83,6 +142,8 @@ def print_json(document: Any) -> None:
 def export(name: str, path: Path, results: list[JobResult], context: ExportContext) -> None:
     """Write one export format (kbench.export) to ``path``; a missing dependency or an unwritable path is a
     usage error that says so."""
+    from kbench.export import write_export
+
     try:
         write_export(name, results, context, path)
     except ImportError as exc:
@@ -91,39 +152,75 @@ def export(name: str, path: Path, results: list[JobResult], context: ExportConte
         raise fail(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def describe_plan(planned: session.SessionPlan, device: str) -> list[str]:
+    """What is about to run and at what sizes, said before it starts: a full-size problem on the CPU can take
+    minutes, and the user should know that before the first one."""
+    lines = [f"{len(planned.jobs)} job(s) on {device}:"]
+    for job in planned.jobs:
+        problem = job.problem
+        sizes = ", ".join(f"{k}={v}" for k, v in job.overrides.items()) or "the file's own sizes"
+        full = device == "cpu" and not problem.small_sizes and not job.overrides
+        note = " (full size: no KBENCH_SMALL_SIZES; this may take minutes)" if full else ""
+        lines.append(f"  {problem.name} / {job.solution.name} at {sizes}{note}")
+    for problem, sizes in planned.reference_only:
+        shown = ", ".join(f"{k}={v}" for k, v in sizes.items()) or "the file's own sizes"
+        lines.append(f"  {problem.name}: reference only (no solution for {device}) at {shown}")
+    return lines
+
+
 def _run(
     planned: session.SessionPlan,
     device: str,
     config: KbenchConfig,
     recorder: session.Recorder | None,
     quiet: bool,
-    allow_empty: bool = False,
 ) -> session.SessionOutcome:
-    if not planned.jobs and not planned.reference_only and not allow_empty:
-        raise fail("nothing to run")
+    from kbench import display, session
+
     progress_console = errors if quiet else console
-    finished = 0
-    with display.job_progress(progress_console, len(planned.jobs)) as (progress, task):
+    for line in describe_plan(planned, device):
+        progress_console.print(line, markup=False, highlight=False, soft_wrap=True)
+    finished, started = 0, time.monotonic()
+    total = len(planned.jobs)
+    with display.job_progress(progress_console, total) as (progress, task):
+
+        def say(text: str) -> None:
+            # No progress bar where output is a file or a CI log: a line per step instead, so a slow job
+            # still shows where it is.
+            if not progress_console.is_terminal:
+                progress_console.print(text, markup=False, highlight=False, soft_wrap=True)
 
         def on_start(job: Any) -> None:
             progress.update(task, description=f"{job.problem.name} / {job.solution.name}")
+            say(
+                f"[{finished + 1}/{total}] {job.problem.name} / {job.solution.name}: started "
+                f"({time.monotonic() - started:.0f} s into the run)"
+            )
 
         def on_result(result: JobResult) -> None:
             nonlocal finished
             finished += 1
             progress.advance(task)
-            if not progress_console.is_terminal:  # no progress bar there: a line per job instead
-                progress_console.print(
-                    display.job_line(result, finished, len(planned.jobs)), markup=False, highlight=False, soft_wrap=True
-                )
+            say(display.job_line(result, finished, total))
 
         def on_prepare() -> None:
             progress.update(task, description="references with cached timings, side by side")
+            say("preparing the references (building and timing them first)")
 
         return session.execute(planned, config, device, recorder, on_start, on_result, on_prepare)
 
 
+def nothing_to_run(planned: session.SessionPlan, device: str) -> typer.Exit | None:
+    """Exit 2 when no solution runs on this device: a run that checks nothing must not pass CI as green."""
+    if planned.jobs:
+        return None
+    names = ", ".join(p.name for p, _ in planned.reference_only) or "none"
+    return fail(f"nothing to run: no solution for {device} in the selected problems ({names})")
+
+
 def _exit_for(results: list[JobResult], references: list[session.ReferenceCheck]) -> int:
+    from kbench.results import Verdict
+
     failed = any(r.verdict != Verdict.CORRECT for r in results) or any(ref.error for ref in references)
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -139,7 +236,7 @@ def _print_references(references: list[session.ReferenceCheck], device: str) -> 
             )
 
 
-@app.command("list")
+@app.command("list", epilog=examples("kbench list", "kbench list --json", "kbench list --problems-dir my_problems"))
 def list_command(
     problems_dir: ProblemsDirOpt = catalog.PROBLEMS_DIR,
     solutions_dir: SolutionsDirOpt = catalog.SOLUTIONS_DIR,
@@ -152,12 +249,22 @@ def list_command(
     except CatalogError as exc:
         raise fail(str(exc)) from None
     if as_json:
-        print_json(json_format.catalog_document(entries))
+        from kbench.export.json_format import catalog_document, dumps
+
+        sys.stdout.write(dumps(catalog_document(entries)))
     else:
-        console.print(display.catalog_table(entries))
+        from kbench.display import catalog_table
+
+        console.print(catalog_table(entries))
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "kbench verify example_scale_bias_relu6",
+        "kbench verify path/to/problem.py -s my_solution.py --device cpu",
+        "kbench verify example_scale_bias_relu6 --set batch_size=8 --json",
+    )
+)
 def verify(
     problem: Annotated[str, typer.Argument(help="Problem name (kbench list) or path to a KernelBench file.")],
     solution: Annotated[
@@ -171,12 +278,20 @@ def verify(
     problems_dir: ProblemsDirOpt = catalog.PROBLEMS_DIR,
     solutions_dir: SolutionsDirOpt = catalog.SOLUTIONS_DIR,
 ) -> None:
-    """Check that solutions give the reference's answers, and time both."""
+    """Check that solutions give the reference's answers, and time both. A --solution file that defines no
+    ModelNew is a usage error (exit 2) at once, before any worker starts."""
+    from kbench import display, session
+    from kbench.config import ConfigError
+
     registry = catalog.Catalog(problems_dir, solutions_dir)
     try:
-        cfg, dev = settings(config, device, timing_mode)
         target = registry.resolve_problem(problem)
         sizes = parse_overrides(overrides)
+        catalog.check_overrides(target, sizes)  # input first: it needs no torch
+        for path in solution or []:
+            catalog.read_solution(path)
+            catalog.check_defines_model_new(path)
+        cfg, dev = settings(config, device, timing_mode)
         if not solution and not [s for s in registry.registered_solutions(target) if dev in s.devices]:
             raise fail(f"no solution registered for {target.name} on {dev}; pass one with --solution PATH")
         planned = session.plan([target], dev, sizes, registry, solution)
@@ -192,7 +307,14 @@ def verify(
     raise typer.Exit(_exit_for(outcome.results, outcome.references))
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "kbench bench --all",
+        "kbench bench example_scale_bias_relu6 --device cpu --junit kbench.xml",
+        "kbench bench --all --gate configs/ci.yaml",
+        "kbench bench --resume 20261121-130906-166e",
+    )
+)
 def bench(
     problems: Annotated[list[str] | None, typer.Argument(help="Problems to run (names or paths).")] = None,
     run_all: Annotated[bool, typer.Option("--all", help="Run every problem under kbench/problems/.")] = False,
@@ -214,6 +336,10 @@ def bench(
 ) -> None:
     """Verify and time every problem x solution; record the run under results/<run-id>/. --junit writes a JUnit
     XML report for CI; --json prints the run as JSON instead of tables."""
+    from kbench import session
+    from kbench.config import ConfigError, check_timing_mode
+    from kbench.gate import load_gate
+
     if resume is not None and (problems or run_all):
         raise fail("--resume takes no problem selection: the run's own is used")
     if resume is not None and timing_mode is not None:
@@ -233,19 +359,25 @@ def bench(
             )
             recorder = session.Recorder.reopen(run_dir, sys.argv)
         else:
-            cfg, dev = settings(config, device, timing_mode)
             registry = catalog.Catalog(problems_dir, solutions_dir)
             targets = registry.list_problems() if run_all else [registry.resolve_problem(p) for p in problems or []]
             sizes = parse_overrides(overrides)
+            for target in targets:  # input first: it needs no torch
+                catalog.check_overrides(target, sizes)
+            cfg, dev = settings(config, device, timing_mode)
             planned = session.plan(targets, dev, sizes, registry)
+            if (empty := nothing_to_run(planned, dev)) is not None:
+                raise empty
             selection = session.Selection([str(t.path) for t in targets], sizes, str(problems_dir), str(solutions_dir))
             run_dir = new_run(results_dir)  # only once the plan is sound: bad input leaves no empty run behind
             recorder = session.Recorder(run_dir, dev, cfg, sys.argv, selection)
-        outcome = _run(planned, dev, cfg, recorder, quiet=as_json, allow_empty=resume is not None)
-    except (CatalogError, ConfigError, RunNotFound, session.RecordError) as exc:
+        outcome = _run(planned, dev, cfg, recorder, quiet=as_json)
+    except (CatalogError, ConfigError, RunNotFound) as exc:
         raise fail(str(exc)) from None
+    except session.RecordError as exc:  # kbench could not write its own results: not the solution's fault
+        raise fail(str(exc), EXIT_INTERNAL) from None
     except OSError as exc:
-        raise fail(f"cannot create a run under {results_dir}: {exc.strerror}") from None
+        raise fail(f"cannot create a run under {results_dir}: {exc.strerror}", EXIT_INTERNAL) from None
     raise typer.Exit(_finish_bench(run_dir, dev, outcome.references, gate_cfg, junit, as_json))
 
 
@@ -258,6 +390,10 @@ def _finish_bench(
     as_json: bool,
 ) -> int:
     """Report a finished bench run (tables or JSON, and JUnit when asked); the exit code."""
+    from kbench import display
+    from kbench.export import ExportContext, json_format
+    from kbench.gate import evaluate
+
     results = run_dir.results.read()  # the whole run: a resumed run's earlier jobs too
     checks = evaluate(results, gate_cfg) if gate_cfg is not None else None
     failed_refs = {ref.problem: ref.error for ref in references if ref.error}
@@ -277,7 +413,7 @@ def _finish_bench(
     return code if checks is None else max(code, _gate_code(checks))
 
 
-@app.command()
+@app.command(epilog=examples("kbench lint --all", "kbench lint example_scale_bias_relu6 --device cpu --json"))
 def lint(
     problems: Annotated[list[str] | None, typer.Argument(help="Problems to check (names or paths).")] = None,
     run_all: Annotated[bool, typer.Option("--all", help="Check every problem.")] = False,
@@ -288,6 +424,10 @@ def lint(
     as_json: JsonFlag = False,
 ) -> None:
     """Warn about degenerate problems: outputs a constant or input-blind answer would match (--json: as JSON)."""
+    from kbench import session
+    from kbench.config import ConfigError
+    from kbench.export import json_format
+
     if run_all == bool(problems):
         raise fail("name the problems to check, or pass --all (not both)")
     try:
@@ -309,7 +449,7 @@ def lint(
     raise typer.Exit(EXIT_FAILED if any(c.error or c.warnings for c in checks) else EXIT_OK)
 
 
-@app.command()
+@app.command(epilog=examples("kbench calibrate", "kbench calibrate --device cpu --json"))
 def calibrate(
     device: DeviceOpt = "auto",
     config: ConfigOpt = None,
@@ -317,6 +457,9 @@ def calibrate(
 ) -> None:
     """Measure this device's copy bandwidth and matrix-product rates; later runs report each solution's
     fraction of its roofline floor (roofline_fraction)."""
+    from kbench import session
+    from kbench.config import ConfigError
+
     try:
         cfg, dev = settings(config, device)
         ceilings = session.calibrate(dev, cfg)
@@ -340,7 +483,12 @@ def _gate_code(checks: list[GateCheck]) -> int:
     return EXIT_OK if checks and all(c.passed for c in checks) else EXIT_FAILED
 
 
-@app.command("report")
+@app.command(
+    "report",
+    epilog=examples(
+        "kbench report", "kbench report 20261121-130906-166e --csv out.csv", "kbench report --html report.html"
+    ),
+)
 def report_command(
     run: Annotated[str | None, typer.Argument(help="Run id or directory (default: the newest run).")] = None,
     results_dir: ResultsDirOpt = Path("results"),
@@ -358,6 +506,8 @@ def report_command(
     ] = None,
 ) -> None:
     """Print a run as a Markdown table; optionally write it as CSV, JSON or an HTML page with charts."""
+    from kbench.export import ExportContext, get_exporter
+
     try:
         run_dir = find_run(results_dir, run)
         results = run_dir.results.read()
@@ -371,7 +521,7 @@ def report_command(
     print(get_exporter("markdown").render(results, context), end="")
 
 
-@app.command("compare")
+@app.command("compare", epilog=examples("kbench compare RUN_A RUN_B", "kbench compare RUN_A RUN_B RUN_C --within 0.01"))
 def compare_command(
     runs: Annotated[list[str], typer.Argument(help="Two or more run ids or directories.")],
     results_dir: ResultsDirOpt = Path("results"),
@@ -384,6 +534,9 @@ def compare_command(
 ) -> None:
     """Compare the same jobs across runs (back to back, or timed in different modes): each median's spread.
     Exit 1 when a solution's median moved by more than --within."""
+    from kbench import display, report, spread
+    from kbench.export import json_format
+
     try:
         run_dirs = [find_run(results_dir, r) for r in runs]
         if len({run_dir.path.resolve() for run_dir in run_dirs}) != len(runs) or len(runs) < 2:
@@ -413,7 +566,7 @@ def compare_command(
     raise typer.Exit(EXIT_OK if all(s.within(within) for s in found) else EXIT_FAILED)
 
 
-@app.command("gate")
+@app.command("gate", epilog=examples("kbench gate", "kbench gate RUN --config configs/ci.yaml --junit gate.xml"))
 def gate_command(
     run: Annotated[str | None, typer.Argument(help="Run id or directory (default: the newest run).")] = None,
     config: Annotated[Path, typer.Option("--config", help="Gate file (YAML), e.g. configs/ci.yaml.")] = Path(
@@ -425,6 +578,11 @@ def gate_command(
 ) -> None:
     """Exit 0 only if every problem in the run is correct and meets its minimum speedup. --junit writes a
     testcase per gate check for CI; --json prints the checks as JSON."""
+    from kbench import display
+    from kbench.config import ConfigError
+    from kbench.export import ExportContext, json_format
+    from kbench.gate import evaluate, load_gate
+
     try:
         gate_cfg = load_gate(config)
         run_dir = find_run(results_dir, run)
@@ -438,3 +596,62 @@ def gate_command(
     else:
         console.print(display.gate_table(checks))
     raise typer.Exit(_gate_code(checks))
+
+
+def _age(mtime: float | None) -> str:
+    if mtime is None:
+        return "—"
+    seconds = max(0.0, time.time() - mtime)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _size(size_bytes: int) -> str:
+    size = float(size_bytes)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+@app.command(
+    "cache",
+    epilog=examples("kbench cache", "kbench cache --json", "kbench cache --clear builds", "kbench cache --clear all"),
+)
+def cache_command(
+    clear: Annotated[
+        list[str] | None,
+        typer.Option("--clear", help=f"Remove one kind of cache ({', '.join(caches.CACHE_KINDS)}) or all. Repeatable."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show what kbench's caches hold (builds, baselines, calibration, bytecode: count, size, age), or clear them.
+    The folder (in the title) is $KBENCH_CACHE_DIR, else the platform's user cache folder."""
+    kinds = list(caches.CACHE_KINDS) if clear and "all" in clear else list(dict.fromkeys(clear or []))
+    unknown = [k for k in kinds if k not in caches.CACHE_KINDS]
+    if unknown:
+        raise fail(f"--clear takes {', '.join(caches.CACHE_KINDS)} or all, not {', '.join(unknown)}")
+    if kinds:
+        try:
+            removed = caches.clear(kinds)
+        except OSError as exc:
+            raise fail(f"cannot clear the cache: {exc}", EXIT_INTERNAL) from None
+        for path in removed:
+            errors.print(f"removed {path}", highlight=False)
+        if not removed:
+            errors.print("nothing to clear", highlight=False)
+    entries = caches.inventory()
+    if as_json:
+        document = [dict(vars(e), path=str(e.path), what=caches.CACHE_KINDS[e.kind][1]) for e in entries]
+        sys.stdout.write(json.dumps({"root": str(caches.default_cache_root()), "caches": document}, indent=2) + "\n")
+        return
+    table = Table(title=f"kbench caches in {escape(str(caches.default_cache_root()))}")
+    for column in ("cache", "items", "size", "newest", "oldest", "what"):
+        table.add_column(column)
+    for e in entries:
+        what = caches.CACHE_KINDS[e.kind][1]
+        table.add_row(e.kind, str(e.items), _size(e.size_bytes), _age(e.newest), _age(e.oldest), what)
+    console.print(table)

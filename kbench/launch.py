@@ -7,6 +7,7 @@ from kbench import caches
 
 def main() -> None:
     caches.keep_bytecode_here()
-    from kbench.cli import app  # imports torch: after the bytecode location is settled
+    # After the bytecode location is settled: the commands that need torch import it from here on.
+    from kbench.cli import main as cli_main
 
-    app()
+    cli_main()

@@ -243,9 +243,12 @@ def test_a_killed_run_keeps_every_finished_job_and_resumes(tmp_path: Path):
     assert results is not None, "the first job never finished"
     lines = results.read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["verdict"] == "correct"
-    # The log of the killed run says how far it got: the finished job, and nothing of the one cut off.
+    # The log of the killed run says how far it got: the finished job, and the one cut off as started only.
     logged = [line for line in log.read_text().splitlines() if line.startswith("[")]
-    assert len(logged) == 1 and logged[0].startswith("[1/2] affine_relu / a_correct: correct, "), logged
+    finished = [line for line in logged if ": started" not in line]
+    assert len(finished) == 1 and finished[0].startswith("[1/2] affine_relu / a_correct: correct, "), logged
+    assert any(line.startswith("[2/2] affine_relu / b_slow: started") for line in logged), logged
+    assert not any(line.startswith("[2/2] affine_relu / b_slow: ") and ": started" not in line for line in logged)
     time.sleep(1.0)
     leftover = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_mentions(p, str(tmp_path))]
     assert leftover == [], "a worker outlived the killed parent"
@@ -308,7 +311,7 @@ def test_a_full_disk_stops_the_run_with_a_clear_error_and_keeps_finished_results
         config_file,
     )
     message = " ".join(out.split())
-    assert code == 2 and "No space left on device" in message and "Every result finished before" in message
+    assert code == 3 and "No space left on device" in message and "Every result finished before" in message
     (run_dir,) = results_dir.iterdir()
     assert f"kbench bench --resume {run_dir.name}" in message
     kept = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]

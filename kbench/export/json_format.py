@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from kbench.export.base import ExportContext, Exporter
 from kbench.export.summary import summary
 from kbench.gate import GateCheck
-from kbench.report import results_records
 from kbench.results import JobResult
 from kbench.spread import Spread
 
@@ -31,6 +30,8 @@ class JsonExporter(Exporter):
     suffix = ".json"
 
     def render(self, results: Sequence[JobResult], context: ExportContext) -> str:
+        from kbench.report import results_records  # pandas: loaded only where a table is wanted
+
         return dumps(results_records(list(results)))
 
 
