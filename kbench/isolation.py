@@ -22,12 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from kbench.channel import STACKS_SIGNAL
 
 LOG_TAIL_CHARS = 20_000
 # A worker's messages are small; beyond these a solution is flooding the pipe, and the rest is dropped.
 MAX_LINE_BYTES = 64 * 1024 * 1024
 MAX_MESSAGES = 10_000
+# prctl(2) through ctypes, not a library: psutil has no call for either setting, and the prctl wrappers on PyPI
+# are unmaintained (python-prctl's last release 2020, a C extension that needs libcap headers to build;
+# prctl 2010) or are themselves ctypes (pyprctl, 2021). Two integer constants do not justify a dependency.
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 PR_SET_CHILD_SUBREAPER = 36
 STACKS_WAIT_S = 0.5  # for a worker out of time to write its stacks to its log before it is killed
@@ -127,18 +132,11 @@ def _kill_group(pgid: int) -> None:
 
 
 def _children() -> set[int]:
-    """Processes whose parent is this one (orphans are reparented here once we are a subreaper)."""
-    me, found = os.getpid(), set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and int(fields[1]) == me:
-            found.add(int(entry.name))
-    return found
+    """Processes whose parent is this one (orphans are reparented here once we are a subreaper): the direct
+    children only, as psutil lists them."""
+    with contextlib.suppress(psutil.Error):
+        return {child.pid for child in psutil.Process().children(recursive=False)}
+    return set()
 
 
 # Workers started and not yet closed: never taken for another worker's orphans (a worker started early, to
@@ -152,15 +150,18 @@ def _kill_orphans(before: set[int]) -> int:
     live worker, is one."""
     killed = 0
     for _ in range(10):  # a killed orphan's own children are reparented here in turn
-        strays = _children() - before - _LIVE
+        strays = []
+        for pid in _children() - before - _LIVE:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                strays.append(psutil.Process(pid))
         if not strays:
             break
-        for pid in strays:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-            killed += 1
+        for stray in strays:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                stray.kill()  # psutil checks the pid still names the same process (no kill of a reused pid)
+        # Our children: waiting reaps them, so none is left a zombie that the next pass would count again.
+        psutil.wait_procs(strays, timeout=5)
+        killed += len(strays)
     return killed
 
 

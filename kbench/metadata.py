@@ -42,6 +42,9 @@ def source_digest(root: Path = PACKAGE_DIR) -> str:
 
 
 def cpu_model() -> str:
+    """The CPU's model name: /proc/cpuinfo's ``model name`` where there is one (Linux; ``platform.processor()``
+    is empty there), else ``platform.processor()`` (Windows, macOS), else the architecture. Not py-cpuinfo: it
+    names the same model but takes about 1.6 s (it starts a subprocess); this takes well under 1 ms."""
     with suppress(OSError):
         for line in open("/proc/cpuinfo", encoding="utf-8"):  # noqa: SIM115 - read lazily, stop early
             if line.startswith("model name"):

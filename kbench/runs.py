@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kbench.results import ResultsFile
+from kbench.store import atomic_write_text
 
 RESULTS_NAME = "results.jsonl"
 METADATA_NAME = "metadata.json"
@@ -32,10 +33,8 @@ class RunDir:
         return ResultsFile(self.path / RESULTS_NAME)
 
     def write_metadata(self, metadata: dict[str, Any]) -> None:
-        target = self.path / METADATA_NAME
-        partial = target.with_suffix(".json.partial")
-        partial.write_text(json.dumps(metadata, indent=2, default=str) + "\n", encoding="utf-8")
-        partial.replace(target)  # never leave a half-written metadata file behind
+        # never leave a half-written metadata file behind
+        atomic_write_text(self.path / METADATA_NAME, json.dumps(metadata, indent=2, default=str) + "\n")
 
     def read_metadata(self) -> dict[str, Any]:
         path = self.path / METADATA_NAME
