@@ -12,13 +12,16 @@ from pathlib import Path
 
 import torch
 
+from kbench.metadata import gpu_capability
+
 
 def target_arch(device: str) -> str:
     if not device.startswith("cuda"):
         return "cpu"
     if os.environ.get("TORCH_CUDA_ARCH_LIST"):
         return os.environ["TORCH_CUDA_ARCH_LIST"]
-    major, minor = torch.cuda.get_device_capability()
+    # The parent computes this too (the build pool): NVML, where there is one, opens no CUDA context.
+    major, minor = gpu_capability() or torch.cuda.get_device_capability()
     return f"{major}.{minor}"
 
 

@@ -37,3 +37,12 @@ JunitOpt = Annotated[
         "failures and errors carry the verdict and reason.",
     ),
 ]
+BuildJobsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--build-jobs",
+        min=1,
+        help="Build the solutions' C++/CUDA extensions this many at a time on CPU workers, before any job runs "
+        "(default: the CPU cores).",
+    ),
+]

@@ -89,6 +89,13 @@ def only_reference_slowed(judged: Judgement) -> bool:
     return judged.verdict == Verdict.REJECTED and set(judged.flags) & INTEGRITY_FLAGS == {"reference_slowed"}
 
 
+def _turns_ended_under(worker: WorkerRun) -> bool:
+    """The solution worker's error is the turns ending (the parent closed them, the partner being gone)."""
+    error = worker.last("error")
+    info = error.get("error") if error else None
+    return isinstance(info, dict) and str(info.get("reason", "")).startswith("TurnsEnded")
+
+
 def _failure(worker: WorkerRun, facts: dict[str, Any]) -> Judgement | None:
     """The verdict when the worker did not deliver a clean result, else None."""
     if worker.timed_out_phase is not None:
@@ -221,11 +228,13 @@ def judge(
         "build_cache_hit": build.get("cache_hit"),
         "weights": match.mode,
     }
+    failed = _failure(worker, facts)
     reference_failed = partner.failure()
-    if reference_failed is not None:
+    # The partner's failure decides unless the solution failed on its own: a solution worker whose turns the
+    # parent ended (the partner was gone) reports that as its error, and it is not the solution's fault.
+    if reference_failed is not None and (failed is None or _turns_ended_under(worker)):
         detail = f"{partner.run.log_tail}\n--- solution worker ---\n{worker.log_tail}"
         return Judgement(Verdict.RUNTIME_ERROR, reference_failed, ["reference_failed"], detail=detail, **facts)
-    failed = _failure(worker, facts)
     if failed is not None:
         return failed
     payload = worker.last("result")["result"]  # type: ignore[index]

@@ -99,6 +99,19 @@ def gpu_state() -> list[dict[str, Any]]:
     return gpus
 
 
+def gpu_capability(index: int = 0) -> tuple[int, int] | None:
+    """The GPU's compute capability from NVML: asking torch would open a CUDA context in the parent, which then
+    holds GPU memory and shows in NVML as a process beside the job's workers. None without NVML."""
+    with nvml_session() as nvml:
+        if nvml is None:
+            return None
+        try:
+            major, minor = nvml.nvmlDeviceGetCudaComputeCapability(nvml.nvmlDeviceGetHandleByIndex(index))
+        except nvml.NVMLError:
+            return None
+        return int(major), int(minor)
+
+
 def peak_memory_bandwidth() -> float | None:
     """Bytes per second the first GPU's memory can move at most (max memory clock x 2 for double data rate x
     bus width), from NVML; None without a GPU or NVML."""

@@ -90,16 +90,16 @@ class DeviceMonitor:
     def __init__(self, enabled: bool) -> None:
         self.state = DeviceState()
         self._enabled = enabled
-        self._worker_group: int | None = None
+        self._worker_groups: set[int] = set()  # the job's workers: the solution worker and its reference partner
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def worker_started(self, pid: int) -> None:
-        self._worker_group = pid  # workers lead their own process group
+        self._worker_groups.add(pid)  # workers lead their own process group
 
     def _is_worker(self, pid: int) -> bool:
         try:
-            return self._worker_group is not None and os.getpgid(pid) == self._worker_group
+            return os.getpgid(pid) in self._worker_groups
         except OSError:
             return False
 

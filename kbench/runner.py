@@ -133,6 +133,27 @@ class Runner:
                 wall_s=time.monotonic() - started,
             )
 
+    def build_failed(self, job: Job, verdict: str, reason: str, detail: str, build_s: float) -> JobResult:
+        """The result of a job whose solution the build pool (``kbench.build_pool``) could not build: no worker
+        of its own, no reference run for it."""
+        return JobResult(
+            problem=job.problem.name,
+            solution=job.solution.name,
+            device=self.device,
+            overrides=job.overrides,
+            problem_path=str(job.problem.path),
+            solution_path=str(job.solution.path),
+            solution_digest=_digest_or_empty(job.solution.path),
+            trials=self.config.trials,
+            verdict=Verdict(verdict),
+            reason=reason,
+            detail=detail[-20_000:],
+            build_s=build_s,
+            build_cache_hit=False,
+            notes=["judged by the build pool: no solution worker ran"],
+            stage_s={"build": build_s},
+        )
+
     def _reference_spec(self, problem: Problem, overrides: dict[str, Any], out_dir: Path) -> WorkerSpec:
         return self._spec(problem, overrides, out_dir, None)
 
@@ -161,7 +182,8 @@ class Runner:
         began = time.monotonic()
         plan = TimingPlan.from_dict(self.config.timing.model_dump())
         with DeviceMonitor(enabled=self.device.startswith("cuda")) as monitor:
-            monitor.worker_started(start.worker.pid)
+            for worker in start.workers():  # the partner's GPU use is the job's own, not another process's
+                monitor.worker_started(worker.pid)
             start.open_gates()
             if next_job is not None and self._prefetch:
                 self._start_early(next_job)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kbench import catalog, metadata
+from kbench import build_pool, catalog, metadata, throughput
 from kbench.caches import default_cache_root
 from kbench.calibrate import Ceilings, measure
 from kbench.catalog import Problem
@@ -120,8 +121,12 @@ class Recorder:
                 f"`kbench bench --resume {self.run_dir.run_id}` runs the rest."
             ) from None
 
-    def finish(self, device_info: dict[str, Any], references: list[ReferenceCheck]) -> None:
+    def finish(
+        self, device_info: dict[str, Any], references: list[ReferenceCheck], rates: dict[str, Any] | None = None
+    ) -> None:
         self.metadata["device_info"] = device_info
+        if rates is not None:
+            self.metadata["throughput"] = rates  # this session's; a resumed run's earlier ones are not in it
         self.metadata["reference_only"] = [vars(check) for check in references]
         self.metadata["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         self._write_metadata()
@@ -132,6 +137,7 @@ class SessionOutcome:
     results: list[JobResult]
     references: list[ReferenceCheck]
     device_info: dict[str, Any]
+    throughput: dict[str, Any] = field(default_factory=dict)  # see kbench.throughput
 
 
 @dataclass
@@ -215,25 +221,45 @@ def execute(
     on_start: Callable[[Job], None] = lambda job: None,
     on_result: Callable[[JobResult], None] = lambda result: None,
     on_prepare: Callable[[], None] = lambda: None,
+    build_jobs: int | None = None,
+    on_build: Callable[[int, int], None] = lambda started, total: None,
 ) -> SessionOutcome:
+    """Build every solution first (``build_pool``, ``build_jobs`` at a time), then run the jobs whose build did
+    not already settle their verdict; ``on_build(started, total)`` as each build starts."""
+    began = time.monotonic()
     results: list[JobResult] = []
     references: list[ReferenceCheck] = []
+    paths = [job.solution.path for job in session.jobs]
+    builds = build_pool.build_all(paths, device, config.timeouts, build_jobs, on_build)
+
+    def finished(result: JobResult) -> None:
+        if recorder is not None:
+            recorder.record(result)
+        results.append(result)
+        on_result(result)
+
     with _runner(config, device) as runner:
+        jobs = []
+        for job in session.jobs:
+            outcome = builds.of(job.solution.path)
+            failure = outcome.failure(device) if outcome is not None else None
+            if outcome is not None and failure is not None:
+                finished(runner.build_failed(job, *failure, outcome.worker_s))
+            else:
+                jobs.append(job)
         on_prepare()
-        if session.jobs:
-            runner.start_first(session.jobs[0])
-        runner.references.prepare([(job.problem, job.overrides) for job in session.jobs] + session.reference_only)
-        for index, job in enumerate(session.jobs):
+        if jobs:
+            runner.start_first(jobs[0])
+        runner.references.prepare([(job.problem, job.overrides) for job in jobs] + session.reference_only)
+        for index, job in enumerate(jobs):
             on_start(job)
-            result = runner.run(job, next_job=session.jobs[index + 1] if index + 1 < len(session.jobs) else None)
-            if recorder is not None:
-                recorder.record(result)
-            results.append(result)
-            on_result(result)
+            finished(runner.run(job, next_job=jobs[index + 1] if index + 1 < len(jobs) else None))
         for problem, sizes in session.reference_only:
             reference = runner.references.get(problem, sizes)
             references.append(ReferenceCheck.of(problem, reference))
-        outcome = SessionOutcome(results, references, runner.references.device_info)
+        rates = throughput.summary(results, time.monotonic() - began, builds.summed_s(), builds.wall_s)
+        rates["builds"] = {**builds.counts(), "workers": builds.workers}
+        outcome = SessionOutcome(results, references, runner.references.device_info, rates)
     if recorder is not None:
-        recorder.finish(outcome.device_info, references)
+        recorder.finish(outcome.device_info, references, rates)
     return outcome

@@ -103,13 +103,13 @@ class SolutionStarter:
             gated=True,
             turns=True,
         )
-        # The partner waits for the solution's turns as long as the solution may take to get there; the
-        # solution's own limits end the turns sooner when it hangs or dies.
+        # The partner is trusted: its limits are the reference's, and it waits for the solution's turns as long as
+        # the solution may take to get there; the solution's own limits end the turns sooner when it hangs or dies.
         partner = WorkerCommand(
             "kbench.reference_partner",
             [str(spec_path)],
             out_dir / "partner.log",
-            {"load": limits.run_s, "wait": GATE_WAIT_S, "turns": limits.build_s + 2 * limits.run_s},
+            {"load": limits.reference_s, "wait": GATE_WAIT_S, "turns": limits.build_s + 2 * limits.run_s},
             env=env,
             gated=True,
             turns=True,

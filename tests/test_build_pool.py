@@ -1,0 +1,127 @@
+"""The build pool (issue #18): solutions are built on CPU workers, N at a time, before any job runs; a compile error
+is judged there and its job starts no worker; an unchanged solution is a cache hit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PROBLEMS, SOLUTIONS, fast_config
+
+from kbench import build_pool, session, throughput
+from kbench.catalog import read_problem, read_solution
+from kbench.config import Timeouts
+from kbench.results import JobResult, Verdict
+from kbench.runner import Job
+from kbench.solution_starts import SolutionStarter
+
+# affine_relu's ModelNew with its ReLU in C++: each tag is a distinct source, so each builds in its own folder.
+GOOD = """
+import torch.nn as nn
+from torch.utils.cpp_extension import load_inline
+
+_ext = load_inline(
+    name="kbench_pool_{tag}",
+    cpp_sources="torch::Tensor relu_{tag}(torch::Tensor x) {{ return x.clamp_min(0); }}",
+    functions=["relu_{tag}"],
+)
+
+
+class ModelNew(nn.Module):
+    def __init__(self, in_features, out_features):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+
+    def forward(self, x):
+        return _ext.relu_{tag}(self.linear(x))
+"""
+
+
+def _corpus(folder: Path) -> list[Path]:
+    folder.mkdir()
+    paths = []
+    for tag in ("alpha", "beta"):
+        paths.append(folder / f"cpp_{tag}.py")
+        paths[-1].write_text(GOOD.format(tag=tag))
+    paths.append(folder / "cpp_compile_error.py")
+    paths[-1].write_text((SOLUTIONS / "affine_relu" / "cpp_compile_error.py").read_text())
+    return paths
+
+
+def _execute(paths: list[Path], monkeypatch: pytest.MonkeyPatch) -> tuple[list[JobResult], list[str], list[Any]]:
+    """Run the corpus as a session with two build workers; the solutions whose workers started, and the pool's
+    reports."""
+    started: list[str] = []
+    reports: list[build_pool.BuildReport] = []
+    start_fresh, build_all = SolutionStarter.start_fresh, build_pool.build_all
+
+    def counting_start(self, job, poison_numel):
+        started.append(job.solution.name)
+        return start_fresh(self, job, poison_numel)
+
+    def keeping_report(*args, **kwargs):
+        reports.append(build_all(*args, **kwargs))
+        return reports[-1]
+
+    monkeypatch.setattr(SolutionStarter, "start_fresh", counting_start)
+    monkeypatch.setattr(build_pool, "build_all", keeping_report)
+    problem = read_problem(PROBLEMS / "affine_relu.py")
+    plan = session.SessionPlan([Job(problem, read_solution(path), {}) for path in paths])
+    outcome = session.execute(plan, fast_config(), "cpu", build_jobs=2)
+    return outcome.results, started, reports
+
+
+@pytest.mark.slow
+def test_a_corpus_builds_in_parallel_then_hits_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("KBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    paths = _corpus(tmp_path / "solutions")
+
+    results, started, (report,) = _execute(paths, monkeypatch)
+    by_name = {r.solution: r for r in results}
+    assert by_name["cpp_compile_error"].verdict == Verdict.COMPILE_ERROR
+    assert "this_method_does_not_exist" in by_name["cpp_compile_error"].detail
+    assert "cpp_compile_error" not in started  # judged by the pool: no worker, no reference partner
+    for name in ("cpp_alpha", "cpp_beta"):
+        assert by_name[name].verdict == Verdict.CORRECT, by_name[name].reason
+        assert by_name[name].build_cache_hit  # the pool built it where the job's worker looks
+    assert report.counts() == {"built": 2, "compile_error": 1}
+    builds = sorted((o.began, o.began + o.worker_s) for o in report.outcomes.values())
+    assert builds[1][0] < builds[0][1]  # two workers side by side: the second started before the first ended
+
+    _, started, (again,) = _execute(paths, monkeypatch)
+    assert again.counts() == {"cache_hit": 2, "compile_error": 1}  # a failed build is tried again, only it
+    assert sorted(started) == ["cpp_alpha", "cpp_beta"]
+
+
+def test_a_solution_with_nothing_to_compile_is_left_to_its_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("KBENCH_CACHE_DIR", str(tmp_path))
+    report = build_pool.build_all([SOLUTIONS / "affine_relu" / "correct_torch.py"], "cpu", Timeouts())
+    assert report.counts() == {"not_built": 1} and report.summed_s() == 0.0
+
+
+def test_a_load_error_in_the_pool_settles_the_job_on_the_cpu_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("KBENCH_CACHE_DIR", str(tmp_path))
+    broken = tmp_path / "broken.py"
+    broken.write_text("from torch.utils.cpp_extension import load_inline\nclass ModelNew(:\n")
+    (outcome,) = build_pool.build_all([broken], "cpu", Timeouts(), at_once=1).outcomes.values()
+    assert outcome.status == "load_error" and "SyntaxError" in outcome.reason
+    assert outcome.failure("cpu") is not None
+    assert outcome.failure("cuda") is None  # with no GPU visible an import may fail that works in the job
+
+
+def test_throughput_names_the_stage_that_took_longest():
+    result = JobResult(
+        problem="p",
+        solution="s",
+        verdict=Verdict.CORRECT,
+        reason="",
+        device="cpu",
+        wall_s=10.0,
+        stage_s={"reference": 1.0, "solution_load": 2.0, "solution_run": 6.0, "judge": 0.5},
+    )
+    rates = throughput.summary([result], wall_s=20.0, build_summed_s=16.0, build_wall_s=9.0)
+    assert rates["jobs_per_hour"] == 180.0
+    assert rates["summed_s"]["build"] == 16.0 and rates["critical_s"]["build"] == 9.0
+    assert rates["critical_s"]["queue"] == 2.5 and rates["dominant"] == "build"
+    assert "180.0 jobs/h" in throughput.line(rates)
