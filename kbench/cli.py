@@ -24,6 +24,7 @@ from rich.table import Table
 from kbench import __version__, caches, catalog
 from kbench.catalog import CatalogError
 from kbench.cli_options import (
+    BuildJobsOpt,
     ConfigOpt,
     DeviceOpt,
     JsonFlag,
@@ -174,6 +175,7 @@ def _run(
     config: KbenchConfig,
     recorder: session.Recorder | None,
     quiet: bool,
+    build_jobs: int | None = None,
 ) -> session.SessionOutcome:
     from kbench import display, session
 
@@ -207,7 +209,13 @@ def _run(
             progress.update(task, description="references with cached timings, side by side")
             say("preparing the references (building and timing them first)")
 
-        return session.execute(planned, config, device, recorder, on_start, on_result, on_prepare)
+        def on_build(building: int, builds: int) -> None:
+            progress.update(task, description=f"building solutions on the CPU: {building}/{builds} started")
+            say(f"building {building}/{builds} ({time.monotonic() - started:.0f} s into the run)")
+
+        return session.execute(
+            planned, config, device, recorder, on_start, on_result, on_prepare, build_jobs=build_jobs, on_build=on_build
+        )
 
 
 def nothing_to_run(planned: session.SessionPlan, device: str) -> typer.Exit | None:
@@ -277,6 +285,7 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per job on stdout.")] = False,
     problems_dir: ProblemsDirOpt = catalog.PROBLEMS_DIR,
     solutions_dir: SolutionsDirOpt = catalog.SOLUTIONS_DIR,
+    build_jobs: BuildJobsOpt = None,
 ) -> None:
     """Check that solutions give the reference's answers, and time both. A --solution file that defines no
     ModelNew is a usage error (exit 2) at once, before any worker starts."""
@@ -295,7 +304,7 @@ def verify(
         if not solution and not [s for s in registry.registered_solutions(target) if dev in s.devices]:
             raise fail(f"no solution registered for {target.name} on {dev}; pass one with --solution PATH")
         planned = session.plan([target], dev, sizes, registry, solution)
-        outcome = _run(planned, dev, cfg, None, quiet=as_json)
+        outcome = _run(planned, dev, cfg, None, quiet=as_json, build_jobs=build_jobs)
     except (CatalogError, ConfigError) as exc:
         raise fail(str(exc)) from None
     if as_json:
@@ -333,6 +342,7 @@ def bench(
     ] = False,
     problems_dir: ProblemsDirOpt = catalog.PROBLEMS_DIR,
     solutions_dir: SolutionsDirOpt = catalog.SOLUTIONS_DIR,
+    build_jobs: BuildJobsOpt = None,
 ) -> None:
     """Verify and time every problem x solution; record the run under results/<run-id>/. --junit writes a JUnit
     XML report for CI; --json prints the run as JSON instead of tables."""
@@ -371,7 +381,7 @@ def bench(
             selection = session.Selection([str(t.path) for t in targets], sizes, str(problems_dir), str(solutions_dir))
             run_dir = new_run(results_dir)  # only once the plan is sound: bad input leaves no empty run behind
             recorder = session.Recorder(run_dir, dev, cfg, sys.argv, selection)
-        outcome = _run(planned, dev, cfg, recorder, quiet=as_json)
+        outcome = _run(planned, dev, cfg, recorder, quiet=as_json, build_jobs=build_jobs)
     except (CatalogError, ConfigError, RunNotFound) as exc:
         raise fail(str(exc)) from None
     except session.RecordError as exc:  # kbench could not write its own results: not the solution's fault
@@ -407,6 +417,10 @@ def _finish_bench(
         display.print_details(console, results)
         _print_references(references, device)
         console.print(f"results: {run_dir.path}", highlight=False)
+        if context.metadata.get("throughput"):
+            from kbench.throughput import line
+
+            console.print(line(context.metadata["throughput"]), highlight=False)
         if checks is not None:
             console.print(display.gate_table(checks))
     code = _exit_for(results, references)
@@ -507,6 +521,7 @@ def report_command(
 ) -> None:
     """Print a run as a Markdown table; optionally write it as CSV, JSON or an HTML page with charts."""
     from kbench.export import ExportContext, get_exporter
+    from kbench.runs import describe_run
 
     try:
         run_dir = find_run(results_dir, run)
@@ -517,7 +532,7 @@ def report_command(
     for name, path in (("csv", csv), ("json", json_path), ("html", html)):
         if path:
             export(name, path, results, context)
-    print(f"run {run_dir.run_id}\n")
+    print(describe_run(run_dir.run_id, context.metadata) + "\n")  # the run, machine and commit the table is about
     print(get_exporter("markdown").render(results, context), end="")
 
 
@@ -569,9 +584,14 @@ def compare_command(
 @app.command("gate", epilog=examples("kbench gate", "kbench gate RUN --config configs/ci.yaml --junit gate.xml"))
 def gate_command(
     run: Annotated[str | None, typer.Argument(help="Run id or directory (default: the newest run).")] = None,
-    config: Annotated[Path, typer.Option("--config", help="Gate file (YAML), e.g. configs/ci.yaml.")] = Path(
-        "configs/ci.yaml"
-    ),
+    config: Annotated[
+        Path,
+        typer.Option(
+            "--config",
+            help="Gate file (YAML). A relative path that is not found from the current folder is taken from "
+            "kbench's project (the checkout it is installed from).",
+        ),
+    ] = Path("configs/ci.yaml"),
     results_dir: ResultsDirOpt = Path("results"),
     junit: JunitOpt = None,
     as_json: JsonFlag = False,
@@ -582,15 +602,19 @@ def gate_command(
     from kbench.config import ConfigError
     from kbench.export import ExportContext, json_format
     from kbench.gate import evaluate, load_gate
+    from kbench.runs import describe_run
 
     try:
-        gate_cfg = load_gate(config)
+        gate_cfg = load_gate(config)  # a relative path missing here is looked up in kbench's project too
         run_dir = find_run(results_dir, run)
     except (ConfigError, RunNotFound) as exc:
         raise fail(str(exc)) from None
+    metadata = run_dir.read_metadata()
     checks = evaluate(run_dir.results.read(), gate_cfg)
+    # The run, machine and commit judged: on stderr when stdout carries the JSON document.
+    print(describe_run(run_dir.run_id, metadata), file=sys.stderr if as_json else sys.stdout, flush=True)
     if junit:  # the gate's checks only: `bench --junit` reports the jobs themselves
-        export("junit", junit, [], ExportContext(run_dir.run_id, run_dir.read_metadata(), checks))
+        export("junit", junit, [], ExportContext(run_dir.run_id, metadata, checks))
     if as_json:
         print_json(json_format.gate_document(checks))
     else:

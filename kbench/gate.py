@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kbench.catalog import PACKAGE_DIR
 from kbench.config import ConfigError, read_yaml, validation_message
 from kbench.results import JobResult, Verdict
 
@@ -39,7 +40,40 @@ class GateCheck:
     solution: str | None = None
 
 
+def project_root(package_dir: Path = PACKAGE_DIR) -> Path | None:
+    """The checkout that holds the installed kbench package (an editable install), or None where kbench is
+    installed on its own (site-packages): only a checkout has ``configs/`` beside the package."""
+    root = package_dir.parent
+    try:
+        pyproject = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return root if 'name = "kbench"' in pyproject else None
+
+
+def resolve_gate_file(path: Path, root: Path | None = None) -> Path:
+    """The gate file ``path`` names: as given (from the current directory) where it exists, else a relative
+    path taken from kbench's project root (``root``, by default the checkout kbench is installed from), so
+    ``kbench gate --config configs/ci.yaml`` works from any folder. Neither: a ConfigError naming both paths."""
+    if path.exists():
+        return path
+    root = project_root() if root is None else root
+    tried = [path.absolute()]
+    if not path.is_absolute() and root is not None:
+        candidate = root / path
+        if candidate.exists():
+            return candidate
+        tried.append(candidate)
+    looked = " or ".join(str(p) for p in tried)
+    hint = "pass --config with the path of a gate file (YAML)"
+    if root is not None and (root / "configs" / "ci.yaml").is_file():
+        hint += f", e.g. --config {root / 'configs' / 'ci.yaml'}"
+    raise ConfigError(f"gate file {path} not found (looked for {looked}): {hint}")
+
+
 def load_gate(path: Path) -> GateConfig:
+    """The gate file at ``path`` (see resolve_gate_file for where a relative path is looked up)."""
+    path = resolve_gate_file(path)
     data = read_yaml(path)
     try:
         return GateConfig.model_validate(data)

@@ -28,7 +28,7 @@ pack() { tar czf "$OUT/runs.tgz" -C "$(dirname "$RUNS")" "$(basename "$RUNS")"; 
 run_named() { sed -n 's/^results: //p' "$RUNS/$1.log" 2>/dev/null | tail -1 | grep . || echo "(no finished $1 run)"; }
 case "$PHASE" in
     tests) python3 -m pytest -q -rs --durations=10 -m gpu -n 4 2>&1 | tee "$OUT/pytest.log"; exit 0 ;;
-    all) python3 -m pytest -q -rs --durations=10 2>&1 | tee "$OUT/pytest.log" ;;
+    all) python3 -m pytest -q -rs --durations=10 -m "slow or not slow" 2>&1 | tee "$OUT/pytest.log" ;;  # slow too
     commands) ;;
     bench)
         name=${2:?usage: $0 bench NAME [bench args]}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# What the user set before the session, if anything: their own cache folder is then used as asked.
+USER_CACHE_DIR = os.environ.get("KBENCH_CACHE_DIR") or None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kbench_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """kbench's cache (builds, baselines, calibration) in a temporary folder for the whole session, so a test
+    run never writes into the user's ~/.cache/kbench, and extensions built by one test are reused by the next
+    (one folder per xdist worker). Worker processes inherit the variable. A KBENCH_CACHE_DIR set by the user
+    is kept."""
+    if USER_CACHE_DIR:
+        yield Path(USER_CACHE_DIR)
+        return
+    root = tmp_path_factory.mktemp("kbench-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KBENCH_CACHE_DIR", str(root))
+        yield root
 
 
 @pytest.fixture(autouse=True)

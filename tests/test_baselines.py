@@ -110,6 +110,7 @@ def test_a_fresh_entry_records_how_it_was_measured(measured):
     assert statistics.median(samples) >= SLEEP_S * 1e3
 
 
+@pytest.mark.slow
 def test_a_cached_time_alone_50x_too_slow_is_caught_by_its_check_timed_again_alone_and_replaced(
     measured, tmp_path, monkeypatch
 ):
@@ -132,6 +133,7 @@ def test_a_cached_time_alone_50x_too_slow_is_caught_by_its_check_timed_again_alo
     assert replaced["measured"]["samples"] == len(replaced["eager_ms"])
 
 
+@pytest.mark.slow
 def test_references_checked_side_by_side_leave_only_the_outlier_to_be_timed_again_alone(
     measured, tmp_path, monkeypatch
 ):

@@ -93,6 +93,7 @@ def test_verify_json_has_the_contract_fields(config_file: Path):
     assert line["verdict"] == "incorrect" and line["device"] == "cpu"
 
 
+@pytest.mark.slow
 def test_set_reaches_get_inputs(config_file: Path):
     solution = SOLUTIONS / "affine_relu" / "requires_batch16.py"
     base = ["verify", PROBLEMS / "affine_relu.py", "-s", solution, "--config", config_file, "--json", "--device", "cpu"]
@@ -121,6 +122,7 @@ def test_bad_input_is_a_clear_usage_error(args: list[str], message: str):
     assert message in " ".join(out.split())
 
 
+@pytest.mark.slow
 def test_lint_warns_about_degenerate_problems_only():
     code, out = invoke("lint", PROBLEMS / "saturated_sigmoid.py", "--device", "cpu")
     assert code == 1 and "a constant answer passes" in " ".join(out.split())
@@ -145,9 +147,10 @@ def test_bench_records_a_run_that_report_and_gate_read(tmp_path: Path, make_cata
     lines = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
     verdicts = {(r["solution"], r["verdict"]) for r in lines}
     assert verdicts == {("correct_torch", "correct"), ("wrong_values", "incorrect")}
-    # No terminal here, so no progress bar: each finished job has its own line in the log instead.
-    logged = [line for line in out.splitlines() if line.startswith("[")]
+    # No terminal here, so no progress bar: each job has a line in the log as it starts and as it ends instead.
+    logged = [line for line in out.splitlines() if line.startswith("[") and ": started (" not in line]
     assert [line[:20] for line in logged] == ["[1/2] affine_relu / ", "[2/2] affine_relu / "]
+    assert sum(": started (" in line for line in out.splitlines()) == 2
     assert any("/ correct_torch: correct, " in line and "speedup" in line for line in logged)
     assert any("/ wrong_values: incorrect" in line and "elements outside atol" in line for line in logged)
     meta = json.loads((run_dir / "metadata.json").read_text())
@@ -167,6 +170,7 @@ def test_bench_records_a_run_that_report_and_gate_read(tmp_path: Path, make_cata
     assert code == 1 and "wrong_values: incorrect" in " ".join(out.split())
 
 
+@pytest.mark.slow
 def test_bench_gate_passes_and_fails_on_speedup(tmp_path: Path, make_catalog, config_file: Path):
     problems_dir, solutions_dir = make_catalog("affine_relu", ["correct_torch"])
     gate = tmp_path / "gate.yaml"
@@ -194,6 +198,7 @@ def test_bench_gate_passes_and_fails_on_speedup(tmp_path: Path, make_catalog, co
     assert code == 1 and "below 1e+06x" in out
 
 
+@pytest.mark.slow
 def test_a_killed_run_keeps_every_finished_job_and_resumes(tmp_path: Path):
     problems_dir, solutions_dir = tmp_path / "problems", tmp_path / "solutions" / "affine_relu"
     problems_dir.mkdir()
@@ -277,6 +282,7 @@ def _cmdline_mentions(proc: Path, text: str) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_with_a_clear_error_and_keeps_finished_results(
     tmp_path: Path, make_catalog, config_file: Path, monkeypatch
 ):

@@ -15,6 +15,8 @@ from kbench.runner import Job, Runner
 AFFINE = read_problem(PROBLEMS / "affine_relu.py")
 BATCHNORM = read_problem(PROBLEMS / "linear_batchnorm.py")
 SCALED_COPY = read_problem(PROBLEMS / "scaled_copy.py")
+# One case of each kind runs in the quick `pytest`; the rest are `slow` (make test and CI run them).
+SLOW = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +32,16 @@ def run(runner: Runner, name: str, problem: Problem = AFFINE) -> JobResult:
 @pytest.mark.parametrize(
     ("fixture", "verdict", "flag"),
     [
-        ("cached_after_trials", Verdict.INCORRECT, "timed_output_mismatch"),
+        pytest.param("cached_after_trials", Verdict.INCORRECT, "timed_output_mismatch", marks=SLOW),
         ("stale_weights", Verdict.INCORRECT, "stale_weights"),
         ("mutates_input", Verdict.REJECTED, "input_mutated"),
-        ("reuses_output", Verdict.REJECTED, "output_reused"),
-        ("background_thread", Verdict.REJECTED, "thread"),
+        pytest.param("reuses_output", Verdict.REJECTED, "output_reused", marks=SLOW),
+        pytest.param("background_thread", Verdict.REJECTED, "thread", marks=SLOW),
         ("patches_timer", Verdict.REJECTED, "timer_tampering"),
-        ("patches_comparison", Verdict.INCORRECT, "monkey_patch"),
+        pytest.param("patches_comparison", Verdict.INCORRECT, "monkey_patch", marks=SLOW),
         ("forges_channel", Verdict.REJECTED, "channel_tampering"),
-        ("floods_channel", Verdict.REJECTED, "channel_tampering"),
-        ("tensor_subclass", Verdict.REJECTED, "output_not_tensor"),
+        pytest.param("floods_channel", Verdict.REJECTED, "channel_tampering", marks=SLOW),
+        pytest.param("tensor_subclass", Verdict.REJECTED, "output_not_tensor", marks=SLOW),
     ],
 )
 def test_cheats_are_caught_with_their_flag(runner: Runner, fixture: str, verdict: Verdict, flag: str):
@@ -51,7 +53,10 @@ def test_cheats_are_caught_with_their_flag(runner: Runner, fixture: str, verdict
 
 @pytest.mark.parametrize(
     ("fixture", "flags"),
-    [("doubles_in_place", {"input_mutated", "output_aliases_input"}), ("view_of_input", {"output_aliases_input"})],
+    [
+        ("doubles_in_place", {"input_mutated", "output_aliases_input"}),
+        pytest.param("view_of_input", {"output_aliases_input"}, marks=SLOW),
+    ],
 )
 def test_outputs_sharing_an_inputs_storage_are_rejected(runner: Runner, fixture: str, flags: set[str]):
     result = run(runner, fixture, SCALED_COPY)
@@ -73,12 +78,14 @@ def test_a_forged_protocol_message_cannot_switch_checks_off(runner: Runner):
     assert "channel_tampering" in result.flags and "second 'weights' message" in result.detail
 
 
+@pytest.mark.slow
 def test_re_announced_phases_do_not_extend_the_timeout():
     with Runner(fast_config(run_s=5.0), "cpu") as short:
         result = run(short, "phase_keepalive")
     assert result.verdict == Verdict.TIMEOUT and result.wall_s < 30, (result.reason, result.wall_s)
 
 
+@pytest.mark.slow
 def test_a_process_left_behind_is_killed_with_the_worker(runner: Runner, tmp_path, monkeypatch):
     pidfile = tmp_path / "daemon.pid"
     monkeypatch.setenv("KBENCH_TEST_DAEMON_PIDFILE", str(pidfile))
@@ -108,7 +115,10 @@ def test_running_statistics_must_evolve_like_the_reference(runner: Runner):
     assert "running_mean" in frozen.reason
 
 
-@pytest.mark.parametrize("fixture", ["correct_torch", "correct_renamed", "imports_profiler"])
+@pytest.mark.parametrize(
+    "fixture",
+    ["correct_torch", pytest.param("correct_renamed", marks=SLOW), pytest.param("imports_profiler", marks=SLOW)],
+)
 def test_honest_solutions_raise_no_flag(runner: Runner, fixture: str):
     result = run(runner, fixture)
     assert result.verdict == Verdict.CORRECT, (result.reason, result.flags)
@@ -124,6 +134,7 @@ def test_precision_loss_is_flagged_even_within_tolerance(runner: Runner):
     assert result.new_error_fp64 > 4 * max(result.ref_error_fp64, 1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("fixture", "reason"),
     [("exit_three", "exited with status 3"), ("aborts", "SIGABRT"), ("sigkill", "killed by SIGKILL")],
@@ -133,6 +144,7 @@ def test_any_worker_death_is_a_crash(runner: Runner, fixture: str, reason: str):
     assert result.verdict == Verdict.CRASH and reason in result.reason
 
 
+@pytest.mark.slow
 def test_physics_floor_rejects_impossible_times():
     solution = read_solution(SOLUTIONS / "affine_relu" / "correct_torch.py")
     config = fast_config()
@@ -163,6 +175,7 @@ def test_relative_error_and_precision_rule():
     assert not audit.precision_loss(3e-6, 1e-7, 4.0, 1e-6)  # both under the floor's reach
 
 
+@pytest.mark.slow
 def test_without_perturbed_trials_no_weight_copy_is_made_and_judging_still_works():
     from kbench.config import IntegrityConfig
 

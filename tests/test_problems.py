@@ -58,6 +58,7 @@ def test_scale_shape_follows_out_features():
     assert tuple(problem.small_sizes["scale_shape"]) == (problem.small_sizes["out_features"],)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PROBLEMS))
 def test_reference_runs_on_the_cpu_at_small_sizes(runner: Runner, name: str):
     problem = Catalog().resolve_problem(name)

@@ -97,6 +97,7 @@ def test_timing_stops_at_the_target_the_budget_or_the_cap():
     assert 5 <= len(budget.samples_ms[0]) < 10**6
 
 
+@pytest.mark.slow
 def test_warm_up_and_timing_last_their_minimum_times_even_when_the_counts_are_met():
     import time
 
@@ -203,6 +204,7 @@ def _reference_slowed_in_runs(runs: int, calls: list[str]):
     return judge
 
 
+@pytest.mark.slow
 def test_a_job_rejected_only_for_reference_drift_runs_again_and_a_repeated_drift_stays_rejected(monkeypatch):
     problem = read_problem(PROBLEMS / "affine_relu.py")
 
@@ -230,6 +232,7 @@ def test_a_job_rejected_only_for_reference_drift_runs_again_and_a_repeated_drift
     assert not any(note.startswith("run 1 ") for note in cheat.notes)
 
 
+@pytest.mark.slow
 def test_a_rerun_is_held_against_the_reference_alone_timed_again_not_an_out_of_date_baseline(monkeypatch, tmp_path):
     from kbench.baselines import Baseline
     from kbench.reference import ReferenceRun
@@ -308,6 +311,7 @@ def test_compile_baseline_is_measured_once_then_taken_from_the_cache(tmp_path):
     assert not any("baseline cache" in note for note in fresh.notes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failure", ["exit", "hang"])
 def test_a_torch_compile_that_hangs_or_crashes_costs_its_baseline_not_the_reference(failure, monkeypatch, tmp_path):
     from kbench.config import BaselineConfig
@@ -338,6 +342,7 @@ def test_the_roofline_floor_is_the_larger_of_the_memory_and_compute_floors():
     assert roofline_floor_ms(10**8, 10**12, None) is None  # no calibration: no floor, no fraction
 
 
+@pytest.mark.slow
 def test_calibrate_measures_ceilings_and_later_runs_report_the_roofline_fraction(tmp_path, monkeypatch):
     import json
 

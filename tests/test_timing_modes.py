@@ -95,6 +95,7 @@ def test_cuda_only_modes_are_refused_on_the_cpu_before_any_job_runs(tmp_path: Pa
     assert outcome.exit_code == 2 and "needs CUDA" in " ".join(outcome.output.split())
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_runs_own_timing_mode():
     outcome = cli.invoke(app, ["bench", "--resume", "any", "--timing-mode", "graph"])
     assert outcome.exit_code == 2 and "--resume takes no --timing-mode" in " ".join(outcome.output.split())
@@ -103,6 +104,7 @@ def test_resume_keeps_the_runs_own_timing_mode():
 # --- what results record ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_mode_used_is_recorded_in_results_and_reports(tmp_path: Path):
     config = tmp_path / "fast.yaml"
     config.write_text(yaml.safe_dump(fast_config().model_dump()))
@@ -132,6 +134,7 @@ def test_the_parent_accepts_the_requested_mode_or_a_fallback_to_events_with_a_re
     assert judged(timing_mode="graph", timing_fallback="but also events")[2] == {"bad_timing"}
 
 
+@pytest.mark.slow
 def test_the_baseline_cache_key_differs_by_timing_mode():
     problem = read_problem(AFFINE)
     keys = {}
@@ -155,6 +158,7 @@ def test_replacing_a_graph_or_profiler_function_is_timer_tampering(monkeypatch, 
         assert getattr(timing_modes, bound[path]) is original
 
 
+@pytest.mark.slow
 def test_calibrate_says_events_and_kernel_are_not_compared_on_the_cpu(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("KBENCH_CACHE_DIR", str(tmp_path / "cache"))
     config = tmp_path / "fast.yaml"

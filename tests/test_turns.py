@@ -152,6 +152,7 @@ def test_an_honest_solution_is_correct_at_about_the_references_speed(runner: Run
     assert not {"background_work", "settings_changed"} & set(result.flags)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fixture", ["memoizes_by_content", "memoizes_by_pointer"])
 def test_a_memoiser_gets_no_speedup(runner: Runner, fixture: str):
     # Every timed call has inputs no call saw before, so an answer remembered under the input's values never
@@ -163,6 +164,7 @@ def test_a_memoiser_gets_no_speedup(runner: Runner, fixture: str):
         assert result.verdict == Verdict.INCORRECT and result.speedup is None, (result.reason, result.flags)
 
 
+@pytest.mark.slow
 def test_fewer_threads_left_to_the_rest_of_its_process_buy_no_speedup(runner: Runner):
     # The reference is timed in a trusted process of its own, which the solution's thread setting cannot reach;
     # the change is still recorded.
@@ -173,6 +175,7 @@ def test_fewer_threads_left_to_the_rest_of_its_process_buy_no_speedup(runner: Ru
     assert result.speedup is not None and result.speedup < 1.6, result.speedup
 
 
+@pytest.mark.slow
 def test_a_core_kept_busy_while_the_reference_takes_its_turn_is_rejected(runner: Runner):
     result = run_fixture(runner, WIDE, "spins_beside")
     assert result.verdict == Verdict.REJECTED, (result.reason, result.flags, result.notes)

@@ -10,6 +10,8 @@ from kbench.results import JobResult, Verdict
 from kbench.runner import Job, Runner
 
 PROBLEM = read_problem(PROBLEMS / "affine_relu.py")
+# One case of each kind runs in the quick `pytest`; the rest are `slow` (make test and CI run them).
+SLOW = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +29,14 @@ def run(runner: Runner, name: str) -> JobResult:
     ("fixture", "verdict", "reason_part"),
     [
         ("wrong_values", Verdict.INCORRECT, "outside atol"),
-        ("wrong_shape", Verdict.INCORRECT, "shape (1, 16, 24) != reference (16, 24)"),
-        ("nan_output", Verdict.INCORRECT, "NaN in 1 places"),
-        ("forged_stdout", Verdict.INCORRECT, "outside atol"),
+        pytest.param("wrong_shape", Verdict.INCORRECT, "shape (1, 16, 24) != reference (16, 24)", marks=SLOW),
+        pytest.param("nan_output", Verdict.INCORRECT, "NaN in 1 places", marks=SLOW),
+        pytest.param("forged_stdout", Verdict.INCORRECT, "outside atol", marks=SLOW),
         ("syntax_error", Verdict.LOAD_ERROR, "SyntaxError"),
-        ("no_modelnew", Verdict.LOAD_ERROR, "no class ModelNew"),
+        pytest.param("no_modelnew", Verdict.LOAD_ERROR, "no class ModelNew", marks=SLOW),
         ("forward_raises", Verdict.RUNTIME_ERROR, "kernel launch failed on purpose"),
         ("segfault", Verdict.CRASH, "killed by SIGSEGV without a result"),
-        ("exit_zero", Verdict.CRASH, "exited with status 0 without a result"),
+        pytest.param("exit_zero", Verdict.CRASH, "exited with status 0 without a result", marks=SLOW),
     ],
 )
 def test_failing_solutions_get_their_verdict(runner: Runner, fixture: str, verdict: Verdict, reason_part: str):
@@ -44,6 +46,7 @@ def test_failing_solutions_get_their_verdict(runner: Runner, fixture: str, verdi
     assert result.speedup is None  # only a correct solution has a speedup
 
 
+@pytest.mark.slow
 def test_a_timeout_says_where_the_worker_was_stuck(runner: Runner):
     result = run(runner, "hang")
     assert result.verdict == Verdict.TIMEOUT and "in the run phase" in result.reason, result.reason

@@ -211,6 +211,7 @@ def run(runner: Runner, problem: Problem, name: str) -> JobResult:
     return run_fixture(runner, problem, name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("fixture", "mode"), [("gain_first_stale", "by_value"), ("drawn_first_stale", "by_value")])
 def test_a_parameter_registered_first_no_longer_hides_a_stale_weight(runner: Runner, fixture: str, mode: str):
     result = run(runner, SQUARE, fixture)
@@ -221,6 +222,7 @@ def test_a_parameter_registered_first_no_longer_hides_a_stale_weight(runner: Run
     assert honest.weights == "by_value"
 
 
+@pytest.mark.slow
 def test_batchnorm_without_running_statistics_is_incorrect_under_any_names(runner: Runner):
     result = run(runner, BATCHNORM, "own_names_no_running_stats")
     assert result.verdict == Verdict.INCORRECT and "state_mismatch" in result.flags, (result.reason, result.flags)
@@ -229,12 +231,14 @@ def test_batchnorm_without_running_statistics_is_incorrect_under_any_names(runne
     assert "change in the reference's forward, and ModelNew keeps no tensor that matches them" in result.reason
 
 
+@pytest.mark.slow
 def test_batchnorm_keeping_running_statistics_under_its_own_names_is_correct(runner: Runner):
     result = run(runner, BATCHNORM, "own_names_running_stats")
     assert result.verdict == Verdict.CORRECT and result.flags == [], (result.reason, result.flags)
     assert result.weights == "by_value"
 
 
+@pytest.mark.slow
 def test_a_weight_no_tensor_matches_leaves_the_solution_rejected(runner: Runner):
     result = run(runner, AFFINE, "transposed_weight")  # Linear's weight kept transposed, (32, 24) for (24, 32)
     assert result.verdict == Verdict.REJECTED and "unchecked_weights" in result.flags, (result.reason, result.flags)
@@ -246,6 +250,7 @@ def test_a_weight_no_tensor_matches_leaves_the_solution_rejected(runner: Runner)
     assert honest.weights == "by_value"
 
 
+@pytest.mark.slow
 def test_replacing_the_matching_is_a_monkey_patch(runner: Runner):
     result = run(runner, SQUARE, "patches_matching")
     assert result.verdict == Verdict.REJECTED, (result.reason, result.flags)

@@ -80,6 +80,7 @@ def _problem_failing_once(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_cached_references_run_together_and_one_that_fails_there_runs_again_alone(tmp_path: Path, monkeypatch):
     problems = [read_problem(PROBLEMS / "affine_relu.py"), read_problem(_problem_failing_once(tmp_path))]
     store = JsonStore(tmp_path / "baselines.json")
@@ -147,6 +148,7 @@ def test_an_output_replaced_by_a_link_or_grown_after_announcing_is_refused_unrea
         read_announced(path, announced)
 
 
+@pytest.mark.slow
 def test_a_failure_of_kbench_while_preparing_references_leaves_them_to_their_jobs(tmp_path: Path, monkeypatch):
     problem = read_problem(PROBLEMS / "affine_relu.py")
     store = JsonStore(tmp_path / "baselines.json")
@@ -170,6 +172,7 @@ def test_a_failure_of_kbench_while_preparing_references_leaves_them_to_their_job
     assert reference.error is None and reference.baseline_cached and len(calls) == 2
 
 
+@pytest.mark.slow
 def test_the_next_solution_worker_starts_early_and_imports_the_solution_only_after_the_gate(
     tmp_path: Path, monkeypatch
 ):
@@ -196,6 +199,7 @@ def test_the_next_solution_worker_starts_early_and_imports_the_solution_only_aft
     assert two.stage_s["solution_wait"] > 0
 
 
+@pytest.mark.slow
 def test_a_worker_started_early_for_a_job_that_does_not_come_is_stopped(tmp_path: Path, monkeypatch):
     from kbench.catalog import read_solution
     from kbench.results import Verdict
@@ -221,6 +225,7 @@ def test_a_worker_started_early_for_a_job_that_does_not_come_is_stopped(tmp_path
     assert not (tmp_path / "imports").exists(), "no solution got past its gate"
 
 
+@pytest.mark.slow
 def test_a_warm_run_starts_its_first_solution_worker_before_the_references_run(tmp_path: Path, monkeypatch):
     from kbench.catalog import read_solution
     from kbench.results import Verdict
