@@ -133,9 +133,11 @@ class Runner:
                 wall_s=time.monotonic() - started,
             )
 
-    def build_failed(self, job: Job, verdict: str, reason: str, detail: str, build_s: float) -> JobResult:
-        """The result of a job whose solution the build pool (``kbench.build_pool``) could not build: no worker
-        of its own, no reference run for it."""
+    def build_failed(
+        self, job: Job, verdict: str, reason: str, detail: str, build_s: float, judged_by: str = "the build pool"
+    ) -> JobResult:
+        """The result of a job whose solution could not be loaded, as the build pool (``kbench.build_pool``) or the
+        solution's text showed: no worker of its own, no reference run for it."""
         return JobResult(
             problem=job.problem.name,
             solution=job.solution.name,
@@ -150,7 +152,7 @@ class Runner:
             detail=detail[-20_000:],
             build_s=build_s,
             build_cache_hit=False,
-            notes=["judged by the build pool: no solution worker ran"],
+            notes=[f"judged by {judged_by}: no solution worker ran"],
             stage_s={"build": build_s},
         )
 

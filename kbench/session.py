@@ -213,6 +213,15 @@ def _bandwidth(config: KbenchConfig, device: str) -> float | None:
     return metadata.peak_memory_bandwidth() if device.startswith("cuda") else None
 
 
+def _no_model_new(path: Path) -> str | None:
+    """Why a solution cannot run, read from its text alone (it binds no ``ModelNew``), or None."""
+    try:
+        catalog.check_defines_model_new(path)
+    except catalog.CatalogError as exc:
+        return str(exc)
+    return None
+
+
 def execute(
     session: SessionPlan,
     config: KbenchConfig,
@@ -229,7 +238,8 @@ def execute(
     began = time.monotonic()
     results: list[JobResult] = []
     references: list[ReferenceCheck] = []
-    paths = [job.solution.path for job in session.jobs]
+    unusable = {job.solution.path: why for job in session.jobs if (why := _no_model_new(job.solution.path))}
+    paths = [job.solution.path for job in session.jobs if job.solution.path not in unusable]
     builds = build_pool.build_all(paths, device, config.timeouts, build_jobs, on_build)
 
     def finished(result: JobResult) -> None:
@@ -241,6 +251,9 @@ def execute(
     with _runner(config, device) as runner:
         jobs = []
         for job in session.jobs:
+            if job.solution.path in unusable:  # read from its text: no worker, no build
+                finished(runner.build_failed(job, "load_error", unusable[job.solution.path], "", 0.0, "its text"))
+                continue
             outcome = builds.of(job.solution.path)
             failure = outcome.failure(device) if outcome is not None else None
             if outcome is not None and failure is not None:

@@ -125,3 +125,16 @@ def test_throughput_names_the_stage_that_took_longest():
     assert rates["summed_s"]["build"] == 16.0 and rates["critical_s"]["build"] == 9.0
     assert rates["critical_s"]["queue"] == 2.5 and rates["dominant"] == "build"
     assert "180.0 jobs/h" in throughput.line(rates)
+
+
+def test_a_solution_without_model_new_is_judged_from_its_text_and_starts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("KBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    named_otherwise = tmp_path / "named_otherwise.py"
+    named_otherwise.write_text("import torch.nn as nn\n\n\nclass Model2(nn.Module):\n    pass\n")
+    results, started, (report,) = _execute([named_otherwise], monkeypatch)
+    (result,) = results
+    assert result.verdict == Verdict.LOAD_ERROR and "defines no ModelNew" in result.reason
+    assert result.notes == ["judged by its text: no solution worker ran"]
+    assert started == [] and report.counts() == {}  # neither built nor run
