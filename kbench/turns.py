@@ -54,6 +54,7 @@ class WorkerTurns:
     alive: Callable[[], bool]  # whether the worker process still runs
     end: Callable[[], None]  # close the command pipe: a worker waiting for a command leaves
     _buffer: bytes = b""
+    _processes: list[psutil.Process] = field(default_factory=list)
 
     def send(self, **message: Any) -> None:
         data = memoryview((json.dumps(message) + "\n").encode())
@@ -85,15 +86,19 @@ class WorkerTurns:
             raise TurnsBroken(self.label, f"expected {key!r}, got {line[:200]!r}")
         return message[key]
 
-    def cpu_s(self) -> float:
-        """CPU seconds used so far by the worker and its child processes (0 once they are gone)."""
+    def find_processes(self) -> None:
+        """The worker and its child processes, found again once a batch: finding children reads every process's
+        record in /proc, too slow to do around every call on a busy host."""
         try:
             process = psutil.Process(self.pid)
-            members = [process, *process.children(recursive=True)]
+            self._processes = [process, *process.children(recursive=True)]
         except psutil.Error:
-            return 0.0
+            self._processes = []
+
+    def cpu_s(self) -> float:
+        """CPU seconds used so far by the processes last found (a process gone since counts no more)."""
         total = 0.0
-        for member in members:
+        for member in self._processes:
             try:
                 times = member.cpu_times()
             except psutil.Error:
@@ -129,6 +134,7 @@ class _Driver:
 
     def batch(self, first: int, count: int, timed: bool) -> list[list[float]]:
         reference, solution = self.sides
+        solution.find_processes()
         for side in self.sides:
             side.send(batch=[first, count])
         slot: int | None = None
