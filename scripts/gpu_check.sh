@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # One device call: install kbench, run the tests (GPU ones included), then the daily commands on CUDA.
 # Logs and the run directory go to $OUT (the device tool brings them back). Needs .whl carried along when
-# the machine lacks pydantic (see README, "Running on the GPU machine").
+# the machine lacks pydantic, psutil, filelock or platformdirs (see README, "Running on the GPU machine").
 set -uo pipefail
 OUT=${OUT:-/tmp/kbench-gpu-check}
 mkdir -p "$OUT"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} PYTHONUNBUFFERED=1 COLUMNS=200
-if [ -d .whl ] && ! python3 -c "import pydantic" 2>/dev/null; then
+if [ -d .whl ] && ! python3 -c "import pydantic, psutil, filelock, platformdirs" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
