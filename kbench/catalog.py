@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import ast
 import difflib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from kbench import kernelbench_layout
+from kbench.kernelbench_layout import Generation, KernelBenchId
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROBLEMS_DIR = PACKAGE_DIR / "problems"
@@ -117,8 +121,19 @@ def read_solution(path: Path, name: str | None = None) -> Solution:
 
 
 @dataclass(frozen=True)
+class UnmatchedGeneration:
+    """A file at the top of the solutions folder that no problem takes, and why (for a warning)."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
 class Catalog:
-    """Where problems (``<name>.py``) and their solutions (``<solutions_dir>/<name>/*.py``) live."""
+    """Where problems (``<name>.py``) and their solutions live. A problem's solutions are the files in
+    ``<solutions_dir>/<name>/`` and, for a problem of KernelBench's own folders (``level<L>/<P>_*.py``), the
+    generations of a KernelBench run folder given as ``solutions_dir`` (``level_<L>_problem_<P>_sample_<S>_kernel.py``,
+    directly in it), named ``sample_<S>``. kbench.kernelbench_layout has the naming rules."""
 
     problems_dir: Path = PROBLEMS_DIR
     solutions_dir: Path = SOLUTIONS_DIR
@@ -167,10 +182,85 @@ class Catalog:
         raise CatalogError(f"unknown problem '{spec}'.{hint}")
 
     def registered_solutions(self, problem: Problem) -> list[Solution]:
+        """The files in ``<solutions_dir>/<problem.name>/``, then the KernelBench generations for the problem.
+        Names are unique per problem: a generation whose ``sample_<S>`` is taken is named by its file stem."""
         folder = self.solutions_dir / problem.name
-        if not folder.is_dir():
+        own: list[Solution] = []
+        if folder.is_dir():
+            own = [read_solution(p) for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")]
+        generations = self._generations_for(problem)
+        taken = Counter([s.name for s in own] + [g.name for g in generations])
+        solutions = own + [read_solution(g.path, g.name if taken[g.name] == 1 else g.path.stem) for g in generations]
+        _check_unique_names(problem, solutions)
+        return solutions
+
+    def generations(self) -> list[Generation]:
+        """The KernelBench generation files directly in ``solutions_dir`` (a KernelBench run folder is flat;
+        subfolders are not searched), whatever problem they name."""
+        found = map(kernelbench_layout.parse_generation, kernelbench_layout.loose_python_files(self.solutions_dir))
+        return [g for g in found if g is not None]
+
+    def unmatched_generations(self) -> list[UnmatchedGeneration]:
+        """Files directly in ``solutions_dir`` that no problem under ``problems_dir`` takes: generations naming a
+        problem that is not there, and ``*.py`` files not named as KernelBench names generations. Without a
+        warning about them, a typo or the wrong problems folder would just leave kernels out of the run."""
+        known = self._kernelbench_problems()
+        unmatched: list[UnmatchedGeneration] = []
+        for path in kernelbench_layout.loose_python_files(self.solutions_dir):
+            generation = kernelbench_layout.parse_generation(path)
+            if generation is None:
+                reason = f"not named {kernelbench_layout.GENERATION_FORMAT}, so it names no problem"
+            elif generation.target not in known:
+                reason = (
+                    f"names {generation.target}, and no problem under {self.problems_dir} is "
+                    f"level{generation.target.level}/{generation.target.problem}_*.py"
+                )
+            else:
+                continue
+            unmatched.append(UnmatchedGeneration(path.resolve(), reason))
+        return unmatched
+
+    def _kernelbench_problems(self) -> dict[KernelBenchId, list[Path]]:
+        """Problem files under ``problems_dir`` by KernelBench identity (those without one are left out)."""
+        found: dict[KernelBenchId, list[Path]] = {}
+        for path in self.problem_files():
+            identity = kernelbench_layout.problem_identity(path)
+            if identity is not None:
+                found.setdefault(identity, []).append(path.resolve())
+        return found
+
+    def _problems_of(self, identity: KernelBenchId) -> list[Path]:
+        try:
+            return self._kernelbench_problems().get(identity, [])
+        except CatalogError:  # a problem given by path needs no problems folder: then it has no rival
             return []
-        return [read_solution(p) for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")]
+
+    def _generations_for(self, problem: Problem) -> list[Generation]:
+        identity = kernelbench_layout.problem_identity(problem.path)
+        if identity is None:
+            return []
+        matching = [g for g in self.generations() if g.target == identity]
+        if matching:  # only then does a second problem of the same identity make the mapping ambiguous
+            others = [p for p in self._problems_of(identity) if p != problem.path]
+            if others:
+                raise CatalogError(
+                    f"two problems are KernelBench {identity}: {problem.path} and {others[0]}; the generations "
+                    f"named level_{identity.level}_problem_{identity.problem}_sample_<S>_kernel.py would fit "
+                    "either: move one of them out of the problems folder"
+                )
+        return sorted(matching, key=lambda g: (int(g.sample), g.sample, g.path))
+
+
+def _check_unique_names(problem: Problem, solutions: list[Solution]) -> None:
+    """Results, resume and tables know a solution by (problem, name): two of one name would be one."""
+    seen: dict[str, Path] = {}
+    for solution in solutions:
+        if solution.name in seen:
+            raise CatalogError(
+                f"two solutions of {problem.name} named '{solution.name}': {seen[solution.name]} and "
+                f"{solution.path}; rename the one in {solution.path.parent}"
+            )
+        seen[solution.name] = solution.path
 
 
 def parse_override(text: str) -> tuple[str, Any]:

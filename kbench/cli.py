@@ -371,6 +371,8 @@ def bench(
         else:
             registry = catalog.Catalog(problems_dir, solutions_dir)
             targets = registry.list_problems() if run_all else [registry.resolve_problem(p) for p in problems or []]
+            if run_all:
+                _warn_unmatched_generations(registry, errors if as_json else console)
             sizes = parse_overrides(overrides)
             for target in targets:  # input first: it needs no torch
                 catalog.check_overrides(target, sizes)
@@ -389,6 +391,12 @@ def bench(
     except OSError as exc:
         raise fail(f"cannot create a run under {results_dir}: {exc.strerror}", EXIT_INTERNAL) from None
     raise typer.Exit(_finish_bench(run_dir, dev, outcome.references, gate_cfg, junit, as_json))
+
+
+def _warn_unmatched_generations(registry: catalog.Catalog, out: Console) -> None:
+    """Files in a KernelBench run folder that no problem takes would silently be left out of the run."""
+    for stray in registry.unmatched_generations():
+        out.print(f"[yellow]warning:[/] {escape(str(stray.path))} is not run: {escape(stray.reason)}", highlight=False)
 
 
 def _finish_bench(
