@@ -1,4 +1,5 @@
-"""The build pool: every solution of a session is built on CPU workers, N at a time, before its jobs run.
+"""The build pool: every solution of a session is built on CPU workers, N at a time, in the background; a job
+waits for its own solution's build only, so GPU jobs run while later solutions build.
 
 Trusted side. Building is importing the solution (its ``load_inline`` compiles then), which runs untrusted code:
 each build is a worker of its own (``python -m kbench.untrusted.build_worker``, isolated by ``kbench.isolation``)
@@ -12,9 +13,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,18 +80,97 @@ class BuildReport:
         return sum(o.worker_s for o in unique.values())
 
 
-def build_all(
+class Builds:
+    """Builds under way on a pool of ``workers`` threads, each following one build worker at a time, while the
+    session runs the jobs whose builds are done: ``outcome(path)`` waits for that solution's build only."""
+
+    def __init__(
+        self,
+        known: dict[str, BuildOutcome],
+        to_build: dict[Path, list[str]],
+        device: str,
+        timeouts: Timeouts,
+        workers: int,
+        on_start: Callable[[int, int], None],
+    ) -> None:
+        self.began, self.workers = time.monotonic(), workers
+        self._known = known
+        self._paths = to_build
+        self._started = 0
+        self._lock = threading.Lock()
+        self._on_start, self._total = on_start, len(to_build)
+        self._scratch = Path(tempfile.mkdtemp(prefix="kbench-build-"))
+        self._env = build_env(device, workers)
+        self._limits = {"load": timeouts.run_s, "build": timeouts.build_s}  # the load phase is torch's import
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kbench-build")
+        self._futures: dict[str, Future[BuildOutcome]] = {}
+        for index, (ext_dir, paths) in enumerate(to_build.items()):  # in the jobs' order: the first jobs' first
+            future = self._pool.submit(self._build, index, ext_dir, paths[0])
+            self._futures.update(dict.fromkeys(paths, future))
+        self._ended: float | None = None if to_build else self.began
+
+    def outcome(self, solution_path: Path | str) -> BuildOutcome | None:
+        """The solution's build outcome, once its build has ended; None for a solution the pool never saw."""
+        key = str(solution_path)
+        if key in self._futures:
+            return self._futures[key].result()
+        return self._known.get(key)
+
+    def ready(self, solution_path: Path | str) -> bool:
+        """Whether the solution's build has ended (or it has none): its job would not wait."""
+        future = self._futures.get(str(solution_path))
+        return future is None or future.done()
+
+    def done(self) -> int:
+        """How many solutions' builds have ended (cache hits and sources with nothing to build included)."""
+        return len(self._known) + sum(1 for future in self._futures.values() if future.done())
+
+    def total(self) -> int:
+        return len(self._known) + len(self._futures)
+
+    def report(self) -> BuildReport:
+        """Every outcome, once every build has ended; the pool's threads and scratch folder are gone then."""
+        outcomes = {**self._known, **{path: future.result() for path, future in self._futures.items()}}
+        self._pool.shutdown()
+        shutil.rmtree(self._scratch, ignore_errors=True)
+        if self._ended is None:
+            self._ended = max((o.began or 0.0) + o.worker_s for o in outcomes.values())
+        return BuildReport(outcomes, max(0.0, self._ended - self.began), self.workers)
+
+    def _build(self, index: int, ext_dir: Path, path: str) -> BuildOutcome:
+        began: list[float] = []
+
+        def note(pid: int) -> None:
+            began.append(time.monotonic())
+            with self._lock:
+                self._started += 1
+                started = self._started
+            self._on_start(started, self._total)
+
+        ext_dir.mkdir(parents=True, exist_ok=True)
+        command = WorkerCommand(
+            BUILD_WORKER,
+            [path],
+            self._scratch / f"build-{index}.log",
+            self._limits,
+            env={**self._env, "TORCH_EXTENSIONS_DIR": str(ext_dir)},
+            on_start=note,
+        )
+        (run,) = run_workers([command])
+        return _outcome(run, ext_dir, began[0] if began else None)
+
+
+def start_builds(
     solution_paths: list[Path],
     device: str,
     timeouts: Timeouts,
     at_once: int | None = None,
     on_start: Callable[[int, int], None] = lambda started, total: None,
-) -> BuildReport:
-    """Build each distinct solution source not built yet, ``at_once`` (default: the cores) at a time.
-    ``on_start(started, total)`` is called as each build worker starts."""
-    began, at_once = time.monotonic(), max(1, at_once or default_jobs())
+) -> Builds:
+    """Start building each distinct solution source not built yet, ``at_once`` (default: the cores) at a time,
+    in the background. ``on_start(started, total)`` is called as each build worker starts."""
     root = default_cache_root()
-    outcomes: dict[str, BuildOutcome] = {}
+    known: dict[str, BuildOutcome] = {}
     to_build: dict[Path, list[str]] = {}  # build folder -> the solutions with that source
     for path in dict.fromkeys(map(Path, solution_paths)):
         try:
@@ -97,56 +179,23 @@ def build_all(
             continue  # its job reports it, as before
         ext_dir = build_cache.extension_dir(root, source, device)
         if COMPILES_ON_IMPORT not in source:
-            outcomes[str(path)] = BuildOutcome("not_built", str(ext_dir))
+            known[str(path)] = BuildOutcome("not_built", str(ext_dir))
         elif build_cache.has_built_extension(ext_dir):
-            outcomes[str(path)] = BuildOutcome("cache_hit", str(ext_dir))
+            known[str(path)] = BuildOutcome("cache_hit", str(ext_dir))
         else:
             to_build.setdefault(ext_dir, []).append(str(path))
-    if to_build:
-        for outcome, paths in zip(
-            _build(to_build, device, timeouts, at_once, on_start), to_build.values(), strict=True
-        ):
-            outcomes.update(dict.fromkeys(paths, outcome))
-    return BuildReport(outcomes, time.monotonic() - began, at_once)
+    return Builds(known, to_build, device, timeouts, max(1, at_once or default_jobs()), on_start)
 
 
-def _build(
-    to_build: dict[Path, list[str]],
+def build_all(
+    solution_paths: list[Path],
     device: str,
     timeouts: Timeouts,
-    at_once: int,
-    on_start: Callable[[int, int], None],
-) -> list[BuildOutcome]:
-    began: dict[int, float] = {}  # command index -> time.monotonic() as its worker started
-
-    def started(index: int) -> Callable[[int], None]:
-        def note(pid: int) -> None:
-            began[index] = time.monotonic()
-            on_start(len(began), len(to_build))
-
-        return note
-
-    scratch = Path(tempfile.mkdtemp(prefix="kbench-build-"))
-    try:
-        env = build_env(device, at_once)
-        commands = []
-        for index, (ext_dir, paths) in enumerate(to_build.items()):
-            ext_dir.mkdir(parents=True, exist_ok=True)
-            commands.append(
-                WorkerCommand(
-                    BUILD_WORKER,
-                    [paths[0]],
-                    scratch / f"build-{index}.log",
-                    # The load phase is kbench's own (torch's import), limited like the solution worker's.
-                    {"load": timeouts.run_s, "build": timeouts.build_s},
-                    env={**env, "TORCH_EXTENSIONS_DIR": str(ext_dir)},
-                    on_start=started(index),
-                )
-            )
-        runs = run_workers(commands, at_once=at_once)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return [_outcome(run, ext_dir, began.get(i)) for i, (run, ext_dir) in enumerate(zip(runs, to_build, strict=True))]
+    at_once: int | None = None,
+    on_start: Callable[[int, int], None] = lambda started, total: None,
+) -> BuildReport:
+    """``start_builds``, then wait for every build."""
+    return start_builds(solution_paths, device, timeouts, at_once, on_start).report()
 
 
 def build_env(device: str, at_once: int) -> dict[str, str]:

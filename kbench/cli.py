@@ -27,6 +27,7 @@ from kbench.cli_options import (
     BuildJobsOpt,
     ConfigOpt,
     DeviceOpt,
+    GpusOpt,
     JsonFlag,
     JunitOpt,
     ProblemsDirOpt,
@@ -176,14 +177,24 @@ def _run(
     recorder: session.Recorder | None,
     quiet: bool,
     build_jobs: int | None = None,
+    gpus: str | None = None,
 ) -> session.SessionOutcome:
     from kbench import display, session
+    from kbench.devices import Device, DeviceError, devices_for
+    from kbench.scheduler import Progress
 
+    try:
+        lanes = devices_for(device, gpus)
+    except DeviceError as exc:
+        raise fail(str(exc)) from None
     progress_console = errors if quiet else console
     for line in describe_plan(planned, device):
         progress_console.print(line, markup=False, highlight=False, soft_wrap=True)
-    finished, started = 0, time.monotonic()
+    if len(lanes) > 1 or lanes[0].index is not None:
+        progress_console.print(f"on {', '.join(lane.described or lane.label for lane in lanes)}", highlight=False)
+    finished, starts, started = 0, 0, time.monotonic()
     total = len(planned.jobs)
+    standing = Progress(total)
     with display.job_progress(progress_console, total) as (progress, task):
 
         def say(text: str) -> None:
@@ -192,18 +203,22 @@ def _run(
             if not progress_console.is_terminal:
                 progress_console.print(text, markup=False, highlight=False, soft_wrap=True)
 
-        def on_start(job: Any) -> None:
-            progress.update(task, description=f"{job.problem.name} / {job.solution.name}")
+        def on_start(job: Any, lane: Device) -> None:
+            nonlocal starts
+            starts += 1
+            where = f" on {lane.label}" if len(lanes) > 1 else ""
+            progress.update(task, description=f"{job.problem.name} / {job.solution.name}{where} · {standing.line()}")
             say(
-                f"[{finished + 1}/{total}] {job.problem.name} / {job.solution.name}: started "
-                f"({time.monotonic() - started:.0f} s into the run)"
+                f"[{starts}/{total}] {job.problem.name} / {job.solution.name}: started{where} "
+                f"({time.monotonic() - started:.0f} s into the run; {standing.line()})"
             )
 
         def on_result(result: JobResult) -> None:
             nonlocal finished
             finished += 1
             progress.advance(task)
-            say(display.job_line(result, finished, total))
+            progress.update(task, description=standing.line())
+            say(f"{display.job_line(result, finished, total)} · {standing.line()}")
 
         def on_prepare() -> None:
             progress.update(task, description="references with cached timings, side by side")
@@ -214,7 +229,17 @@ def _run(
             say(f"building {building}/{builds} ({time.monotonic() - started:.0f} s into the run)")
 
         return session.execute(
-            planned, config, device, recorder, on_start, on_result, on_prepare, build_jobs=build_jobs, on_build=on_build
+            planned,
+            config,
+            device,
+            recorder,
+            on_start,
+            on_result,
+            on_prepare,
+            build_jobs=build_jobs,
+            on_build=on_build,
+            devices=lanes,
+            progress=standing,
         )
 
 
@@ -286,6 +311,7 @@ def verify(
     problems_dir: ProblemsDirOpt = catalog.PROBLEMS_DIR,
     solutions_dir: SolutionsDirOpt = catalog.SOLUTIONS_DIR,
     build_jobs: BuildJobsOpt = None,
+    gpus: GpusOpt = None,
 ) -> None:
     """Check that solutions give the reference's answers, and time both. A --solution file that defines no
     ModelNew is a usage error (exit 2) at once, before any worker starts."""
@@ -304,7 +330,7 @@ def verify(
         if not solution and not [s for s in registry.registered_solutions(target) if dev in s.devices]:
             raise fail(f"no solution registered for {target.name} on {dev}; pass one with --solution PATH")
         planned = session.plan([target], dev, sizes, registry, solution)
-        outcome = _run(planned, dev, cfg, None, quiet=as_json, build_jobs=build_jobs)
+        outcome = _run(planned, dev, cfg, None, quiet=as_json, build_jobs=build_jobs, gpus=gpus)
     except (CatalogError, ConfigError) as exc:
         raise fail(str(exc)) from None
     if as_json:
@@ -343,6 +369,7 @@ def bench(
     problems_dir: ProblemsDirOpt = catalog.PROBLEMS_DIR,
     solutions_dir: SolutionsDirOpt = catalog.SOLUTIONS_DIR,
     build_jobs: BuildJobsOpt = None,
+    gpus: GpusOpt = None,
 ) -> None:
     """Verify and time every problem x solution; record the run under results/<run-id>/. --junit writes a JUnit
     XML report for CI; --json prints the run as JSON instead of tables."""
@@ -383,7 +410,7 @@ def bench(
             selection = session.Selection([str(t.path) for t in targets], sizes, str(problems_dir), str(solutions_dir))
             run_dir = new_run(results_dir)  # only once the plan is sound: bad input leaves no empty run behind
             recorder = session.Recorder(run_dir, dev, cfg, sys.argv, selection)
-        outcome = _run(planned, dev, cfg, recorder, quiet=as_json, build_jobs=build_jobs)
+        outcome = _run(planned, dev, cfg, recorder, quiet=as_json, build_jobs=build_jobs, gpus=gpus)
     except (CatalogError, ConfigError, RunNotFound) as exc:
         raise fail(str(exc)) from None
     except session.RecordError as exc:  # kbench could not write its own results: not the solution's fault

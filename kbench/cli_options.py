@@ -37,12 +37,20 @@ JunitOpt = Annotated[
         "failures and errors carry the verdict and reason.",
     ),
 ]
+GpusOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--gpus",
+        help="The GPUs to run on, by NVML number: 0,2 or all (default: every visible GPU). Each runs one timed job "
+        "at a time.",
+    ),
+]
 BuildJobsOpt = Annotated[
     int | None,
     typer.Option(
         "--build-jobs",
         min=1,
-        help="Build the solutions' C++/CUDA extensions this many at a time on CPU workers, before any job runs "
-        "(default: the CPU cores).",
+        help="Build the solutions' C++/CUDA extensions this many at a time on CPU workers, while the jobs whose "
+        "builds are done run (default: the CPU cores, less two per GPU in use).",
     ),
 ]

@@ -142,6 +142,9 @@ def _children() -> set[int]:
 # Workers started and not yet closed: never taken for another worker's orphans (a worker started early, to
 # wait at its gate while the current one runs, is one).
 _LIVE: set[int] = set()
+# Held while a worker is started and entered in _LIVE, and while orphans are looked for: with jobs on several
+# devices, one thread's search must never find another's worker between its start and its entry in _LIVE.
+_SPAWNING = threading.Lock()
 
 
 def _kill_orphans(before: set[int]) -> int:
@@ -151,9 +154,10 @@ def _kill_orphans(before: set[int]) -> int:
     killed = 0
     for _ in range(10):  # a killed orphan's own children are reparented here in turn
         strays = []
-        for pid in _children() - before - _LIVE:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                strays.append(psutil.Process(pid))
+        with _SPAWNING:
+            for pid in _children() - before - _LIVE:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    strays.append(psutil.Process(pid))
         if not strays:
             break
         for stray in strays:
@@ -202,7 +206,7 @@ class StartedWorker:
         self.protocol = _Protocol(phases[1:], self.run)
         extra_args = [str(fd) for fd in child_fds[1:]]
         try:
-            with command.log_path.open("wb") as log:
+            with _SPAWNING, command.log_path.open("wb") as log:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", command.module, *command.args, str(write_fd), *extra_args],
                     stdin=subprocess.DEVNULL,
@@ -213,6 +217,7 @@ class StartedWorker:
                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
                     env=dict(command.env) if command.env is not None else None,
                 )
+                _LIVE.add(self.proc.pid)
         except BaseException:  # no worker (a full disk for its log, say): leave no pipe behind
             os.close(self.read_fd)
             self._close_gate()
@@ -221,7 +226,6 @@ class StartedWorker:
         finally:
             for fd in child_fds:
                 os.close(fd)
-        _LIVE.add(self.proc.pid)
         if command.on_start is not None:
             command.on_start(self.proc.pid)
         self.phase, self.phase_began = phases[0], started

@@ -59,8 +59,8 @@ class DeviceState:
         return found
 
 
-def _reader(nvml: Any) -> Callable[[], dict[str, Any]]:
-    handle = nvml.nvmlDeviceGetHandleByIndex(0)  # the GPU workers use (CUDA device 0)
+def _reader(nvml: Any, index: int) -> Callable[[], dict[str, Any]]:
+    handle = nvml.nvmlDeviceGetHandleByIndex(index)  # the job's GPU, by NVML's numbering
     # Newer NVML names the throttle reasons "clocks event reasons"; older ones only have the old name.
     reasons = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
     reasons = reasons or nvml.nvmlDeviceGetCurrentClocksThrottleReasons
@@ -87,9 +87,10 @@ class DeviceMonitor:
     """``with DeviceMonitor(enabled) as monitor:`` run a worker, telling ``monitor.worker_started(pid)``;
     afterwards ``monitor.state`` holds what NVML showed meanwhile."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, index: int = 0) -> None:
         self.state = DeviceState()
         self._enabled = enabled
+        self._index = index  # NVML's number of the GPU the job's workers see
         self._worker_groups: set[int] = set()  # the job's workers: the solution worker and its reference partner
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -119,7 +120,7 @@ class DeviceMonitor:
             with nvml_session() as nvml:
                 if nvml is None:
                     return
-                read = _reader(nvml)
+                read = _reader(nvml, self._index)
                 self._add(read())
                 while not self._stop.wait(SAMPLE_EVERY_S):
                     self._add(read())

@@ -24,6 +24,7 @@ from kbench import audit, baselines
 from kbench.baselines import Baseline, baseline_key
 from kbench.catalog import Problem
 from kbench.config import KbenchConfig
+from kbench.devices import Device
 from kbench.isolation import WorkerCommand, WorkerRun, run_workers
 from kbench.reference import ReferenceRun, load_reference
 from kbench.solution_starts import worker_env
@@ -61,6 +62,7 @@ class References:
         spec: SpecFactory,
         baseline_cache: JsonStore | None,
         device_name: str,
+        placement: Device | None = None,
     ) -> None:
         self.config = config
         self.device = device
@@ -69,6 +71,7 @@ class References:
         self._spec = spec
         self.baseline_cache = baseline_cache if config.baselines.cache else None
         self.device_name = device_name
+        self._placement = placement  # the GPU its workers see
         self._done: dict[str, ReferenceRun] = {}
         self._refused: dict[str, str] = {}  # baseline key -> why its cache entry is not used in this run
         self.device_info: dict[str, Any] = {}  # from the last reference that ran
@@ -174,7 +177,7 @@ class References:
             [str(spec_path)],
             out_dir / "worker.log",
             {"load": timeout, "run": timeout, "compile": timeout},
-            env=worker_env(self._cache_root),
+            env=worker_env(self._cache_root, placement=self._placement),
         )
         key = self.baseline_key(problem, overrides) if keep else None
         return _ReferenceJob(spec, out_dir, key, cached, command)

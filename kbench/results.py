@@ -35,6 +35,7 @@ class JobResult:
     verdict: Verdict
     reason: str
     device: str
+    gpu: str | None = None  # which GPU ran the job, where it ran on one: "cuda:2 NVIDIA H200 @ host"
     flags: list[str] = field(default_factory=list)
     max_abs_error: float | None = None
     max_rel_error: float | None = None

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from kbench import audit
 from kbench.catalog import Problem, Solution
 from kbench.config import KbenchConfig, check_timing_mode
+from kbench.devices import Device
 from kbench.isolation import WorkerRun, run_workers
 from kbench.judge import Judgement, judge, only_reference_slowed
 from kbench.monitor import DeviceMonitor, DeviceState
@@ -65,25 +66,35 @@ class Runner:
     def __init__(
         self,
         config: KbenchConfig,
-        device: str,
+        device: Device | str,
         cache_root: Path | None = None,
         bandwidth_bytes_per_s: float | None = None,
         baseline_cache: JsonStore | None = None,
         ceilings: Ceilings | None = None,
         device_name: str = "",
     ) -> None:
-        check_timing_mode(config, device)  # a mode this device cannot time is refused before any job runs
+        self.placement = device if isinstance(device, Device) else Device(device)
+        self.device = self.placement.kind  # what workers are told: inside them their one GPU is "cuda"
+        check_timing_mode(config, self.device)  # a mode this device cannot time is refused before any job runs
         self.config = config
-        self.device = device
         self.cache_root = cache_root
         self.bandwidth_bytes_per_s = bandwidth_bytes_per_s
         self.ceilings = ceilings  # measured by `kbench calibrate`: the roofline's two ceilings
         self._scratch = Path(tempfile.mkdtemp(prefix="kbench-"))
         self.references = References(
-            config, device, self._scratch, cache_root, self._reference_spec, baseline_cache, device_name or device
+            config,
+            self.device,
+            self._scratch,
+            cache_root,
+            self._reference_spec,
+            baseline_cache,
+            device_name or self.device,
+            self.placement,
         )
-        self._prefetch = config.pipeline.prefetch_on(device)
-        self._starter = SolutionStarter(config, self._scratch, cache_root, self._solution_spec, device)
+        self._prefetch = config.pipeline.prefetch_on(self.device)
+        self._starter = SolutionStarter(
+            config, self._scratch, cache_root, self._solution_spec, self.device, self.placement
+        )
 
     def close(self) -> None:
         self._starter.close()
@@ -126,35 +137,13 @@ class Runner:
                 problem=job.problem.name,
                 solution=job.solution.name,
                 device=self.device,
+                gpu=self.placement.described,
                 verdict=Verdict.RUNTIME_ERROR,
                 reason="kbench failed while running or judging this job (see detail)",
                 flags=["harness_error"],
                 detail=traceback.format_exc()[-20_000:],
                 wall_s=time.monotonic() - started,
             )
-
-    def build_failed(
-        self, job: Job, verdict: str, reason: str, detail: str, build_s: float, judged_by: str = "the build pool"
-    ) -> JobResult:
-        """The result of a job whose solution could not be loaded, as the build pool (``kbench.build_pool``) or the
-        solution's text showed: no worker of its own, no reference run for it."""
-        return JobResult(
-            problem=job.problem.name,
-            solution=job.solution.name,
-            device=self.device,
-            overrides=job.overrides,
-            problem_path=str(job.problem.path),
-            solution_path=str(job.solution.path),
-            solution_digest=_digest_or_empty(job.solution.path),
-            trials=self.config.trials,
-            verdict=Verdict(verdict),
-            reason=reason,
-            detail=detail[-20_000:],
-            build_s=build_s,
-            build_cache_hit=False,
-            notes=[f"judged by {judged_by}: no solution worker ran"],
-            stage_s={"build": build_s},
-        )
 
     def _reference_spec(self, problem: Problem, overrides: dict[str, Any], out_dir: Path) -> WorkerSpec:
         return self._spec(problem, overrides, out_dir, None)
@@ -183,7 +172,7 @@ class Runner:
         judge what they left."""
         began = time.monotonic()
         plan = TimingPlan.from_dict(self.config.timing.model_dump())
-        with DeviceMonitor(enabled=self.device.startswith("cuda")) as monitor:
+        with DeviceMonitor(self.placement.is_gpu, self.placement.index or 0) as monitor:
             for worker in start.workers():  # the partner's GPU use is the job's own, not another process's
                 monitor.worker_started(worker.pid)
             start.open_gates()
@@ -204,6 +193,7 @@ class Runner:
             "problem": job.problem.name,
             "solution": job.solution.name,
             "device": self.device,
+            "gpu": self.placement.described,
             "overrides": job.overrides,
             "problem_path": str(job.problem.path),
             "solution_path": str(job.solution.path),
@@ -287,6 +277,30 @@ class Runner:
                 "judge": attempt.judge_s,
             },
         )
+
+
+def judged_without_worker(
+    job: Job, device: str, trials: int, verdict: str, reason: str, detail: str, build_s: float, judged_by: str
+) -> JobResult:
+    """The result of a job whose solution could not be loaded, as the build pool (``kbench.build_pool``) or the
+    solution's text showed: no worker of its own, no reference run for it."""
+    return JobResult(
+        problem=job.problem.name,
+        solution=job.solution.name,
+        device=device,
+        overrides=job.overrides,
+        problem_path=str(job.problem.path),
+        solution_path=str(job.solution.path),
+        solution_digest=_digest_or_empty(job.solution.path),
+        trials=trials,
+        verdict=Verdict(verdict),
+        reason=reason,
+        detail=detail[-20_000:],
+        build_s=build_s,
+        build_cache_hit=False,
+        notes=[f"judged by {judged_by}: no solution worker ran"],
+        stage_s={"build": build_s},
+    )
 
 
 def _rerun_note(run: int, judged: Judgement, alone_ms: float | None, again: ReferenceRun) -> str:

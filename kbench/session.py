@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kbench import build_pool, catalog, metadata, throughput
+from kbench import build_pool, catalog, metadata, scheduler, throughput
 from kbench.caches import default_cache_root
 from kbench.calibrate import Ceilings, measure
 from kbench.catalog import Problem
 from kbench.config import KbenchConfig, check_timing_mode
+from kbench.devices import Device
 from kbench.reference import ReferenceRun
 from kbench.results import JobResult
-from kbench.runner import Job, Runner, effective_overrides
+from kbench.runner import Job, Runner, effective_overrides, judged_without_worker
 from kbench.runs import RunDir
 from kbench.stats import median_ms
 from kbench.store import JsonStore
@@ -193,14 +195,15 @@ def calibrate(device: str, config: KbenchConfig) -> Ceilings:
     return ceilings
 
 
-def _runner(config: KbenchConfig, device: str) -> Runner:
+def _runner(config: KbenchConfig, device: Device | str) -> Runner:
     """A runner with this machine's facts: peak bandwidth, device name, and the baseline cache."""
-    name = device_name(device)
+    lane = device if isinstance(device, Device) else Device(device)
+    name = lane.name or device_name(lane.kind)
     ceilings = JsonStore(default_cache_root() / CALIBRATION_FILE).get(name, Ceilings)
     return Runner(
         config,
-        device,
-        bandwidth_bytes_per_s=_bandwidth(config, device),
+        lane,
+        bandwidth_bytes_per_s=_bandwidth(config, lane.kind),
         baseline_cache=JsonStore(default_cache_root() / "baselines.json"),
         device_name=name,
         ceilings=ceilings,
@@ -227,20 +230,26 @@ def execute(
     config: KbenchConfig,
     device: str,
     recorder: Recorder | None = None,
-    on_start: Callable[[Job], None] = lambda job: None,
+    on_start: Callable[[Job, Device], None] = lambda job, lane: None,
     on_result: Callable[[JobResult], None] = lambda result: None,
     on_prepare: Callable[[], None] = lambda: None,
     build_jobs: int | None = None,
     on_build: Callable[[int, int], None] = lambda started, total: None,
+    devices: list[Device] | None = None,
+    progress: scheduler.Progress | None = None,
 ) -> SessionOutcome:
-    """Build every solution first (``build_pool``, ``build_jobs`` at a time), then run the jobs whose build did
-    not already settle their verdict; ``on_build(started, total)`` as each build starts."""
+    """Build every solution on the build pool (``build_jobs`` at a time) while the scheduler runs, on each of
+    ``devices`` (default: the one ``device`` names), the jobs whose builds are done and did not settle their
+    verdict; ``on_build(started, total)`` as each build starts. ``progress``, if given, is kept up to date."""
     began = time.monotonic()
-    results: list[JobResult] = []
-    references: list[ReferenceCheck] = []
+    lanes = devices or [Device(device)]
     unusable = {job.solution.path: why for job in session.jobs if (why := _no_model_new(job.solution.path))}
     paths = [job.solution.path for job in session.jobs if job.solution.path not in unusable]
-    builds = build_pool.build_all(paths, device, config.timeouts, build_jobs, on_build)
+    reserve = 2 * len(lanes) if device != "cpu" else 0  # each lane's two workers keep a core each
+    at_once = build_jobs or max(1, build_pool.default_jobs() - reserve)
+    builds = build_pool.start_builds(paths, device, config.timeouts, at_once, on_build)
+    judged_early = _Settler(unusable, builds, device, config.trials)
+    results: list[JobResult] = []
 
     def finished(result: JobResult) -> None:
         if recorder is not None:
@@ -248,31 +257,71 @@ def execute(
         results.append(result)
         on_result(result)
 
-    with _runner(config, device) as runner:
-        jobs = []
-        for job in session.jobs:
-            if job.solution.path in unusable:  # read from its text: no worker, no build
-                finished(runner.build_failed(job, "load_error", unusable[job.solution.path], "", 0.0, "its text"))
-                continue
-            outcome = builds.of(job.solution.path)
-            failure = outcome.failure(device) if outcome is not None else None
-            if outcome is not None and failure is not None:
-                finished(runner.build_failed(job, *failure, outcome.worker_s))
-            else:
-                jobs.append(job)
+    def first_steps(runner: Runner, pending: list[list[Job]]) -> None:
+        """One device: start the first job's workers early and check the cached references side by side, as
+        a one-device run always did. With several, each lane runs its references as its jobs come."""
         on_prepare()
-        if jobs:
-            runner.start_first(jobs[0])
-        runner.references.prepare([(job.problem, job.overrides) for job in jobs] + session.reference_only)
-        for index, job in enumerate(jobs):
-            on_start(job)
-            finished(runner.run(job, next_job=jobs[index + 1] if index + 1 < len(jobs) else None))
-        for problem, sizes in session.reference_only:
-            reference = runner.references.get(problem, sizes)
-            references.append(ReferenceCheck.of(problem, reference))
-        rates = throughput.summary(results, time.monotonic() - began, builds.summed_s(), builds.wall_s)
-        rates["builds"] = {**builds.counts(), "workers": builds.workers}
-        outcome = SessionOutcome(results, references, runner.references.device_info, rates)
+        if len(lanes) == 1 and pending:
+            runner.start_first(pending[0][0])
+            runner.references.prepare([(job.problem, job.overrides) for chunk in pending for job in chunk])
+
+    device_info: dict[str, Any] = {}  # from the last reference that ran, on any lane
+    plan = scheduler.Scheduler(
+        lanes,
+        lambda lane: _lane_runner(config, lane, device_info),
+        judged_early.result,
+        on_start=on_start,
+        on_result=finished,
+        on_lane=first_steps,
+        ready=lambda job: builds.ready(job.solution.path),
+    )
+    progress = progress or scheduler.Progress(len(session.jobs))
+    progress.builds_done, progress.builds_total = builds.done, builds.total()
+    plan.run(session.jobs, progress)
+    references = _reference_checks(session.reference_only, config, lanes[0])
+    report = builds.report()
+    rates = throughput.summary(results, time.monotonic() - began, report.summed_s(), report.wall_s)
+    rates["builds"] = {**report.counts(), "workers": report.workers}
+    rates["devices"] = [lane.label for lane in lanes]
+    outcome = SessionOutcome(results, references, device_info, rates)
     if recorder is not None:
         recorder.finish(outcome.device_info, references, rates)
     return outcome
+
+
+@dataclass
+class _Settler:
+    """A job's result when its solution cannot run at all: no ``ModelNew`` in its text, or a build that failed."""
+
+    unusable: dict[Path, str]
+    builds: build_pool.Builds
+    device: str
+    trials: int
+
+    def result(self, job: Job) -> JobResult | None:
+        if job.solution.path in self.unusable:  # read from its text: no worker, no build
+            why = self.unusable[job.solution.path]
+            return judged_without_worker(job, self.device, self.trials, "load_error", why, "", 0.0, "its text")
+        outcome = self.builds.outcome(job.solution.path)
+        failure = outcome.failure(self.device) if outcome is not None else None
+        if outcome is None or failure is None:
+            return None
+        return judged_without_worker(job, self.device, self.trials, *failure, outcome.worker_s, "the build pool")
+
+
+@contextmanager
+def _lane_runner(config: KbenchConfig, lane: Device, device_info: dict[str, Any]) -> Iterator[Runner]:
+    with _runner(config, lane) as runner:
+        try:
+            yield runner
+        finally:
+            device_info.update(runner.references.device_info)
+
+
+def _reference_checks(
+    wanted: list[tuple[Problem, dict[str, Any]]], config: KbenchConfig, lane: Device
+) -> list[ReferenceCheck]:
+    if not wanted:
+        return []
+    with _lane_runner(config, lane, {}) as runner:
+        return [ReferenceCheck.of(problem, runner.references.get(problem, sizes)) for problem, sizes in wanted]

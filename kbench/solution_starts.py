@@ -20,6 +20,7 @@ from typing import Any
 from kbench import caches
 from kbench.catalog import PACKAGE_DIR
 from kbench.config import KbenchConfig
+from kbench.devices import Device
 from kbench.isolation import StartedWorker, WorkerCommand, start_worker
 from kbench.spec import WorkerSpec
 
@@ -28,8 +29,11 @@ from kbench.spec import WorkerSpec
 GATE_WAIT_S = 86_400.0
 
 
-def worker_env(cache_root: Path | None, device: str = "cuda") -> dict[str, str]:
+def worker_env(cache_root: Path | None, device: str = "cuda", placement: Device | None = None) -> dict[str, str]:
+    """A worker's environment: this kbench importable, the caches, and only ``placement``'s GPU visible."""
     env = dict(os.environ)
+    if placement is not None:
+        env.update(placement.worker_env())
     if device == "cpu":
         # The reference and the solution take turns on the same cores: OpenMP threads that spin after their own
         # call would take cores from the other's, and would count as the solution working in the background.
@@ -71,8 +75,10 @@ class SolutionStarter:
         cache_root: Path | None,
         spec: Callable[[Any, Path, int], WorkerSpec],  # (job, out_dir, poison_numel) -> the worker's spec
         device: str,
+        placement: Device | None = None,
     ) -> None:
         self._timeouts = config.timeouts
+        self._placement = placement
         self._scratch = scratch
         self._cache_root = cache_root
         self._spec = spec
@@ -93,7 +99,7 @@ class SolutionStarter:
         out_dir = Path(tempfile.mkdtemp(prefix="job-", dir=self._scratch))
         spec_path = out_dir / "spec.json"
         self._spec(job, out_dir, poison_numel).write(spec_path)
-        limits, env = self._timeouts, worker_env(self._cache_root, self._device)
+        limits, env = self._timeouts, worker_env(self._cache_root, self._device, self._placement)
         solution = WorkerCommand(
             "kbench.untrusted.worker",
             [str(spec_path)],

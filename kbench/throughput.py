@@ -1,8 +1,9 @@
 """A run's throughput: jobs per hour, and where the time went, by stage (issue #18).
 
-Stages: build (the build pool), reference, queue (a solution worker starting and waiting at its gate), run (the
-solution worker building and running), judge. ``summed_s`` adds each stage over all jobs; ``critical_s`` is what
-the run waited for: the pool's wall time, then each job's stages, since jobs run one after another.
+Stages: build, reference, queue (a solution worker starting and waiting at its gate), run (the solution worker
+building and running), judge. ``summed_s`` adds each stage over all jobs (build: the build pool's workers).
+``critical_s`` is what the run waited for: on the busiest device (lane), its jobs' stages one after another, and
+as build the time it waited for builds that had not ended (builds run beside the jobs).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from kbench.results import JobResult
 
 # JobResult.stage_s keys -> the stage they count towards
 _STAGES = {
+    "build_wait": "build",
     "reference": "reference",
     "solution_load": "queue",
     "solution_wait": "queue",
@@ -24,26 +26,44 @@ _STAGES = {
 STAGES = ("build", "reference", "queue", "run", "judge")
 
 
-def summary(results: list[JobResult], wall_s: float, build_summed_s: float, build_wall_s: float) -> dict[str, Any]:
-    summed = dict.fromkeys(STAGES, 0.0)
+def _lane_stages(results: list[JobResult]) -> dict[str, float]:
+    """One lane's stages on its own critical path: its jobs ran one after another."""
     critical = dict.fromkeys(STAGES, 0.0)
-    summed["build"], critical["build"] = build_summed_s, build_wall_s
     for result in results:
-        stages = dict.fromkeys(STAGES, 0.0)
-        for key, seconds in result.stage_s.items():
-            if key in _STAGES:
-                stages[_STAGES[key]] += seconds
-        for stage, seconds in stages.items():
-            summed[stage] += seconds
+        stages = _stages(result)
         # A worker started early waits at its gate while the job before it runs, off the critical path: a job
         # waited only for what its own wall time holds beyond its other stages.
         stages["queue"] = max(0.0, result.wall_s - stages["reference"] - stages["run"] - stages["judge"])
-        for stage in ("reference", "queue", "run", "judge"):
+        for stage in STAGES:
             critical[stage] += stages[stage]
+    return critical
+
+
+def _stages(result: JobResult) -> dict[str, float]:
+    stages = dict.fromkeys(STAGES, 0.0)
+    for key, seconds in result.stage_s.items():
+        if key in _STAGES:
+            stages[_STAGES[key]] += seconds
+    return stages
+
+
+def summary(results: list[JobResult], wall_s: float, build_summed_s: float, build_wall_s: float) -> dict[str, Any]:
+    summed = dict.fromkeys(STAGES, 0.0)
+    for result in results:
+        for stage, seconds in _stages(result).items():
+            summed[stage] += seconds
+    summed["build"] = build_summed_s  # the pool's work, not the lanes' waiting for it
+    lanes: dict[str, list[JobResult]] = {}
+    for result in results:
+        lanes.setdefault(result.gpu or result.device, []).append(result)
+    busiest = max((_lane_stages(lane) for lane in lanes.values()), key=lambda s: sum(s.values()), default=None)
+    critical = busiest or dict.fromkeys(STAGES, 0.0)
     return {
         "jobs": len(results),
         "wall_s": round(wall_s, 3),
         "jobs_per_hour": round(len(results) * 3600 / wall_s, 1) if wall_s > 0 else None,
+        "lanes": len(lanes),
+        "build_pool_wall_s": round(build_wall_s, 3),
         "summed_s": {k: round(v, 3) for k, v in summed.items()},
         "critical_s": {k: round(v, 3) for k, v in critical.items()},
         "dominant": max(critical, key=lambda k: critical[k]),

@@ -3,6 +3,7 @@ is judged there and its job starts no worker; an unchanged solution is a cache h
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,18 +55,18 @@ def _execute(paths: list[Path], monkeypatch: pytest.MonkeyPatch) -> tuple[list[J
     reports."""
     started: list[str] = []
     reports: list[build_pool.BuildReport] = []
-    start_fresh, build_all = SolutionStarter.start_fresh, build_pool.build_all
+    start_fresh, report = SolutionStarter.start_fresh, build_pool.Builds.report
 
     def counting_start(self, job, poison_numel):
         started.append(job.solution.name)
         return start_fresh(self, job, poison_numel)
 
-    def keeping_report(*args, **kwargs):
-        reports.append(build_all(*args, **kwargs))
+    def keeping_report(self):
+        reports.append(report(self))
         return reports[-1]
 
     monkeypatch.setattr(SolutionStarter, "start_fresh", counting_start)
-    monkeypatch.setattr(build_pool, "build_all", keeping_report)
+    monkeypatch.setattr(build_pool.Builds, "report", keeping_report)
     problem = read_problem(PROBLEMS / "affine_relu.py")
     plan = session.SessionPlan([Job(problem, read_solution(path), {}) for path in paths])
     outcome = session.execute(plan, fast_config(), "cpu", build_jobs=2)
@@ -118,10 +119,10 @@ def test_throughput_names_the_stage_that_took_longest():
         reason="",
         device="cpu",
         wall_s=10.0,
-        stage_s={"reference": 1.0, "solution_load": 2.0, "solution_run": 6.0, "judge": 0.5},
+        stage_s={"build_wait": 9.0, "reference": 1.0, "solution_load": 2.0, "solution_run": 6.0, "judge": 0.5},
     )
-    rates = throughput.summary([result], wall_s=20.0, build_summed_s=16.0, build_wall_s=9.0)
-    assert rates["jobs_per_hour"] == 180.0
+    rates = throughput.summary([result], wall_s=20.0, build_summed_s=16.0, build_wall_s=12.0)
+    assert rates["jobs_per_hour"] == 180.0 and rates["build_pool_wall_s"] == 12.0
     assert rates["summed_s"]["build"] == 16.0 and rates["critical_s"]["build"] == 9.0
     assert rates["critical_s"]["queue"] == 2.5 and rates["dominant"] == "build"
     assert "180.0 jobs/h" in throughput.line(rates)
@@ -138,3 +139,29 @@ def test_a_solution_without_model_new_is_judged_from_its_text_and_starts_nothing
     assert result.verdict == Verdict.LOAD_ERROR and "defines no ModelNew" in result.reason
     assert result.notes == ["judged by its text: no solution worker ran"]
     assert started == [] and report.counts() == {}  # neither built nor run
+
+
+@pytest.mark.slow
+def test_jobs_whose_builds_are_done_run_while_later_solutions_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Builds overlap the jobs: a solution with nothing to build is judged while a C++ one is still compiling,
+    and the C++ one's job waits for its own build, then finds it in the cache."""
+    monkeypatch.setenv("KBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    cpp = tmp_path / "cpp_gamma.py"
+    cpp.write_text(GOOD.format(tag="gamma"))
+    plain = SOLUTIONS / "affine_relu" / "correct_torch.py"
+    problem = read_problem(PROBLEMS / "affine_relu.py")
+    ended: dict[str, float] = {}
+    reports: list[build_pool.BuildReport] = []
+    report = build_pool.Builds.report
+    monkeypatch.setattr(build_pool.Builds, "report", lambda self: reports.append(report(self)) or reports[-1])
+    plan = session.SessionPlan([Job(problem, read_solution(path), {}) for path in (cpp, plain)])
+    outcome = session.execute(
+        plan, fast_config(), "cpu", build_jobs=1, on_result=lambda r: ended.setdefault(r.solution, time.monotonic())
+    )
+    verdicts = {r.solution: r.verdict for r in outcome.results}
+    assert verdicts == {"cpp_gamma": Verdict.CORRECT, "correct_torch": Verdict.CORRECT}
+    (build,) = [o for o in reports[0].outcomes.values() if o.status == "built"]
+    assert build.began is not None
+    assert ended["correct_torch"] < build.began + build.worker_s  # judged before the build had ended
+    assert ended["cpp_gamma"] > build.began + build.worker_s
+    assert {r.solution: r.build_cache_hit for r in outcome.results}["cpp_gamma"]

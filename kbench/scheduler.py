@@ -1,0 +1,172 @@
+"""The scheduler: what runs where. One lane per device, each running one job at a time; jobs go to the lanes
+in order, a problem's jobs together, each job once its solution's build has ended.
+
+Timing fidelity first: a lane times one job at a time on its device, and no two lanes share a device, so no two
+timed jobs ever share a GPU (or the CPU). Builds (``build_pool``) run beside the lanes, and a lane's CPU-side
+judging overlaps the other lanes' timing, not its own.
+
+Trusted side: lanes drive ``Runner``s, whose workers are separate processes.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kbench.devices import Device
+from kbench.results import JobResult
+from kbench.runner import Job
+
+
+class LaneRunner(Protocol):
+    """What a lane needs of a runner (``kbench.runner.Runner``; tests pass fakes)."""
+
+    def run(self, job: Job, next_job: Job | None = None) -> JobResult: ...
+
+
+@dataclass
+class Progress:
+    """Where a run stands: built / running / judged / left, and its rate so far."""
+
+    jobs: int
+    builds_done: Callable[[], int] = lambda: 0
+    builds_total: int = 0
+    running: int = 0
+    judged: int = 0
+    began: float = field(default_factory=time.monotonic)
+
+    @property
+    def left(self) -> int:
+        return self.jobs - self.judged - self.running
+
+    def per_hour(self) -> float:
+        elapsed = time.monotonic() - self.began
+        return 3600.0 * self.judged / elapsed if elapsed > 0 else 0.0
+
+    def line(self) -> str:
+        built = f"built {self.builds_done()}/{self.builds_total} · " if self.builds_total else ""
+        return (
+            f"{built}running {self.running} · judged {self.judged}/{self.jobs} · left {self.left} · "
+            f"{self.per_hour():.0f} jobs/h"
+        )
+
+
+def chunks(jobs: list[Job], lanes: int) -> list[list[Job]]:
+    """The jobs in order, a problem's jobs (at the same sizes) together so that a lane runs the problem's
+    reference once for them, cut so that no chunk holds more than its share of the run: one problem with many
+    solutions still spreads over every lane."""
+    share = max(1, math.ceil(len(jobs) / max(1, lanes)))
+    groups: dict[tuple[str, str], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((str(job.problem.path), repr(sorted(job.overrides.items()))), []).append(job)
+    return [group[i : i + share] for group in groups.values() for i in range(0, len(group), share)]
+
+
+@dataclass
+class Lane:
+    """One device and the runner that times jobs on it."""
+
+    device: Device
+    runner: LaneRunner
+
+
+class Scheduler:
+    """Runs jobs on lanes, one per device. ``open_lane(device)`` gives a context manager yielding the lane's
+    runner (made and closed in the lane's own thread: its workers die with that thread). ``settled(job)`` is a
+    job's result when its build already decided it (compile error), waiting for that build; else None.
+    ``on_start(job, device)`` and ``on_result(result)`` are called one at a time, whatever lane they come from."""
+
+    def __init__(
+        self,
+        devices: list[Device],
+        open_lane: Callable[[Device], AbstractContextManager[LaneRunner]],
+        settled: Callable[[Job], JobResult | None],
+        on_start: Callable[[Job, Device], None] = lambda job, device: None,
+        on_result: Callable[[JobResult], None] = lambda result: None,
+        on_lane: Callable[[LaneRunner, list[list[Job]]], None] = lambda runner, pending: None,
+        ready: Callable[[Job], bool] = lambda job: True,
+    ) -> None:
+        if not devices:
+            raise ValueError("a scheduler needs at least one device")
+        self.devices = devices
+        self._open_lane, self._settled = open_lane, settled
+        self._on_start, self._on_result, self._on_lane = on_start, on_result, on_lane
+        self._ready = ready  # its build has ended: ready jobs go first, so no lane waits while one could run
+        self._lock = threading.Lock()
+        self._queue: list[list[Job]] = []
+        self._failure: BaseException | None = None
+        self.progress = Progress(0)
+
+    def run(self, jobs: list[Job], progress: Progress | None = None) -> list[JobResult]:
+        """Every job's result, in the order they finished. An error raised by ``on_result`` (a full disk, say)
+        stops every lane after its current job and is raised here; results recorded before it are kept."""
+        self.progress = progress or Progress(len(jobs))
+        pending = chunks(jobs, len(self.devices))
+        self._queue = list(pending)
+        results: list[JobResult] = []
+        if len(self.devices) == 1:  # no thread: a one-device run is what it always was
+            self._lane(self.devices[0], results, pending)
+        else:
+            threads = [
+                threading.Thread(target=self._guarded, args=(device, results, pending), daemon=True)
+                for device in self.devices
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():  # a timed join: Ctrl-C still reaches the main thread
+                    thread.join(0.5)
+        if self._failure is not None:
+            raise self._failure
+        return results
+
+    def _guarded(self, device: Device, results: list[JobResult], pending: list[list[Job]]) -> None:
+        try:
+            self._lane(device, results, pending)
+        except BaseException as exc:  # raised again in run(), in the main thread
+            with self._lock:
+                self._failure = self._failure or exc
+
+    def _lane(self, device: Device, results: list[JobResult], pending: list[list[Job]]) -> None:
+        with self._open_lane(device) as runner:
+            self._on_lane(runner, pending)
+            while (chunk := self._next_chunk()) is not None:
+                while chunk:
+                    job = self._pop_ready(chunk)
+                    next_job = self._pop_ready(list(chunk)) if chunk else None  # a guess, for an early start
+                    waited = time.monotonic()
+                    result = self._settled(job)  # waits for the job's build, if it has not ended
+                    waited = time.monotonic() - waited
+                    ran = result is None
+                    if result is None:
+                        with self._lock:
+                            self.progress.running += 1
+                            self._on_start(job, device)
+                        result = runner.run(job, next_job=next_job)
+                    result.stage_s["build_wait"] = round(waited, 3)  # the lane idle: on the critical path
+                    self._finish(result, ran, results)
+
+    def _next_chunk(self) -> list[Job] | None:
+        """The first chunk with a job ready to run, else the first (its lane then waits for a build)."""
+        with self._lock:
+            if self._failure is not None or not self._queue:
+                return None
+            index = next((i for i, chunk in enumerate(self._queue) if any(map(self._ready, chunk))), 0)
+            return list(self._queue.pop(index))
+
+    def _pop_ready(self, chunk: list[Job]) -> Job:
+        """Take the chunk's first job whose build has ended, else its first job."""
+        index = next((i for i, job in enumerate(chunk) if self._ready(job)), 0)
+        return chunk.pop(index)
+
+    def _finish(self, result: JobResult, ran: bool, results: list[JobResult]) -> None:
+        with self._lock:
+            self.progress.running -= int(ran)
+            self.progress.judged += 1
+            self._on_result(result)  # recording (session's on_result) first: a result is only listed once kept
+            results.append(result)
