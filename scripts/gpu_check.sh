@@ -27,7 +27,11 @@ mkdir -p "$RUNS"
 pack() { tar czf "$OUT/runs.tgz" -C "$(dirname "$RUNS")" "$(basename "$RUNS")"; }
 run_named() { sed -n 's/^results: //p' "$RUNS/$1.log" 2>/dev/null | tail -1 | grep . || echo "(no finished $1 run)"; }
 case "$PHASE" in
-    tests) python3 -m pytest -q -rs --durations=10 -m gpu -n 4 2>&1 | tee "$OUT/pytest.log"; exit 0 ;;
+    # One build cache for the four test processes (torch's lock lets one build each extension), and each test's
+    # outcome written as it ends, so a call cut off by its limit still says which failed, and why.
+    tests) KBENCH_CACHE_DIR=${KBENCH_CACHE_DIR:-$HOME/.cache/kbench} KBENCH_TEST_REPORTS=$OUT \
+        python3 -m pytest -q -rs --durations=10 -m gpu -n 4 -p no:benchmark "${@:2}" 2>&1 | tee "$OUT/pytest.log"
+        exit 0 ;;
     all) python3 -m pytest -q -rs --durations=10 -m "slow or not slow" 2>&1 | tee "$OUT/pytest.log" ;;  # slow too
     commands) ;;
     bench)

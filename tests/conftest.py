@@ -28,6 +28,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """With KBENCH_TEST_REPORTS set to a folder, each test's outcome and time, and a failure's whole report, are
+    written there as the test ends: a device call cut off by its time limit still brings back why a test failed
+    (pytest prints its summary only at the end). Under xdist this runs in the controller, one writer."""
+    folder = os.environ.get("KBENCH_TEST_REPORTS")
+    if not folder or (report.when != "call" and not report.failed):
+        return
+    with open(Path(folder) / "test-reports.txt", "a", encoding="utf-8") as out:
+        out.write(f"{report.outcome.upper()} {report.nodeid} ({report.when}, {report.duration:.1f} s)\n")
+        if report.failed:
+            out.write(report.longreprtext[-8000:] + "\n\n")
+
+
 # What the user set before the session, if anything: their own cache folder is then used as asked.
 USER_CACHE_DIR = os.environ.get("KBENCH_CACHE_DIR") or None
 
