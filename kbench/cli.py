@@ -31,6 +31,7 @@ from kbench.cli_options import (
     JsonFlag,
     JunitOpt,
     ProblemsDirOpt,
+    RayOpt,
     ResultsDirOpt,
     SetOpt,
     SolutionsDirOpt,
@@ -119,13 +120,17 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def settings(config: Path | None, device: str, timing_mode: str | None = None) -> tuple[KbenchConfig, str]:
+def settings(
+    config: Path | None, device: str, timing_mode: str | None = None, on_this_host: bool = True
+) -> tuple[KbenchConfig, str]:
     """The run's configuration and device, checked together: a timing mode the device cannot use is an error
-    before anything runs."""
+    before anything runs. A device for other hosts (a Ray cluster's) is not looked for here."""
     from kbench.config import check_timing_mode, load_config
 
     cfg = load_config(config, timing_mode)
-    dev = resolve_device(device)
+    dev = resolve_device(device) if on_this_host else device
+    if dev not in catalog.DEVICES:
+        raise fail(f"--device must be cuda, cpu or auto, not '{device}'")
     check_timing_mode(cfg, dev)
     return cfg, dev
 
@@ -241,6 +246,56 @@ def _run(
             devices=lanes,
             progress=standing,
         )
+
+
+def _run_on_ray(
+    planned: session.SessionPlan,
+    device: str,
+    config: KbenchConfig,
+    recorder: session.Recorder,
+    quiet: bool,
+    address: str,
+    run_id: str,
+) -> session.SessionOutcome:
+    """The run on a Ray cluster (``kbench.ray_cluster``): one line per job as it starts and ends, and the jobs
+    whose node was lost, which ``--resume`` runs again."""
+    from kbench import display, ray_cluster
+
+    out = errors if quiet else console
+    for line in describe_plan(planned, device):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+    done, total = 0, len(planned.jobs)
+
+    def on_result(result: JobResult) -> None:
+        nonlocal done
+        done += 1
+        out.print(display.job_line(result, done, total), markup=False, highlight=False, soft_wrap=True)
+
+    def on_lost(lost: ray_cluster.LostJob) -> None:
+        out.print(f"[yellow]lost:[/] {escape(lost.problem)} / {escape(lost.solution)}: {escape(lost.reason)}")
+
+    try:
+        outcome = ray_cluster.execute_on_ray(
+            planned,
+            config,
+            device,
+            address,
+            recorder,
+            on_start=lambda job: out.print(f"{job.problem.name} / {job.solution.name}: sent to Ray", markup=False),
+            on_result=on_result,
+            on_lost=on_lost,
+        )
+    except ray_cluster.RayClusterError as exc:
+        raise fail(str(exc)) from None
+    for warning in outcome.warnings:
+        out.print(f"[yellow]warning:[/] {escape(warning)}")
+    if outcome.lost:
+        out.print(
+            f"{len(outcome.lost)} job(s) lost with their node: `kbench bench --resume {run_id} --ray {address}` "
+            "runs them",
+            highlight=False,
+        )
+    return outcome
 
 
 def nothing_to_run(planned: session.SessionPlan, device: str) -> typer.Exit | None:
@@ -370,6 +425,7 @@ def bench(
     solutions_dir: SolutionsDirOpt = catalog.SOLUTIONS_DIR,
     build_jobs: BuildJobsOpt = None,
     gpus: GpusOpt = None,
+    ray_address: RayOpt = None,
 ) -> None:
     """Verify and time every problem x solution; record the run under results/<run-id>/. --junit writes a JUnit
     XML report for CI; --json prints the run as JSON instead of tables."""
@@ -383,13 +439,16 @@ def bench(
         raise fail("--resume takes no --timing-mode: the run's own configuration is used")
     if resume is None and run_all == bool(problems):
         raise fail("name the problems to run, or pass --all (not both)")
+    if ray_address is not None and ((device == "auto" and resume is None) or gpus is not None):
+        raise fail("--ray needs --device cuda or cpu (the cluster's nodes have the GPUs, not this host), and no --gpus")
     try:
         gate_cfg = load_gate(gate) if gate else None
         if resume is not None:
             run_dir = find_run(results_dir, resume)
             resumption = session.plan_resume(run_dir)
             # A run resumes with its own configuration, on its own device.
-            planned, cfg, dev = resumption.plan, resumption.config, resolve_device(resumption.device)
+            planned, cfg, dev = resumption.plan, resumption.config, resumption.device
+            dev = dev if ray_address is not None else resolve_device(dev)  # Ray's nodes have the device
             check_timing_mode(cfg, dev)
             (errors if as_json else console).print(
                 f"resuming {run_dir.run_id}: {resumption.done} jobs done, {len(planned.jobs)} to run"
@@ -403,21 +462,26 @@ def bench(
             sizes = parse_overrides(overrides)
             for target in targets:  # input first: it needs no torch
                 catalog.check_overrides(target, sizes)
-            cfg, dev = settings(config, device, timing_mode)
+            cfg, dev = settings(config, device, timing_mode, on_this_host=ray_address is None)
             planned = session.plan(targets, dev, sizes, registry)
             if (empty := nothing_to_run(planned, dev)) is not None:
                 raise empty
             selection = session.Selection([str(t.path) for t in targets], sizes, str(problems_dir), str(solutions_dir))
             run_dir = new_run(results_dir)  # only once the plan is sound: bad input leaves no empty run behind
             recorder = session.Recorder(run_dir, dev, cfg, sys.argv, selection)
-        outcome = _run(planned, dev, cfg, recorder, quiet=as_json, build_jobs=build_jobs, gpus=gpus)
+        if ray_address is not None:
+            outcome = _run_on_ray(planned, dev, cfg, recorder, as_json, ray_address, run_dir.run_id)
+        else:
+            outcome = _run(planned, dev, cfg, recorder, quiet=as_json, build_jobs=build_jobs, gpus=gpus)
     except (CatalogError, ConfigError, RunNotFound) as exc:
         raise fail(str(exc)) from None
     except session.RecordError as exc:  # kbench could not write its own results: not the solution's fault
         raise fail(str(exc), EXIT_INTERNAL) from None
     except OSError as exc:
         raise fail(f"cannot create a run under {results_dir}: {exc.strerror}", EXIT_INTERNAL) from None
-    raise typer.Exit(_finish_bench(run_dir, dev, outcome.references, gate_cfg, junit, as_json))
+    code = _finish_bench(run_dir, dev, outcome.references, gate_cfg, junit, as_json)
+    # Jobs lost with a Ray node have no result: the run is not finished, whatever the others' verdicts.
+    raise typer.Exit(max(code, EXIT_FAILED) if getattr(outcome, "lost", None) else code)
 
 
 def _warn_unmatched_generations(registry: catalog.Catalog, out: Console) -> None:

@@ -45,6 +45,14 @@ GpusOpt = Annotated[
         "at a time.",
     ),
 ]
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        help="Spread the run over a Ray cluster: auto (the running cluster), local (start one here) or the head's "
+        "ADDRESS. Needs pip install -e '.[ray]' and --device cuda or cpu.",
+    ),
+]
 BuildJobsOpt = Annotated[
     int | None,
     typer.Option(
