@@ -52,6 +52,8 @@ class _Attempt:
     device_state: DeviceState  # NVML while it ran
     began: float  # time.monotonic() as its gate opened
     judge_s: float
+    turns_s: float  # the timing turns' wall time, warm-up rounds included
+    turn_rounds: int
 
 
 def effective_overrides(problem: Problem, device: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -186,7 +188,9 @@ class Runner:
             worker, start.out_dir, reference, self.config, self.bandwidth_bytes_per_s, flags, Partner(partner, turns)
         )
         shutil.rmtree(start.out_dir, ignore_errors=True)
-        return _Attempt(worker, judged, monitor.state, began, time.monotonic() - worker_done)
+        return _Attempt(
+            worker, judged, monitor.state, began, time.monotonic() - worker_done, turns.wall_s, turns.rounds
+        )
 
     def _run(self, job: Job, started: float, next_job: Job | None) -> JobResult:
         base: dict[str, Any] = {
@@ -275,7 +279,9 @@ class Runner:
                 **({"earlier_runs": attempt.began - reference_done} if reruns else {}),
                 **{f"solution_{phase}": seconds for phase, seconds in worker.phase_s.items()},
                 "judge": attempt.judge_s,
+                "turns": attempt.turns_s,  # the timing rounds from first to last, hand-overs included
             },
+            turn_rounds=attempt.turn_rounds,
         )
 
 

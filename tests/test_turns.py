@@ -150,6 +150,11 @@ def test_an_honest_solution_is_correct_at_about_the_references_speed(runner: Run
     assert result.verdict == Verdict.CORRECT, (result.reason, result.flags, result.detail[-2000:])
     assert result.speedup is not None and 0.6 < result.speedup < 1.6
     assert not {"background_work", "settings_changed"} & set(result.flags)
+    # What the rounds cost is recorded: at least the timed calls of both sides, in every round (docs/timing.md).
+    assert result.turn_rounds is not None and result.turn_rounds >= (result.new_timing_count or 0) > 0
+    assert result.ref_ms is not None and result.new_ms is not None
+    calls_s = result.turn_rounds * (result.ref_ms + result.new_ms) / 1000
+    assert calls_s < result.stage_s["turns"] <= result.wall_s
 
 
 @pytest.mark.slow
