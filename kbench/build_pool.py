@@ -10,6 +10,7 @@ starts a worker on the GPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -18,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ class BuildOutcome:
     began: float | None = None  # time.monotonic() as its worker started
     reason: str = ""
     detail: str = ""
+    steps_s: dict[str, float] = field(default_factory=dict)  # by step: c++, cuda, link (ninja's own log)
 
     def failure(self, device: str) -> tuple[str, str, str] | None:
         """(verdict, reason, detail) when the build settles the job's verdict, else None. A load error settles
@@ -78,6 +80,14 @@ class BuildReport:
     def summed_s(self) -> float:
         unique = {id(o): o for o in self.outcomes.values()}
         return sum(o.worker_s for o in unique.values())
+
+    def steps_s(self) -> dict[str, float]:
+        """Each build step's seconds summed over the builds: where cutting build time would pay."""
+        totals: dict[str, float] = {}
+        for outcome in {id(o): o for o in self.outcomes.values()}.values():
+            for step, seconds in outcome.steps_s.items():
+                totals[step] = round(totals.get(step, 0.0) + seconds, 3)
+        return totals
 
 
 class Builds:
@@ -212,9 +222,28 @@ def build_env(device: str, at_once: int) -> dict[str, str]:
     return env
 
 
+def build_steps(ext_dir: Path) -> dict[str, float]:
+    """Seconds per build step, read from ninja's log in the extension's build folder (``start end mtime output
+    hash`` per line, milliseconds): compiling C++ (``.o``), compiling CUDA (``.cuda.o``), linking (``.so``)."""
+    steps: dict[str, float] = {}
+    for log in ext_dir.glob("*/.ninja_log"):
+        latest: dict[str, float] = {}  # an output built twice counts its last build
+        for line in log.read_text(errors="replace").splitlines():
+            fields = line.split("\t")
+            if line.startswith("#") or len(fields) < 4 or not fields[0].isdigit() or not fields[1].isdigit():
+                continue
+            latest[fields[3]] = (int(fields[1]) - int(fields[0])) / 1000
+        for output, seconds in latest.items():
+            step = "cuda" if output.endswith(".cuda.o") else "c++" if output.endswith(".o") else "link"
+            steps[step] = round(steps.get(step, 0.0) + seconds, 3)
+    return steps
+
+
 def _outcome(run: WorkerRun, ext_dir: Path, began: float | None) -> BuildOutcome:
     worker_s = sum(run.phase_s.values())
     facts: dict[str, Any] = {"ext_dir": str(ext_dir), "worker_s": worker_s, "began": began}
+    with contextlib.suppress(OSError):
+        facts["steps_s"] = build_steps(ext_dir)
     built, error = run.last("built"), run.last("error")
     if run.violations or run.garbage_lines or "build" not in run.phase_s:
         # A channel that broke the protocol, or a failure in kbench's own imports: the job builds it, as before.

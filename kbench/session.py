@@ -281,7 +281,7 @@ def execute(
     references = _reference_checks(session.reference_only, config, lanes[0])
     report = builds.report()
     rates = throughput.summary(results, time.monotonic() - began, report.summed_s(), report.wall_s)
-    rates["builds"] = {**report.counts(), "workers": report.workers}
+    rates["builds"] = {**report.counts(), "workers": report.workers, "steps_s": report.steps_s()}
     rates["devices"] = [lane.label for lane in lanes]
     outcome = SessionOutcome(results, references, device_info, rates)
     if recorder is not None:

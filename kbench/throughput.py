@@ -74,8 +74,10 @@ def line(throughput: dict[str, Any]) -> str:
     """One line for the end of a run."""
     rate = throughput["jobs_per_hour"]
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in throughput["critical_s"].items())
+    steps = (throughput.get("builds") or {}).get("steps_s") or {}
+    built = f"; build steps summed: {', '.join(f'{k} {v:.0f} s' for k, v in steps.items())}" if steps else ""
     return (
         f"throughput: {throughput['jobs']} jobs in {throughput['wall_s']:.0f} s"
         f" = {rate if rate is not None else '?'} jobs/h; on the critical path: {stages};"
-        f" most time: {throughput['dominant']}"
+        f" most time: {throughput['dominant']}{built}"
     )

@@ -87,6 +87,8 @@ def test_a_corpus_builds_in_parallel_then_hits_the_cache(tmp_path: Path, monkeyp
         assert by_name[name].verdict == Verdict.CORRECT, by_name[name].reason
         assert by_name[name].build_cache_hit  # the pool built it where the job's worker looks
     assert report.counts() == {"built": 2, "compile_error": 1}
+    steps = report.steps_s()  # from ninja's log: two C++ compiles and two links (the failed one too, up to its error)
+    assert steps["c++"] > 0 and steps["link"] > 0 and "cuda" not in steps
     builds = sorted((o.began, o.began + o.worker_s) for o in report.outcomes.values())
     assert builds[1][0] < builds[0][1]  # two workers side by side: the second started before the first ended
 
@@ -165,3 +167,20 @@ def test_jobs_whose_builds_are_done_run_while_later_solutions_build(tmp_path: Pa
     assert ended["correct_torch"] < build.began + build.worker_s  # judged before the build had ended
     assert ended["cpp_gamma"] > build.began + build.worker_s
     assert {r.solution: r.build_cache_hit for r in outcome.results}["cpp_gamma"]
+
+
+def test_build_steps_are_read_from_ninjas_log(tmp_path: Path):
+    folder = tmp_path / "ext" / "kbench_sol"
+    folder.mkdir(parents=True)
+    (folder / ".ninja_log").write_text(
+        "# ninja log v7\n"
+        "0\t21000\t1\tmain.o\tab\n"
+        "0\t38500\t1\tcuda.cuda.o\tcd\n"
+        "38500\t39250\t1\tkbench_sol.so\tef\n"
+        "0\t900\t2\tmain.o\tab\n"  # main.o built again (a source edit): its last build counts
+    )
+    assert build_pool.build_steps(tmp_path / "ext") == {"c++": 0.9, "cuda": 38.5, "link": 0.75}
+    assert build_pool.build_steps(tmp_path / "missing") == {}
+    rates = {"jobs": 1, "wall_s": 50.0, "jobs_per_hour": 72.0, "critical_s": {"run": 1.0}, "dominant": "run"}
+    rates["builds"] = {"steps_s": {"cuda": 38.5, "link": 0.75}}
+    assert throughput.line(rates).endswith("; build steps summed: cuda 38 s, link 1 s")
