@@ -66,7 +66,7 @@ def summary(results: list[JobResult], wall_s: float, build_summed_s: float, buil
         "build_pool_wall_s": round(build_wall_s, 3),
         "summed_s": {k: round(v, 3) for k, v in summed.items()},
         "critical_s": {k: round(v, 3) for k, v in critical.items()},
-        "dominant": max(critical, key=lambda k: critical[k]),
+        "dominant": max(critical, key=lambda k: critical[k]) if any(critical.values()) else None,
     }
 
 
@@ -79,5 +79,5 @@ def line(throughput: dict[str, Any]) -> str:
     return (
         f"throughput: {throughput['jobs']} jobs in {throughput['wall_s']:.0f} s"
         f" = {rate if rate is not None else '?'} jobs/h; on the critical path: {stages};"
-        f" most time: {throughput['dominant']}{built}"
+        f" most time: {throughput['dominant'] or 'none'}{built}"
     )
