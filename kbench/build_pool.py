@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -114,6 +115,7 @@ class Builds:
         self._limits = {"load": timeouts.run_s, "build": timeouts.build_s}  # the load phase is torch's import
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kbench-build")
         self._futures: dict[str, Future[BuildOutcome]] = {}
+        self._live: set[int] = set()  # build workers running now (they lead their own process groups)
         for index, (ext_dir, paths) in enumerate(to_build.items()):  # in the jobs' order: the first jobs' first
             future = self._pool.submit(self._build, index, ext_dir, paths[0])
             self._futures.update(dict.fromkeys(paths, future))
@@ -149,12 +151,15 @@ class Builds:
 
     def _build(self, index: int, ext_dir: Path, path: str) -> BuildOutcome:
         began: list[float] = []
+        pids: list[int] = []
 
         def note(pid: int) -> None:
             began.append(time.monotonic())
+            pids.append(pid)
             with self._lock:
                 self._started += 1
                 started = self._started
+                self._live.add(pid)
             self._on_start(started, self._total)
 
         ext_dir.mkdir(parents=True, exist_ok=True)
@@ -166,8 +171,22 @@ class Builds:
             env={**self._env, "TORCH_EXTENSIONS_DIR": str(ext_dir)},
             on_start=note,
         )
-        (run,) = run_workers([command])
+        try:
+            (run,) = run_workers([command])
+        finally:
+            with self._lock:
+                self._live.difference_update(pids)
         return _outcome(run, ext_dir, began[0] if began else None)
+
+    def cancel(self) -> None:
+        """Stop: builds not started never start, running ones are killed (the run is ending: an error, Ctrl-C).
+        Without this the interpreter would wait at exit for every build still running."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            for pid in self._live:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+        shutil.rmtree(self._scratch, ignore_errors=True)
 
 
 def start_builds(

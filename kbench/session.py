@@ -260,7 +260,6 @@ def execute(
     def first_steps(runner: Runner, pending: list[list[Job]]) -> None:
         """One device: start the first job's workers early and check the cached references side by side, as
         a one-device run always did. With several, each lane runs its references as its jobs come."""
-        on_prepare()
         if len(lanes) == 1 and pending:
             runner.start_first(pending[0][0])
             runner.references.prepare([(job.problem, job.overrides) for chunk in pending for job in chunk])
@@ -277,7 +276,12 @@ def execute(
     )
     progress = progress or scheduler.Progress(len(session.jobs))
     progress.builds_done, progress.builds_total = builds.done, builds.total()
-    plan.run(session.jobs, progress)
+    on_prepare()
+    try:
+        plan.run(session.jobs, progress)
+    except BaseException:  # a result that cannot be written, Ctrl-C: no build goes on behind the run's back
+        builds.cancel()
+        raise
     references = _reference_checks(session.reference_only, config, lanes[0])
     report = builds.report()
     rates = throughput.summary(results, time.monotonic() - began, report.summed_s(), report.wall_s)

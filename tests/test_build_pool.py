@@ -3,7 +3,9 @@ is judged there and its job starts no worker; an unchanged solution is a cache h
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +186,18 @@ def test_build_steps_are_read_from_ninjas_log(tmp_path: Path):
     rates = {"jobs": 1, "wall_s": 50.0, "jobs_per_hour": 72.0, "critical_s": {"run": 1.0}, "dominant": "run"}
     rates["builds"] = {"steps_s": {"cuda": 38.5, "link": 0.75}}
     assert throughput.line(rates).endswith("; build steps summed: cuda 38 s, link 1 s")
+
+
+def test_a_run_that_ends_early_kills_its_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A run stopped by an error or Ctrl-C leaves no build running (the interpreter would wait for it at exit)."""
+    monkeypatch.setenv("KBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    paths = _corpus(tmp_path / "solutions")[:2]
+    started = threading.Event()
+    builds = build_pool.start_builds(paths, "cpu", Timeouts(), at_once=1, on_start=lambda n, total: started.set())
+    assert started.wait(60)
+    began = time.monotonic()
+    builds.cancel()
+    outcome = builds.outcome(paths[0])  # its worker was killed: the build ends now, not after compiling
+    assert time.monotonic() - began < 20 and outcome is not None and outcome.status != "built"
+    with pytest.raises(CancelledError):
+        builds.outcome(paths[1])  # never started
