@@ -14,7 +14,9 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log
 { nvidia-smi; nvidia-smi -q -d CLOCK; } >"$OUT/nvidia-smi.txt" 2>&1
 
 # Phases, so that each fits in one device call: `tests` runs the gpu-marked tests, four at a time (their CUDA
-# builds then overlap); `commands` runs the daily commands on CUDA; `all` (default) runs every test, then the
+# builds then overlap); on the H200 machine they took longer than one call, so `tests-shared` runs those that may
+# share the GPU (four at a time) and `tests-alone` those marked gpu_alone (one at a time), one call each;
+# `commands` runs the daily commands on CUDA; `all` (default) runs every test, then the
 # commands. For issue #5's timing evidence, `bench NAME [bench args]` runs one timed `kbench bench --all` into
 # $RUNS (kept on the machine, so calls made while it stays up add to it) and `compare` compares the runs named
 # events1, events2, events3 (0.5 % bound) and events3 with kernel (2 % bound), e.g.
@@ -29,8 +31,15 @@ run_named() { sed -n 's/^results: //p' "$RUNS/$1.log" 2>/dev/null | tail -1 | gr
 case "$PHASE" in
     # One build cache for the four test processes (torch's lock lets one build each extension), and each test's
     # outcome written as it ends, so a call cut off by its limit still says which failed, and why.
-    tests) KBENCH_CACHE_DIR=${KBENCH_CACHE_DIR:-$HOME/.cache/kbench} KBENCH_TEST_REPORTS=$OUT \
-        python3 -m pytest -q -rs --durations=10 -m gpu -n 4 -p no:benchmark "${@:2}" 2>&1 | tee "$OUT/pytest.log"
+    tests|tests-shared|tests-alone)
+        case "$PHASE" in
+            tests) selection=(-m gpu -n 4) ;;
+            tests-shared) selection=(-m "gpu and not gpu_alone" -n 4) ;;
+            tests-alone) selection=(-m gpu_alone) ;;
+        esac
+        KBENCH_CACHE_DIR=${KBENCH_CACHE_DIR:-$HOME/.cache/kbench} KBENCH_TEST_REPORTS=$OUT \
+            python3 -m pytest -q -rs --durations=10 -p no:benchmark "${selection[@]}" "${@:2}" 2>&1 \
+            | tee "$OUT/pytest-$PHASE.log"
         exit 0 ;;
     all) python3 -m pytest -q -rs --durations=10 -m "slow or not slow" 2>&1 | tee "$OUT/pytest.log" ;;  # slow too
     commands) ;;
@@ -52,7 +61,7 @@ case "$PHASE" in
         } 2>&1 | tee "$RUNS/compare.log"
         pack
         exit 0 ;;
-    *) echo "usage: $0 [all|tests|commands|bench NAME [args]|compare]" >&2; exit 2 ;;
+    *) echo "usage: $0 [all|tests|tests-shared|tests-alone|commands|bench NAME [args]|compare]" >&2; exit 2 ;;
 esac
 
 {
