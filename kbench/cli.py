@@ -42,6 +42,7 @@ from kbench.runs import RunDir, RunNotFound, find_run, new_run
 if TYPE_CHECKING:  # annotations only; the commands import these when they run
     from kbench import session
     from kbench.config import KbenchConfig
+    from kbench.devices import Device
     from kbench.export import ExportContext
     from kbench.gate import GateCheck, GateConfig
     from kbench.results import JobResult
@@ -120,6 +121,16 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def lanes_for(device: str, gpus: str | None) -> list[Device]:
+    """The devices a run's jobs go to (``--gpus``), checked before anything runs."""
+    from kbench.devices import DeviceError, devices_for
+
+    try:
+        return devices_for(device, gpus)
+    except DeviceError as exc:
+        raise fail(str(exc)) from None
+
+
 def settings(
     config: Path | None, device: str, timing_mode: str | None = None, on_this_host: bool = True
 ) -> tuple[KbenchConfig, str]:
@@ -182,16 +193,12 @@ def _run(
     recorder: session.Recorder | None,
     quiet: bool,
     build_jobs: int | None = None,
-    gpus: str | None = None,
+    lanes: list[Device] | None = None,
 ) -> session.SessionOutcome:
     from kbench import display, session
-    from kbench.devices import Device, DeviceError, devices_for
     from kbench.scheduler import Progress
 
-    try:
-        lanes = devices_for(device, gpus)
-    except DeviceError as exc:
-        raise fail(str(exc)) from None
+    lanes = lanes or lanes_for(device, None)
     progress_console = errors if quiet else console
     for line in describe_plan(planned, device):
         progress_console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -385,7 +392,7 @@ def verify(
         if not solution and not [s for s in registry.registered_solutions(target) if dev in s.devices]:
             raise fail(f"no solution registered for {target.name} on {dev}; pass one with --solution PATH")
         planned = session.plan([target], dev, sizes, registry, solution)
-        outcome = _run(planned, dev, cfg, None, quiet=as_json, build_jobs=build_jobs, gpus=gpus)
+        outcome = _run(planned, dev, cfg, None, quiet=as_json, build_jobs=build_jobs, lanes=lanes_for(dev, gpus))
     except (CatalogError, ConfigError) as exc:
         raise fail(str(exc)) from None
     if as_json:
@@ -449,6 +456,7 @@ def bench(
             # A run resumes with its own configuration, on its own device.
             planned, cfg, dev = resumption.plan, resumption.config, resumption.device
             dev = dev if ray_address is not None else resolve_device(dev)  # Ray's nodes have the device
+            lanes = None if ray_address is not None else lanes_for(dev, gpus)
             check_timing_mode(cfg, dev)
             (errors if as_json else console).print(
                 f"resuming {run_dir.run_id}: {resumption.done} jobs done, {len(planned.jobs)} to run"
@@ -466,13 +474,14 @@ def bench(
             planned = session.plan(targets, dev, sizes, registry)
             if (empty := nothing_to_run(planned, dev)) is not None:
                 raise empty
+            lanes = None if ray_address is not None else lanes_for(dev, gpus)
             selection = session.Selection([str(t.path) for t in targets], sizes, str(problems_dir), str(solutions_dir))
             run_dir = new_run(results_dir)  # only once the plan is sound: bad input leaves no empty run behind
             recorder = session.Recorder(run_dir, dev, cfg, sys.argv, selection)
         if ray_address is not None:
             outcome = _run_on_ray(planned, dev, cfg, recorder, as_json, ray_address, run_dir.run_id)
         else:
-            outcome = _run(planned, dev, cfg, recorder, quiet=as_json, build_jobs=build_jobs, gpus=gpus)
+            outcome = _run(planned, dev, cfg, recorder, quiet=as_json, build_jobs=build_jobs, lanes=lanes)
     except (CatalogError, ConfigError, RunNotFound) as exc:
         raise fail(str(exc)) from None
     except session.RecordError as exc:  # kbench could not write its own results: not the solution's fault

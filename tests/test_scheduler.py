@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import PROBLEMS
+from conftest import PROBLEMS, SOLUTIONS
 
 from kbench import throughput
 from kbench.catalog import Problem, Solution, read_problem
@@ -164,3 +164,16 @@ def test_throughput_over_several_devices_follows_the_busiest_one():
     assert rates["lanes"] == 2
     assert rates["critical_s"]["run"] == 10.0 and rates["critical_s"]["build"] == 1.0  # cuda:1, two jobs
     assert rates["summed_s"]["run"] == 18.0 and rates["summed_s"]["build"] == 30.0
+
+
+def test_gpus_on_the_cpu_is_a_usage_error_before_anything_runs(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from kbench.cli import app
+
+    results = tmp_path / "results"
+    args = ["bench", "affine_relu", "--problems-dir", str(PROBLEMS), "--solutions-dir", str(SOLUTIONS)]
+    args += ["--device", "cpu", "--gpus", "0"]
+    outcome = CliRunner(env={"COLUMNS": "200"}).invoke(app, [*args, "--results-dir", str(results)])
+    assert outcome.exit_code == 2 and "--gpus is for --device cuda" in outcome.output, outcome.output
+    assert not results.exists()  # bad input leaves no run behind
