@@ -170,141 +170,6 @@ def export(name: str, path: Path, results: list[JobResult], context: ExportConte
         raise fail(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def describe_plan(planned: session.SessionPlan, device: str) -> list[str]:
-    """What is about to run and at what sizes, said before it starts: a full-size problem on the CPU can take
-    minutes, and the user should know that before the first one."""
-    lines = [f"{len(planned.jobs)} job(s) on {device}:"]
-    for job in planned.jobs:
-        problem = job.problem
-        sizes = ", ".join(f"{k}={v}" for k, v in job.overrides.items()) or "the file's own sizes"
-        full = device == "cpu" and not problem.small_sizes and not job.overrides
-        note = " (full size: no KBENCH_SMALL_SIZES; this may take minutes)" if full else ""
-        lines.append(f"  {problem.name} / {job.solution.name} at {sizes}{note}")
-    for problem, sizes in planned.reference_only:
-        shown = ", ".join(f"{k}={v}" for k, v in sizes.items()) or "the file's own sizes"
-        lines.append(f"  {problem.name}: reference only (no solution for {device}) at {shown}")
-    return lines
-
-
-def _run(
-    planned: session.SessionPlan,
-    device: str,
-    config: KbenchConfig,
-    recorder: session.Recorder | None,
-    quiet: bool,
-    build_jobs: int | None = None,
-    lanes: list[Device] | None = None,
-) -> session.SessionOutcome:
-    from kbench import display, session
-    from kbench.scheduler import Progress
-
-    lanes = lanes or lanes_for(device, None)
-    progress_console = errors if quiet else console
-    for line in describe_plan(planned, device):
-        progress_console.print(line, markup=False, highlight=False, soft_wrap=True)
-    if len(lanes) > 1 or lanes[0].index is not None:
-        progress_console.print(f"on {', '.join(lane.described or lane.label for lane in lanes)}", highlight=False)
-    finished, starts, started = 0, 0, time.monotonic()
-    total = len(planned.jobs)
-    standing = Progress(total)
-    with display.job_progress(progress_console, total) as (progress, task):
-
-        def say(text: str) -> None:
-            # No progress bar where output is a file or a CI log: a line per step instead, so a slow job
-            # still shows where it is.
-            if not progress_console.is_terminal:
-                progress_console.print(text, markup=False, highlight=False, soft_wrap=True)
-
-        def on_start(job: Any, lane: Device) -> None:
-            nonlocal starts
-            starts += 1
-            where = f" on {lane.label}" if len(lanes) > 1 else ""
-            progress.update(task, description=f"{job.problem.name} / {job.solution.name}{where} · {standing.line()}")
-            say(
-                f"[{starts}/{total}] {job.problem.name} / {job.solution.name}: started{where} "
-                f"({time.monotonic() - started:.0f} s into the run; {standing.line()})"
-            )
-
-        def on_result(result: JobResult) -> None:
-            nonlocal finished
-            finished += 1
-            progress.advance(task)
-            progress.update(task, description=standing.line())
-            say(f"{display.job_line(result, finished, total)} · {standing.line()}")
-
-        def on_prepare() -> None:
-            progress.update(task, description="references with cached timings, side by side")
-            say("preparing the references (building and timing them first)")
-
-        def on_build(building: int, builds: int) -> None:
-            progress.update(task, description=f"building solutions on the CPU: {building}/{builds} started")
-            say(f"building {building}/{builds} ({time.monotonic() - started:.0f} s into the run)")
-
-        return session.execute(
-            planned,
-            config,
-            device,
-            recorder,
-            on_start,
-            on_result,
-            on_prepare,
-            build_jobs=build_jobs,
-            on_build=on_build,
-            devices=lanes,
-            progress=standing,
-        )
-
-
-def _run_on_ray(
-    planned: session.SessionPlan,
-    device: str,
-    config: KbenchConfig,
-    recorder: session.Recorder,
-    quiet: bool,
-    address: str,
-    run_id: str,
-) -> session.SessionOutcome:
-    """The run on a Ray cluster (``kbench.ray_cluster``): one line per job as it starts and ends, and the jobs
-    whose node was lost, which ``--resume`` runs again."""
-    from kbench import display, ray_cluster
-
-    out = errors if quiet else console
-    for line in describe_plan(planned, device):
-        out.print(line, markup=False, highlight=False, soft_wrap=True)
-    done, total = 0, len(planned.jobs)
-
-    def on_result(result: JobResult) -> None:
-        nonlocal done
-        done += 1
-        out.print(display.job_line(result, done, total), markup=False, highlight=False, soft_wrap=True)
-
-    def on_lost(lost: ray_cluster.LostJob) -> None:
-        out.print(f"[yellow]lost:[/] {escape(lost.problem)} / {escape(lost.solution)}: {escape(lost.reason)}")
-
-    try:
-        outcome = ray_cluster.execute_on_ray(
-            planned,
-            config,
-            device,
-            address,
-            recorder,
-            on_start=lambda job: out.print(f"{job.problem.name} / {job.solution.name}: sent to Ray", markup=False),
-            on_result=on_result,
-            on_lost=on_lost,
-        )
-    except ray_cluster.RayClusterError as exc:
-        raise fail(str(exc)) from None
-    for warning in outcome.warnings:
-        out.print(f"[yellow]warning:[/] {escape(warning)}")
-    if outcome.lost:
-        out.print(
-            f"{len(outcome.lost)} job(s) lost with their node: `kbench bench --resume {run_id} --ray {address}` "
-            "runs them",
-            highlight=False,
-        )
-    return outcome
-
-
 def nothing_to_run(planned: session.SessionPlan, device: str) -> typer.Exit | None:
     """Exit 2 when no solution runs on this device: a run that checks nothing must not pass CI as green."""
     if planned.jobs:
@@ -377,7 +242,7 @@ def verify(
 ) -> None:
     """Check that solutions give the reference's answers, and time both. A --solution file that defines no
     ModelNew is a usage error (exit 2) at once, before any worker starts."""
-    from kbench import display, session
+    from kbench import display, run_progress, session
     from kbench.config import ConfigError
 
     registry = catalog.Catalog(problems_dir, solutions_dir)
@@ -392,7 +257,8 @@ def verify(
         if not solution and not [s for s in registry.registered_solutions(target) if dev in s.devices]:
             raise fail(f"no solution registered for {target.name} on {dev}; pass one with --solution PATH")
         planned = session.plan([target], dev, sizes, registry, solution)
-        outcome = _run(planned, dev, cfg, None, quiet=as_json, build_jobs=build_jobs, lanes=lanes_for(dev, gpus))
+        lanes = lanes_for(dev, gpus)
+        outcome = run_progress.run_here(planned, dev, cfg, None, errors if as_json else console, lanes, build_jobs)
     except (CatalogError, ConfigError) as exc:
         raise fail(str(exc)) from None
     if as_json:
@@ -436,9 +302,10 @@ def bench(
 ) -> None:
     """Verify and time every problem x solution; record the run under results/<run-id>/. --junit writes a JUnit
     XML report for CI; --json prints the run as JSON instead of tables."""
-    from kbench import session
+    from kbench import run_progress, session
     from kbench.config import ConfigError, check_timing_mode
     from kbench.gate import load_gate
+    from kbench.ray_cluster import RayClusterError
 
     if resume is not None and (problems or run_all):
         raise fail("--resume takes no problem selection: the run's own is used")
@@ -456,7 +323,7 @@ def bench(
             # A run resumes with its own configuration, on its own device.
             planned, cfg, dev = resumption.plan, resumption.config, resumption.device
             dev = dev if ray_address is not None else resolve_device(dev)  # Ray's nodes have the device
-            lanes = None if ray_address is not None else lanes_for(dev, gpus)
+            lanes = [] if ray_address is not None else lanes_for(dev, gpus)
             check_timing_mode(cfg, dev)
             (errors if as_json else console).print(
                 f"resuming {run_dir.run_id}: {resumption.done} jobs done, {len(planned.jobs)} to run"
@@ -474,15 +341,16 @@ def bench(
             planned = session.plan(targets, dev, sizes, registry)
             if (empty := nothing_to_run(planned, dev)) is not None:
                 raise empty
-            lanes = None if ray_address is not None else lanes_for(dev, gpus)
+            lanes = [] if ray_address is not None else lanes_for(dev, gpus)
             selection = session.Selection([str(t.path) for t in targets], sizes, str(problems_dir), str(solutions_dir))
             run_dir = new_run(results_dir)  # only once the plan is sound: bad input leaves no empty run behind
             recorder = session.Recorder(run_dir, dev, cfg, sys.argv, selection)
+        out = errors if as_json else console
         if ray_address is not None:
-            outcome = _run_on_ray(planned, dev, cfg, recorder, as_json, ray_address, run_dir.run_id)
+            outcome = run_progress.run_on_ray(planned, dev, cfg, recorder, out, ray_address, run_dir.run_id)
         else:
-            outcome = _run(planned, dev, cfg, recorder, quiet=as_json, build_jobs=build_jobs, lanes=lanes)
-    except (CatalogError, ConfigError, RunNotFound) as exc:
+            outcome = run_progress.run_here(planned, dev, cfg, recorder, out, lanes, build_jobs)
+    except (CatalogError, ConfigError, RunNotFound, RayClusterError) as exc:
         raise fail(str(exc)) from None
     except session.RecordError as exc:  # kbench could not write its own results: not the solution's fault
         raise fail(str(exc), EXIT_INTERNAL) from None

@@ -14,7 +14,7 @@ import pytest
 from conftest import PROBLEMS, SOLUTIONS
 from typer.testing import CliRunner
 
-from kbench import __version__, caches, catalog, cli, session
+from kbench import __version__, caches, catalog, cli, run_progress, session
 from kbench.cli import app
 
 runner = CliRunner(env={"COLUMNS": "200"})
@@ -194,7 +194,7 @@ def test_the_plan_says_what_runs_and_at_which_size_before_it_starts():
     full = catalog.read_problem(PROBLEMS / "affine_relu.py")  # declares no small sizes
     small = catalog.read_problem(EXAMPLE)
     planned = session.plan([full, small], "cpu", {}, registry, [SOLUTIONS / "affine_relu" / "correct_torch.py"])
-    lines = cli.describe_plan(planned, "cpu")
+    lines = run_progress.describe_plan(planned, "cpu")
     assert lines[0] == "2 job(s) on cpu:"
     assert "affine_relu / correct_torch at the file's own sizes (full size" in lines[1]
     assert "example_scale_bias_relu6 / correct_torch at batch_size=512, features=1024" in lines[2]
