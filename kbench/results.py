@@ -80,7 +80,10 @@ class JobResult:
     problem_path: str = ""
     detail: str = ""  # compiler / Python error text, kept for the user
     wall_s: float = 0.0
-    turn_rounds: int | None = None  # timing rounds run (warm-up included) in stage_s["turns"] seconds
+    # The timing turns from first round to last, hand-overs included (they overlap the stages), and their rounds,
+    # warm-up included: what a round costs beyond its two calls (docs/timing.md).
+    turns_s: float | None = None
+    turn_rounds: int | None = None
     # Where wall_s went: the reference, the solution worker's phases (load, build, run), judging, and for a job
     # run again (see timing.reference_drift_retries) its earlier runs (earlier_runs).
     stage_s: dict[str, float] = field(default_factory=dict)

@@ -279,8 +279,8 @@ class Runner:
                 **({"earlier_runs": attempt.began - reference_done} if reruns else {}),
                 **{f"solution_{phase}": seconds for phase, seconds in worker.phase_s.items()},
                 "judge": attempt.judge_s,
-                "turns": attempt.turns_s,  # the timing rounds from first to last, hand-overs included
             },
+            turns_s=attempt.turns_s,
             turn_rounds=attempt.turn_rounds,
         )
 
