@@ -86,6 +86,7 @@ class JobResult:
     turn_rounds: int | None = None
     # Where wall_s went: the reference, the solution worker's phases (load, build, run), judging, and for a job
     # run again (see timing.reference_drift_retries) its earlier runs (earlier_runs).
+    # Seconds per stage within wall_s; "build_wait" (the scheduler waiting for the solution's build) comes before it.
     stage_s: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
