@@ -8,6 +8,7 @@ result names is the one that ran it whatever ``CUDA_DEVICE_ORDER`` says.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ class Device:
     name: str = ""
     uuid: str = ""  # the GPU's, which CUDA_VISIBLE_DEVICES accepts
     host: str = field(default_factory=socket.gethostname)
+    # Whether workers are confined to it (worker_env). Not for the one GPU of a host run with no --gpus: its
+    # workers see that GPU anyway, and CUDA then finds it as it always did.
+    confined: bool = True
 
     @property
     def is_gpu(self) -> bool:
@@ -46,7 +50,7 @@ class Device:
     def worker_env(self) -> dict[str, str]:
         """What a worker's environment needs so that it sees this GPU and no other: a solution on one GPU must
         not reach the GPU another job is timed on. Empty for the CPU and for a GPU not found through NVML."""
-        if not self.is_gpu or self.index is None:
+        if not self.is_gpu or self.index is None or not self.confined:
             return {}
         return {"CUDA_VISIBLE_DEVICES": self.uuid or str(self.index), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
 
@@ -107,4 +111,6 @@ def devices_for(kind: str, gpus: str | None = None, available: list[Device] | No
     found = visible_gpus() if available is None else available
     if not found and gpus is None:
         return [Device("cuda")]
+    if len(found) == 1 and gpus is None:
+        return [dataclasses.replace(found[0], confined=False)]
     return select_gpus(gpus, found)

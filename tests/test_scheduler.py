@@ -129,6 +129,9 @@ def test_gpus_are_chosen_by_number_and_a_wrong_choice_says_what_there_is():
         devices_for("cpu", "0")
     assert devices_for("cpu") == [CPU]
     assert devices_for("cuda", "1", available=GPUS) == [GPUS[1]]
+    (only,) = devices_for("cuda", available=GPUS[:1])  # a host's one GPU, no --gpus: workers find it as always
+    assert only.index == 0 and only.worker_env() == {} and only.described == "cuda:0 Fake GPU @ host-a"
+    assert devices_for("cuda", "0", available=GPUS[:1])[0].worker_env()["CUDA_VISIBLE_DEVICES"] == "GPU-0000"
 
 
 def test_a_workers_environment_shows_it_its_own_gpu_only():
