@@ -112,7 +112,8 @@ class Builds:
         self._on_start, self._total = on_start, len(to_build)
         self._scratch = Path(tempfile.mkdtemp(prefix="kbench-build-"))
         self._env = build_env(device, workers)
-        self._limits = {"load": timeouts.run_s, "build": timeouts.build_s}  # the load phase is torch's import
+        # The load phase is torch's import, kbench's own work: held to the reference's limit, as in solution workers.
+        self._limits = {"load": timeouts.reference_s, "build": timeouts.build_s}
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kbench-build")
         self._futures: dict[str, Future[BuildOutcome]] = {}
         self._live: set[int] = set()  # build workers running now (they lead their own process groups)

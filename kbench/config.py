@@ -60,7 +60,7 @@ class AccuracyConfig(_Strict):
 
 
 class Timeouts(_Strict):
-    reference_s: float = Field(default=300.0, gt=0)  # reference outputs + reference timing
+    reference_s: float = Field(default=300.0, gt=0)  # reference outputs + timing; any worker's own start
     build_s: float = Field(default=900.0, gt=0)  # importing the solution, which compiles it
     run_s: float = Field(default=300.0, gt=0)  # weights, trials and timing of the solution
 

@@ -100,11 +100,14 @@ class SolutionStarter:
         spec_path = out_dir / "spec.json"
         self._spec(job, out_dir, poison_numel).write(spec_path)
         limits, env = self._timeouts, worker_env(self._cache_root, self._device, self._placement)
+        # No solution code runs before the build phase: the load phase is kbench's own start (torch's import, the
+        # problem file, the reference's seeded weights), held to the reference's limit. Under a pool of builds it
+        # can take a while, and a solution's short run limit is no measure of it.
         solution = WorkerCommand(
             "kbench.untrusted.worker",
             [str(spec_path)],
             out_dir / "worker.log",
-            {"load": limits.run_s, "wait": GATE_WAIT_S, "build": limits.build_s, "run": limits.run_s},
+            {"load": limits.reference_s, "wait": GATE_WAIT_S, "build": limits.build_s, "run": limits.run_s},
             env=env,
             gated=True,
             turns=True,

@@ -16,6 +16,7 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log
 # Phases, so that each fits in one device call: `tests` runs the gpu-marked tests, four at a time (their CUDA
 # builds then overlap); on the H200 machine they took longer than one call, so `tests-shared` runs those that may
 # share the GPU (four at a time) and `tests-alone` those marked gpu_alone (one at a time), one call each;
+# `tests-serial [test ids]` runs the gpu tests named (default: all), one at a time, in the order given;
 # `commands` runs the daily commands on CUDA; `all` (default) runs every test, then the
 # commands. For issue #5's timing evidence, `bench NAME [bench args]` runs one timed `kbench bench --all` into
 # $RUNS (kept on the machine, so calls made while it stays up add to it) and `compare` compares the runs named
@@ -31,8 +32,9 @@ run_named() { sed -n 's/^results: //p' "$RUNS/$1.log" 2>/dev/null | tail -1 | gr
 case "$PHASE" in
     # One build cache for the four test processes (torch's lock lets one build each extension), and each test's
     # outcome written as it ends, so a call cut off by its limit still says which failed, and why.
-    tests|tests-shared|tests-alone)
+    tests|tests-shared|tests-alone|tests-serial)
         case "$PHASE" in
+            tests-serial) selection=(-m gpu) ;;
             tests) selection=(-m gpu -n 4) ;;
             tests-shared) selection=(-m "gpu and not gpu_alone" -n 4) ;;
             tests-alone) selection=(-m gpu_alone) ;;
@@ -61,7 +63,7 @@ case "$PHASE" in
         } 2>&1 | tee "$RUNS/compare.log"
         pack
         exit 0 ;;
-    *) echo "usage: $0 [all|tests|tests-shared|tests-alone|commands|bench NAME [args]|compare]" >&2; exit 2 ;;
+    *) echo "usage: $0 [all|tests|tests-shared|tests-alone|tests-serial [ids]|commands|bench NAME [args]|compare]" >&2; exit 2 ;;
 esac
 
 {

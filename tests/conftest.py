@@ -31,9 +31,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """With KBENCH_TEST_REPORTS set to a folder, each test's outcome and time, and a failure's whole report, are
     written there as the test ends: a device call cut off by its time limit still brings back why a test failed
-    (pytest prints its summary only at the end). Under xdist this runs in the controller, one writer."""
+    (pytest prints its summary only at the end). Under xdist the hook runs in each worker and again in the
+    controller: only the controller writes."""
     folder = os.environ.get("KBENCH_TEST_REPORTS")
-    if not folder or (report.when != "call" and not report.failed):
+    if not folder or os.environ.get("PYTEST_XDIST_WORKER") or (report.when != "call" and not report.failed):
         return
     with open(Path(folder) / "test-reports.txt", "a", encoding="utf-8") as out:
         out.write(f"{report.outcome.upper()} {report.nodeid} ({report.when}, {report.duration:.1f} s)\n")

@@ -55,6 +55,18 @@ def test_a_timeout_says_where_the_worker_was_stuck(runner: Runner):
     assert "untrusted/worker.py" in result.detail
 
 
+@pytest.mark.slow
+def test_a_slow_start_before_any_solution_code_is_not_the_solutions_timeout(tmp_path):
+    # The problem file takes longer to import than the run limit allows: that is the workers' own start (torch,
+    # the problem, the seeded weights), before any solution code runs, and it is held to the reference's limit.
+    # (On the H200, torch's import beside three CUDA builds once outlasted a 45 s run limit.)
+    problem = tmp_path / "affine_relu.py"
+    problem.write_text("import time\n\ntime.sleep(8)\n" + (PROBLEMS / "affine_relu.py").read_text())
+    with Runner(fast_config(run_s=6.0), "cpu") as runner:
+        result = runner.run(Job(read_problem(problem), read_solution(SOLUTIONS / "affine_relu" / "correct_torch.py")))
+    assert result.verdict == Verdict.CORRECT, (result.reason, result.detail[-2000:])
+
+
 def test_correct_solution_passes_with_errors_and_timing(runner: Runner):
     result = run(runner, "correct_torch")
     assert result.verdict == Verdict.CORRECT, result.reason
