@@ -121,9 +121,19 @@ class PipelineConfig(_Strict):
     # builds the reference's seeded weights on the CPU, then waits at a gate until the GPU is its job's.
     # auto: on CUDA only (on the CPU, that work would share the cores being timed).
     prefetch: Literal["auto", "on", "off"] = "auto"
+    # Compare a job's outputs with the reference's (on the CPU, in the parent) while the lane's next job runs.
+    # auto: on CUDA only (on the CPU, that work would share the cores being timed).
+    judge_beside: Literal["auto", "on", "off"] = "auto"
 
     def prefetch_on(self, device: str) -> bool:
-        return self.prefetch == "on" or (self.prefetch == "auto" and device.startswith("cuda"))
+        return _on(self.prefetch, device)
+
+    def judge_beside_on(self, device: str) -> bool:
+        return _on(self.judge_beside, device)
+
+
+def _on(setting: str, device: str) -> bool:
+    return setting == "on" or (setting == "auto" and device.startswith("cuda"))
 
 
 class KbenchConfig(_Strict):

@@ -3,13 +3,17 @@
 The worker's word is taken only where believing it cannot help a solution: a reported failure is a
 failure, and a flag it raises counts against the solution, but "correct" comes only from the parent's
 comparisons of saved outputs with the reference's, and only when the worker also exited cleanly.
+
+Two steps: ``first_look`` reads what the workers reported (failures, flags, timing), which decides whether the
+job must run again; ``judge_outputs`` compares the saved outputs, the costly part, which a lane may do while its
+next job runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from kbench import audit
 from kbench.compare import (
@@ -24,7 +28,7 @@ from kbench.reference import ReferenceRun
 from kbench.results import Verdict
 from kbench.spec import TIMED, TRIAL
 from kbench.stats import median_ms
-from kbench.timing_verdict import judge_timing, timing_mode_used
+from kbench.timing_verdict import TimingFacts, judge_timing, timing_mode_used
 from kbench.weight_checks import WeightsMatch, read_weights, state_check, weights_check
 
 WORKER_FAILURE_VERDICTS = {Verdict.COMPILE_ERROR, Verdict.LOAD_ERROR, Verdict.RUNTIME_ERROR}
@@ -82,11 +86,6 @@ class Judgement:
     floor_ms: float | None = None
     kernels: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def only_reference_slowed(judged: Judgement) -> bool:
-    """Rejected for ``reference_slowed`` and for no other broken rule."""
-    return judged.verdict == Verdict.REJECTED and set(judged.flags) & INTEGRITY_FLAGS == {"reference_slowed"}
 
 
 def _turns_ended_under(worker: WorkerRun) -> bool:
@@ -170,17 +169,10 @@ def _comparisons(
 
 
 def _audit_flags(
-    reference: ReferenceRun,
-    new_trials: list[dict[str, Any]],
-    new_ms: float | None,
-    floor: float | None,
-    kernels: list[dict[str, Any]],
-    config: KbenchConfig,
+    reference: ReferenceRun, new_trials: list[dict[str, Any]], kernels: list[dict[str, Any]], config: KbenchConfig
 ) -> tuple[set[str], float | None]:
-    """Physics floor, precision against float64, kernel census: (flags, the solution's float64 error)."""
+    """Precision against float64, kernel census: (flags, the solution's float64 error)."""
     flags = set()
-    if floor is not None and new_ms is not None and new_ms < FLOOR_MARGIN * floor:
-        flags.add("implausible_speed")
     exact = reference.float64.get(TRIAL)
     new_error = audit.worst_relative_error(new_trials, exact) if exact else None
     rules = config.integrity
@@ -211,15 +203,43 @@ def _verdict(
     return Verdict.CORRECT, f"{trial_count} trials {trials.reason}"
 
 
-def judge(
+@dataclass
+class Sighted:
+    """What a job's workers reported, read before any output is compared: enough to tell whether the job must run
+    again (``only_reference_slowed``). ``judge_outputs`` compares the outputs, the costly part, and decides."""
+
+    worker: WorkerRun
+    partner: Partner
+    match: WeightsMatch
+    facts: dict[str, Any]
+    flags: set[str]
+    notes: list[str]
+    detail: str
+    timing: TimingFacts
+    kernels: list[dict[str, Any]]
+    floor: float | None
+
+    @property
+    def ref_ms(self) -> float | None:
+        return self.timing.ref_ms
+
+
+def only_reference_slowed(seen: Judgement | Sighted) -> TypeGuard[Sighted]:
+    """The workers broke no rule but ``reference_slowed`` (the job then runs again, see ``Runner``). Read before
+    the outputs are compared: a run whose outputs would have been wrong runs again too, and is judged on that run."""
+    return isinstance(seen, Sighted) and seen.flags & INTEGRITY_FLAGS == {"reference_slowed"}
+
+
+def first_look(
     worker: WorkerRun,
-    out_dir: Path,
     reference: ReferenceRun,
     config: KbenchConfig,
     bandwidth_bytes_per_s: float | None,
     static_flags: list[str],
     partner: Partner,
-) -> Judgement:
+) -> Judgement | Sighted:
+    """The verdict when a worker failed; else what the workers reported (flags, timing, notes), for
+    ``judge_outputs``."""
     built = worker.last("built")
     build = built["built"] if built and isinstance(built.get("built"), dict) else {}
     match = read_weights(worker.last("weights"), set(reference.tensors))
@@ -254,7 +274,6 @@ def judge(
         notes.append("ModelNew changed torch settings in its own process: " + "; ".join(settings[:20]))
     flags |= partner.flags()
     notes.extend(partner.notes())
-    trials, new_trials, checks = _comparisons(out_dir, reference, match, config, notes, worker.outputs, partner)
     on_cuda = str(reference.device_info.get("device", "")).startswith("cuda")
     # A reference alone timed in another mode (one of them fell back to events) is no yardstick for the
     # reference beside the solution: its drift is then not judged.
@@ -267,12 +286,22 @@ def judge(
             f"reference drift not judged: the reference alone was timed with {reference.timing_mode}, "
             f"beside the solution with {timing.mode}"
         )
-    flags |= timing.flags
+    flags |= timing.flags | set(static_flags or [])
     floor = audit.floor_ms(reference.moved_bytes, bandwidth_bytes_per_s)
+    if floor is not None and timing.new_ms is not None and timing.new_ms < FLOOR_MARGIN * floor:
+        flags.add("implausible_speed")
     kernels = payload.get("kernels") if isinstance(payload.get("kernels"), list) else []
     kernels = [k for k in kernels if isinstance(k, dict)]
-    audit_flags, new_error = _audit_flags(reference, new_trials, timing.new_ms, floor, kernels, config)
-    flags |= audit_flags | set(static_flags or [])
+    return Sighted(worker, partner, match, facts, flags, notes, detail, timing, kernels, floor)
+
+
+def judge_outputs(seen: Sighted, out_dir: Path, reference: ReferenceRun, config: KbenchConfig) -> Judgement:
+    """Compare the outputs the workers saved in ``out_dir`` with the reference's, and decide."""
+    notes, timing = list(seen.notes), seen.timing
+    announced = seen.worker.outputs
+    trials, new_trials, checks = _comparisons(out_dir, reference, seen.match, config, notes, announced, seen.partner)
+    audit_flags, new_error = _audit_flags(reference, new_trials, seen.kernels, config)
+    flags = seen.flags | audit_flags
     flags.update(flag for flag, check in checks if flag and not check.ok and not check.tampered)
     if any(check.tampered for _, check in checks):
         flags.add("output_tampered")
@@ -284,7 +313,7 @@ def judge(
         verdict,
         reason,
         flags=sorted(flags),
-        detail=detail,
+        detail=seen.detail,
         comparison=trials,
         new_ms=timing.new_ms,
         new_timing_count=timing.count,
@@ -299,8 +328,8 @@ def judge(
         timing_mode=timing.mode,
         timing_fallback=timing.fallback,
         new_error_fp64=new_error,
-        floor_ms=floor,
-        kernels=kernels,
+        floor_ms=seen.floor,
+        kernels=seen.kernels,
         notes=notes,
-        **facts,
+        **seen.facts,
     )

@@ -87,6 +87,8 @@ class JobResult:
     # Where wall_s went: the reference, the solution worker's phases (load, build, run), judging, and for a job
     # run again (see timing.reference_drift_retries) its earlier runs (earlier_runs).
     # Seconds per stage within wall_s; "build_wait" (the scheduler waiting for the solution's build) comes before it.
+    # Judged beside the lane's next job (pipeline.judge_beside), "judge_wait" is how long the judgement waited for
+    # the one before it to end.
     stage_s: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from kbench.catalog import Problem, Solution
 from kbench.config import KbenchConfig, check_timing_mode
 from kbench.devices import Device
 from kbench.isolation import WorkerRun, run_workers
-from kbench.judge import Judgement, judge, only_reference_slowed
+from kbench.judge import Judgement, Sighted, first_look, judge_outputs, only_reference_slowed
 from kbench.monitor import DeviceMonitor, DeviceState
 from kbench.partner import Partner
 from kbench.reference import ReferenceRun
@@ -45,15 +46,20 @@ class Job:
 
 @dataclass(frozen=True)
 class _Attempt:
-    """One solution worker's run of a job, judged."""
+    """One solution worker's run of a job, seen by ``judge.first_look``; its outputs wait in ``out_dir``."""
 
     worker: WorkerRun
-    judged: Judgement
+    seen: Judgement | Sighted
+    out_dir: Path
     device_state: DeviceState  # NVML while it ran
     began: float  # time.monotonic() as its gate opened
-    judge_s: float
+    first_look_s: float
     turns_s: float  # the timing turns' wall time, warm-up rounds included
     turn_rounds: int
+
+
+# Judges what a job's workers left and returns the job's result; never raises (see ``Runner.start``).
+Finish = Callable[[], JobResult]
 
 
 def effective_overrides(problem: Problem, device: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -128,24 +134,39 @@ class Runner:
             poison_numel=poison_numel,
         )
 
+    @property
+    def judges_beside(self) -> bool:
+        """Whether a lane should judge a job's outputs while its next job runs (``pipeline.judge_beside``)."""
+        return self.config.pipeline.judge_beside_on(self.device)
+
     def run(self, job: Job, next_job: Job | None = None) -> JobResult:
-        """Judge one job. Never raises: if kbench itself fails, the job says so and the run goes on. With
-        prefetching on, ``next_job``'s solution worker starts while this one runs, and waits at its gate."""
+        """Run and judge one job (``start``, then its finish)."""
+        return self.start(job, next_job)()
+
+    def start(self, job: Job, next_job: Job | None = None) -> Finish:
+        """Run the job's workers to their end, and return what judges their outputs (comparing them is the costly
+        part, which a lane may do while its next job runs). Neither raises: if kbench itself fails, the job's
+        result says so and the run goes on. With prefetching on, ``next_job``'s solution worker starts while this
+        one runs, and waits at its gate."""
         started = time.monotonic()
         try:
-            return self._run(job, started, next_job)
+            return self._start(job, started, next_job)
         except Exception:
-            return JobResult(
-                problem=job.problem.name,
-                solution=job.solution.name,
-                device=self.device,
-                gpu=self.placement.described,
-                verdict=Verdict.RUNTIME_ERROR,
-                reason="kbench failed while running or judging this job (see detail)",
-                flags=["harness_error"],
-                detail=traceback.format_exc()[-20_000:],
-                wall_s=time.monotonic() - started,
-            )
+            failed = self._harness_error(job, started)
+            return lambda: failed
+
+    def _harness_error(self, job: Job, started: float) -> JobResult:
+        return JobResult(
+            problem=job.problem.name,
+            solution=job.solution.name,
+            device=self.device,
+            gpu=self.placement.described,
+            verdict=Verdict.RUNTIME_ERROR,
+            reason="kbench failed while running or judging this job (see detail)",
+            flags=["harness_error"],
+            detail=traceback.format_exc()[-20_000:],
+            wall_s=time.monotonic() - started,
+        )
 
     def _reference_spec(self, problem: Problem, overrides: dict[str, Any], out_dir: Path) -> WorkerSpec:
         return self._spec(problem, overrides, out_dir, None)
@@ -171,7 +192,7 @@ class Runner:
 
     def _attempt(self, job: Job, reference: ReferenceRun, start: SolutionStart, next_job: Job | None) -> _Attempt:
         """Let the started pair through their gates, drive their timing turns, follow both to their ends, and
-        judge what they left."""
+        read what they reported."""
         began = time.monotonic()
         plan = TimingPlan.from_dict(self.config.timing.model_dump())
         with DeviceMonitor(self.placement.is_gpu, self.placement.index or 0) as monitor:
@@ -184,15 +205,19 @@ class Runner:
                 worker, partner = run_workers([], started=start.workers(), watch=self._starter.waiting())
         worker_done = time.monotonic()
         flags = file_flags(job.solution.path)  # the static scan: a second opinion, never a verdict alone
-        judged = judge(
-            worker, start.out_dir, reference, self.config, self.bandwidth_bytes_per_s, flags, Partner(partner, turns)
-        )
-        shutil.rmtree(start.out_dir, ignore_errors=True)
+        seen = first_look(worker, reference, self.config, self.bandwidth_bytes_per_s, flags, Partner(partner, turns))
         return _Attempt(
-            worker, judged, monitor.state, began, time.monotonic() - worker_done, turns.wall_s, turns.rounds
+            worker,
+            seen,
+            start.out_dir,
+            monitor.state,
+            began,
+            time.monotonic() - worker_done,
+            turns.wall_s,
+            turns.rounds,
         )
 
-    def _run(self, job: Job, started: float, next_job: Job | None) -> JobResult:
+    def _start(self, job: Job, started: float, next_job: Job | None) -> Finish:
         base: dict[str, Any] = {
             "problem": job.problem.name,
             "solution": job.solution.name,
@@ -206,10 +231,8 @@ class Runner:
         }
         reference = self.references.get(job.problem, job.overrides)
         reference_done = time.monotonic()
-        ref_ms = median_ms(reference.timing_ms)
-        compile_ms = median_ms(reference.compile_timing_ms)
         if reference.error is not None:
-            return JobResult(
+            failed = JobResult(
                 **base,
                 verdict=Verdict.RUNTIME_ERROR,
                 reason=f"reference failed: {reference.error}",
@@ -217,24 +240,51 @@ class Runner:
                 detail=reference.detail,
                 wall_s=time.monotonic() - started,
             )
+            return lambda: failed
         poison = reference.output_numel
         attempt = self._attempt(job, reference, self._starter.start(job, poison), next_job)
         yardstick = reference  # what the reference beside the solution is held against: its time alone
+        ref_ms = median_ms(reference.timing_ms)
         reruns: list[str] = []
-        while only_reference_slowed(attempt.judged) and len(reruns) < self.config.timing.reference_drift_retries:
+        while only_reference_slowed(attempt.seen) and len(reruns) < self.config.timing.reference_drift_retries:
             # The yardstick may be out of date (a cached baseline, a host that has slowed since), so the
             # reference alone is timed again first, while no solution process is left to slow it.
+            shutil.rmtree(attempt.out_dir, ignore_errors=True)  # judged on the next run alone
             again = self.references.timed_again(job.problem, job.overrides)
-            reruns.append(_rerun_note(len(reruns) + 1, attempt.judged, ref_ms, again))
+            reruns.append(_rerun_note(len(reruns) + 1, attempt.seen, ref_ms, again))
             if again.error is None:
                 yardstick, ref_ms = again, median_ms(again.timing_ms)
             attempt = self._attempt(job, yardstick, self._starter.start_fresh(job, poison), None)
-        worker, judged, state = attempt.worker, attempt.judged, attempt.device_state
+        stages = {
+            "reference": reference_done - started,  # 0 when this run already has the problem's reference
+            **({"earlier_runs": attempt.began - reference_done} if reruns else {}),
+        }
+        context = _Context(base, reference, yardstick, ref_ms, reruns, stages, started)
+
+        def finish() -> JobResult:
+            try:
+                return self._judged(attempt, context)
+            except Exception:
+                return self._harness_error(job, started)
+            finally:
+                shutil.rmtree(attempt.out_dir, ignore_errors=True)
+
+        return finish
+
+    def _judged(self, attempt: _Attempt, context: _Context) -> JobResult:
+        """The job's result: its outputs compared (when the first look did not already decide), and every fact."""
+        judging = time.monotonic()
+        seen, reference = attempt.seen, context.reference
+        judged = seen if isinstance(seen, Judgement) else judge_outputs(seen, attempt.out_dir, reference, self.config)
+        judge_s = attempt.first_look_s + time.monotonic() - judging
+        worker, state = attempt.worker, attempt.device_state
         tolerance = self.config.tolerance_for(_first_dtype(reference.trials))
         comparison = judged.comparison
         floor = audit.roofline_floor_ms(reference.moved_bytes, reference.matrix_flops, self.ceilings)
+        ref_ms = context.ref_ms
+        retimed = context.yardstick is not reference
         return JobResult(
-            **base,
+            **context.base,
             verdict=judged.verdict,
             reason=judged.reason,
             flags=judged.flags,
@@ -244,7 +294,7 @@ class Runner:
             rtol=tolerance.rtol,
             ref_ms=judged.ref_ms if judged.ref_ms is not None else ref_ms,
             ref_ms_alone=ref_ms,
-            compile_ms=compile_ms,
+            compile_ms=median_ms(reference.compile_timing_ms),
             speedup_vs_compile=_speedup_vs_compile(reference, judged),
             new_ms=judged.new_ms,
             speedup=judged.speedup,
@@ -269,20 +319,32 @@ class Runner:
             kernels=judged.kernels,
             warnings=reference.warnings + state.warnings() + judged.timing_warnings,
             device_state=asdict(state) if state.samples or state.error else {},
-            notes=judged.notes + reruns + _reference_notes(reference, judged, retimed=yardstick is not reference),
+            notes=judged.notes + context.reruns + _reference_notes(reference, judged, retimed=retimed),
             timing_mode=judged.timing_mode,
             timing_fallback=judged.timing_fallback,
             detail=judged.detail[-20_000:],
-            wall_s=time.monotonic() - started,
+            wall_s=time.monotonic() - context.started,
             stage_s={
-                "reference": reference_done - started,  # 0 when this run already has the problem's reference
-                **({"earlier_runs": attempt.began - reference_done} if reruns else {}),
+                **context.stages,
                 **{f"solution_{phase}": seconds for phase, seconds in worker.phase_s.items()},
-                "judge": attempt.judge_s,
+                "judge": judge_s,
             },
             turns_s=attempt.turns_s,
             turn_rounds=attempt.turn_rounds,
         )
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What a job's result needs beyond its last attempt."""
+
+    base: dict[str, Any]  # the job's names and paths
+    reference: ReferenceRun
+    yardstick: ReferenceRun  # the reference alone the last attempt was held against (timed again, or not)
+    ref_ms: float | None  # its median
+    reruns: list[str]  # a note for each earlier run
+    stages: dict[str, float]  # the reference, and the earlier runs
+    started: float
 
 
 def judged_without_worker(
@@ -309,7 +371,7 @@ def judged_without_worker(
     )
 
 
-def _rerun_note(run: int, judged: Judgement, alone_ms: float | None, again: ReferenceRun) -> str:
+def _rerun_note(run: int, judged: Sighted, alone_ms: float | None, again: ReferenceRun) -> str:
     def ms(value: float | None) -> str:
         return f"{value:.4g} ms" if value is not None else "?"
 

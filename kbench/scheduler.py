@@ -2,8 +2,9 @@
 in order, a problem's jobs together, each job once its solution's build has ended.
 
 Timing fidelity first: a lane times one job at a time on its device, and no two lanes share a device, so no two
-timed jobs ever share a GPU (or the CPU). Builds (``build_pool``) run beside the lanes, and a lane's CPU-side
-judging overlaps the other lanes' timing, not its own.
+timed jobs ever share a GPU (or the CPU). Builds (``build_pool``) run beside the lanes. On a GPU a lane compares
+a job's outputs (on the CPU) while its next job runs, one job behind at most (``pipeline.judge_beside``); on the
+CPU, where that work would share the cores being timed, it judges each job before the next.
 
 Trusted side: lanes drive ``Runner``s, whose workers are separate processes.
 """
@@ -20,13 +21,16 @@ from typing import Protocol
 
 from kbench.devices import Device
 from kbench.results import JobResult
-from kbench.runner import Job
+from kbench.runner import Finish, Job
 
 
 class LaneRunner(Protocol):
     """What a lane needs of a runner (``kbench.runner.Runner``; tests pass fakes)."""
 
-    def run(self, job: Job, next_job: Job | None = None) -> JobResult: ...
+    @property
+    def judges_beside(self) -> bool: ...
+
+    def start(self, job: Job, next_job: Job | None = None) -> Finish: ...
 
 
 @dataclass
@@ -37,12 +41,13 @@ class Progress:
     builds_done: Callable[[], int] = lambda: 0
     builds_total: int = 0
     running: int = 0
+    judging: int = 0  # run, and being judged while the lane's next job runs
     judged: int = 0
     began: float = field(default_factory=time.monotonic)
 
     @property
     def left(self) -> int:
-        return self.jobs - self.judged - self.running
+        return self.jobs - self.judged - self.running - self.judging
 
     def per_hour(self) -> float:
         elapsed = time.monotonic() - self.began
@@ -50,8 +55,9 @@ class Progress:
 
     def line(self) -> str:
         built = f"built {self.builds_done()}/{self.builds_total} · " if self.builds_total else ""
+        judging = f"judging {self.judging} · " if self.judging else ""
         return (
-            f"{built}running {self.running} · judged {self.judged}/{self.jobs} · left {self.left} · "
+            f"{built}running {self.running} · {judging}judged {self.judged}/{self.jobs} · left {self.left} · "
             f"{self.per_hour():.0f} jobs/h"
         )
 
@@ -133,23 +139,30 @@ class Scheduler:
                 self._failure = self._failure or exc
 
     def _lane(self, device: Device, results: list[JobResult], pending: list[list[Job]]) -> None:
-        with self._open_lane(device) as runner:
+        # The judging ends before the runner closes: its outputs lie in the runner's scratch folder.
+        with self._open_lane(device) as runner, _JudgingBeside(self, results) as beside:
             self._on_lane(runner, pending)
             while (chunk := self._next_chunk()) is not None:
-                while chunk:
+                while chunk and self._failure is None:  # a result judged beside that could not be recorded
                     job = self._pop_ready(chunk)
                     next_job = self._pop_ready(list(chunk)) if chunk else None  # a guess, for an early start
                     waited = time.monotonic()
                     result = self._settled(job)  # waits for the job's build, if it has not ended
-                    waited = time.monotonic() - waited
-                    ran = result is None
-                    if result is None:
-                        with self._lock:
-                            self.progress.running += 1
-                            self._on_start(job, device)
-                        result = runner.run(job, next_job=next_job)
-                    result.stage_s["build_wait"] = round(waited, 3)  # the lane idle: on the critical path
-                    self._finish(result, ran, results)
+                    waited = round(time.monotonic() - waited, 3)  # the lane idle: on the critical path
+                    if result is not None:
+                        result.stage_s["build_wait"] = waited
+                        self._finish(result, results)
+                        continue
+                    with self._lock:
+                        self.progress.running += 1
+                        self._on_start(job, device)
+                    finish = runner.start(job, next_job=next_job)
+                    if runner.judges_beside:
+                        beside.hand_over(finish, waited)
+                    else:
+                        result = finish()
+                        result.stage_s["build_wait"] = waited
+                        self._finish(result, results, running=True)
 
     def _next_chunk(self) -> list[Job] | None:
         """The first chunk with a job ready to run, else the first (its lane then waits for a build)."""
@@ -164,9 +177,53 @@ class Scheduler:
         index = next((i for i, job in enumerate(chunk) if self._ready(job)), 0)
         return chunk.pop(index)
 
-    def _finish(self, result: JobResult, ran: bool, results: list[JobResult]) -> None:
+    def _finish(
+        self, result: JobResult, results: list[JobResult], running: bool = False, judging: bool = False
+    ) -> None:
         with self._lock:
-            self.progress.running -= int(ran)
+            self.progress.running -= int(running)
+            self.progress.judging -= int(judging)
             self.progress.judged += 1
             self._on_result(result)  # recording (session's on_result) first: a result is only listed once kept
             results.append(result)
+
+
+class _JudgingBeside:
+    """A lane's judging of each job's outputs in a thread of its own while the lane's next job runs. One judgement
+    at a time: before handing over the next, the lane waits for the last (``judge_wait``, on its critical path),
+    so it never runs more than one job ahead and never holds more than one job's outputs in judgement."""
+
+    def __init__(self, scheduler: Scheduler, results: list[JobResult]) -> None:
+        self._scheduler, self._results = scheduler, results
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _JudgingBeside:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._wait()
+
+    def hand_over(self, finish: Finish, build_wait: float) -> None:
+        judge_wait = self._wait()
+        with self._scheduler._lock:
+            self._scheduler.progress.running -= 1
+            self._scheduler.progress.judging += 1
+        self._thread = threading.Thread(target=self._judge, args=(finish, build_wait, judge_wait), daemon=True)
+        self._thread.start()
+
+    def _wait(self) -> float:
+        began = time.monotonic()
+        while self._thread is not None and self._thread.is_alive():
+            self._thread.join(0.5)  # a timed join: Ctrl-C still reaches the main thread
+        return round(time.monotonic() - began, 3)
+
+    def _judge(self, finish: Finish, build_wait: float, judge_wait: float) -> None:
+        scheduler = self._scheduler
+        try:
+            result = finish()
+            result.stage_s["build_wait"] = build_wait
+            result.stage_s["judge_wait"] = judge_wait
+            scheduler._finish(result, self._results, judging=True)
+        except BaseException as exc:  # a result that cannot be recorded: every lane stops, run() raises it
+            with scheduler._lock:
+                scheduler._failure = scheduler._failure or exc

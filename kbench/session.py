@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from kbench import build_pool, catalog, metadata, scheduler, throughput
 from kbench.caches import default_cache_root
 from kbench.calibrate import Ceilings, measure
@@ -278,7 +280,8 @@ def execute(
     progress.builds_done, progress.builds_total = builds.done, builds.total()
     on_prepare()
     try:
-        plan.run(session.jobs, progress)
+        with _judging_threads(build_pool.default_jobs() - reserve, config.pipeline.judge_beside_on(device)):
+            plan.run(session.jobs, progress)
     except BaseException:  # a result that cannot be written, Ctrl-C: no build goes on behind the run's back
         builds.cancel()
         raise
@@ -291,6 +294,21 @@ def execute(
     if recorder is not None:
         recorder.finish(outcome.device_info, references, rates)
     return outcome
+
+
+@contextmanager
+def _judging_threads(cores: int, beside: bool) -> Iterator[None]:
+    """While jobs are judged beside the next job's timing, the parent's comparisons (torch's CPU threads) leave
+    each lane's two workers a core each, as the builds do."""
+    if not beside:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(before, cores)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 Stages: build, reference, queue (a solution worker starting and waiting at its gate), run (the solution worker
 building and running), judge. ``summed_s`` adds each stage over all jobs (build: the build pool's workers).
-``critical_s`` is what the run waited for: on the busiest device (lane), its jobs' stages one after another, and
-as build the time it waited for builds that had not ended (builds run beside the jobs).
+``critical_s`` is what the run waited for: on the busiest device (lane), its jobs' stages one after another, as
+build the time it waited for builds that had not ended (builds run beside the jobs), and as judge, where jobs
+were judged beside the next (``pipeline.judge_beside``), the time the lane waited for their judgements.
 """
 
 from __future__ import annotations
@@ -27,15 +28,23 @@ STAGES = ("build", "reference", "queue", "run", "judge")
 
 
 def _lane_stages(results: list[JobResult]) -> dict[str, float]:
-    """One lane's stages on its own critical path: its jobs ran one after another."""
+    """One lane's stages on its own critical path: its jobs ran one after another (``results`` in that order)."""
     critical = dict.fromkeys(STAGES, 0.0)
+    last_beside = None
     for result in results:
         stages = _stages(result)
+        # Judged beside (while the lane's next job ran): the lane waited only ``judge_wait``, before handing the
+        # job over, for the judgement before it; and at its end for its last one.
+        judge_wait = result.stage_s.get("judge_wait")
         # A worker started early waits at its gate while the job before it runs, off the critical path: a job
         # waited only for what its own wall time holds beyond its other stages.
-        stages["queue"] = max(0.0, result.wall_s - stages["reference"] - stages["run"] - stages["judge"])
+        other = stages["reference"] + stages["run"] + stages["judge"] + (judge_wait or 0.0)
+        stages["queue"] = max(0.0, result.wall_s - other)
+        if judge_wait is not None:
+            last_beside, stages["judge"] = stages["judge"], judge_wait
         for stage in STAGES:
             critical[stage] += stages[stage]
+    critical["judge"] += last_beside or 0.0
     return critical
 
 

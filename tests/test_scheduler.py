@@ -12,13 +12,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import PROBLEMS, SOLUTIONS
+from conftest import PROBLEMS, SOLUTIONS, fast_config
 
 from kbench import throughput
 from kbench.catalog import Problem, Solution, read_problem
 from kbench.devices import CPU, Device, DeviceError, devices_for, select_gpus
 from kbench.results import JobResult, Verdict
-from kbench.runner import Job
+from kbench.runner import Finish, Job
 from kbench.scheduler import Progress, Scheduler, chunks
 
 GPUS = [Device("cuda", index, "Fake GPU", f"GPU-{index:04d}", "host-a") for index in range(3)]
@@ -38,17 +38,35 @@ def _result(job: Job, device: str = "cuda", verdict: Verdict = Verdict.CORRECT) 
 
 
 class FakeRunner:
-    """Times nothing: sleeps, and writes down which device ran what, and when."""
+    """Times nothing: sleeps, and writes down which device ran what, and when. With ``judge_s``, its jobs' finish
+    (their judging) sleeps that long and is judged beside the next job, and ``judged`` logs when."""
 
-    def __init__(self, device: Device, log: list[tuple[str, str, float, float]], lock: threading.Lock) -> None:
+    def __init__(
+        self,
+        device: Device,
+        log: list[tuple[str, str, float, float]],
+        lock: threading.Lock,
+        judge_s: float = 0.0,
+        judged: list[tuple[str, float, float]] | None = None,
+    ) -> None:
         self.device, self.log, self.lock = device, log, lock
+        self.judges_beside, self.judge_s, self.judged = judge_s > 0, judge_s, judged if judged is not None else []
 
-    def run(self, job: Job, next_job: Job | None = None) -> JobResult:
+    def start(self, job: Job, next_job: Job | None = None) -> Finish:
         began = time.monotonic()
         time.sleep(0.02)
+        name = f"{job.problem.name}/{job.solution.name}"
         with self.lock:
-            self.log.append((self.device.label, f"{job.problem.name}/{job.solution.name}", began, time.monotonic()))
-        return _result(job)
+            self.log.append((self.device.label, name, began, time.monotonic()))
+
+        def finish() -> JobResult:
+            judging = time.monotonic()
+            time.sleep(self.judge_s)
+            with self.lock:
+                self.judged.append((name, judging, time.monotonic()))
+            return _result(job)
+
+        return finish
 
 
 def _scheduler(devices: list[Device], log: list, settled=lambda job: None, on_result=lambda r: None) -> Scheduler:
@@ -95,14 +113,20 @@ def test_a_job_settled_by_its_build_never_reaches_a_device():
     assert len(log) == 3
 
 
-def test_a_recording_error_stops_every_lane_and_keeps_what_was_recorded():
-    recorded: list[JobResult] = []
+def _disk_full_after(kept: int, recorded: list[JobResult]):
+    """A recorder that keeps ``kept`` results, then finds the disk full."""
 
     def record(result: JobResult) -> None:
-        if len(recorded) == 4:
+        if len(recorded) == kept:
             raise OSError("No space left on device")
         recorded.append(result)
 
+    return record
+
+
+def test_a_recording_error_stops_every_lane_and_keeps_what_was_recorded():
+    recorded: list[JobResult] = []
+    record = _disk_full_after(4, recorded)
     log: list = []
     with pytest.raises(OSError, match="No space"):
         _scheduler(GPUS, log, on_result=record).run(_jobs(problems=10, solutions=3))
@@ -114,6 +138,55 @@ def test_progress_says_built_running_judged_left_and_a_rate():
     progress = Progress(10, builds_done=lambda: 4, builds_total=7, running=2, judged=3)
     line = progress.line()
     assert line.startswith("built 4/7 · running 2 · judged 3/10 · left 5 · ") and line.endswith(" jobs/h"), line
+    progress.running, progress.judging = 1, 1
+    assert progress.line().startswith("built 4/7 · running 1 · judging 1 · judged 3/10 · left 5 · ")
+
+
+def _judged_beside(devices: list[Device], judge_s: float, on_result=lambda r: None):
+    log: list[tuple[str, str, float, float]] = []
+    judged: list[tuple[str, float, float]] = []
+    lock = threading.Lock()
+
+    @contextmanager
+    def open_lane(device: Device) -> Iterator[FakeRunner]:
+        yield FakeRunner(device, log, lock, judge_s, judged)
+
+    return Scheduler(devices, open_lane, lambda job: None, on_result=on_result), log, judged
+
+
+def test_a_job_is_judged_while_the_next_one_runs_one_behind_at_most():
+    jobs = _jobs(problems=1, solutions=5)
+    scheduler, log, judged = _judged_beside([GPUS[0]], judge_s=0.1)
+    began = time.monotonic()
+    results = scheduler.run(jobs)
+    took = time.monotonic() - began
+    assert sorted(r.solution for r in results) == [f"s{i}" for i in range(5)]
+    assert scheduler.progress.judged == 5 and scheduler.progress.running == scheduler.progress.judging == 0
+    runs = sorted((began, ended) for _, _, began, ended in log)
+    assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(runs))  # one timed job at a time
+    judgements = sorted((began, ended) for _, began, ended in judged)
+    assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(judgements))  # one judging at a time
+    # Each job but the last was judged while the next one ran.
+    ran = {name: (began, ended) for _, name, began, ended in log}
+    for earlier, later in itertools.pairwise(results):
+        judging = next((began, ended) for name, began, ended in judged if name.endswith(f"/{earlier.solution}"))
+        running = ran[f"problem_0/{later.solution}"]
+        assert judging[0] < running[1] and running[0] < judging[1], (earlier.solution, judging, running)
+    assert all("judge_wait" in r.stage_s for r in results)
+    assert sum(r.stage_s["judge_wait"] for r in results) > 0.2  # the lane waited for the judgements, 0.08 s each
+    # On the critical path: the waits and the last judgement, not the judgements' sum (throughput has no 'judge'
+    # stage time of its own from the fakes, so its wait alone shows).
+    rates = throughput.summary(results, took, 0.0, 0.0)
+    assert rates["critical_s"]["judge"] == pytest.approx(sum(r.stage_s["judge_wait"] for r in results))
+
+
+def test_a_result_judged_beside_that_cannot_be_recorded_stops_the_run():
+    recorded: list[JobResult] = []
+    record = _disk_full_after(2, recorded)
+    scheduler, log, _ = _judged_beside([GPUS[0]], 0.05, on_result=record)
+    with pytest.raises(OSError, match="No space"):
+        scheduler.run(_jobs(problems=1, solutions=8))
+    assert len(recorded) == 2 and len(log) < 8
 
 
 def test_gpus_are_chosen_by_number_and_a_wrong_choice_says_what_there_is():
@@ -180,3 +253,52 @@ def test_gpus_on_the_cpu_is_a_usage_error_before_anything_runs(tmp_path: Path):
     outcome = CliRunner(env={"COLUMNS": "200"}).invoke(app, [*args, "--results-dir", str(results)])
     assert outcome.exit_code == 2 and "--gpus is for --device cuda" in outcome.output, outcome.output
     assert not results.exists()  # bad input leaves no run behind
+
+
+def test_throughput_counts_the_waits_for_judgements_made_beside_and_the_last_one():
+    def judged_beside(wall_s: float, judge_wait: float) -> JobResult:
+        result = _result(_jobs(1, 1)[0])
+        result.gpu, result.wall_s = "cuda:0 Fake GPU @ a", wall_s
+        result.stage_s = {"solution_run": 2.0, "judge": 3.0, "judge_wait": judge_wait}
+        return result
+
+    # Each judgement (3 s) ran beside the next job's run (2 s): the lane waited 1 s before handing over the
+    # second, and 3 s at its end for the last.
+    rates = throughput.summary([judged_beside(5.0, 0.0), judged_beside(6.0, 1.0)], 8.0, 0.0, 0.0)
+    assert rates["critical_s"]["judge"] == 4.0 and rates["critical_s"]["run"] == 4.0
+    assert rates["critical_s"]["queue"] == 0.0 and rates["summed_s"]["judge"] == 6.0
+
+
+def test_judging_beside_leaves_the_lanes_workers_their_cores_and_restores_the_threads():
+    import torch
+
+    from kbench.session import _judging_threads
+
+    before = torch.get_num_threads()
+    with _judging_threads(cores=1, beside=True):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with _judging_threads(cores=1, beside=False):
+        assert torch.get_num_threads() == before
+
+
+@pytest.mark.slow
+def test_real_jobs_judged_beside_the_next_keep_their_verdicts(tmp_path: Path, make_catalog):
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from kbench.cli import app
+
+    problems_dir, solutions_dir = make_catalog("affine_relu", ["correct_torch", "wrong_values", "forward_raises"])
+    config = tmp_path / "beside.yaml"  # on the CPU only when asked: there it shares the cores being timed
+    config.write_text(yaml.safe_dump({**fast_config().model_dump(), "pipeline": {"judge_beside": "on"}}))
+    args = ["bench", "--all", "--device", "cpu", "--problems-dir", str(problems_dir), "--solutions-dir"]
+    args += [str(solutions_dir), "--config", str(config), "--results-dir", str(tmp_path / "results"), "--json"]
+    outcome = CliRunner(env={"COLUMNS": "200"}).invoke(app, args)
+    run = json.loads(outcome.stdout)
+    verdicts = {result["solution"]: result["verdict"] for result in run["results"]}
+    assert verdicts == {"correct_torch": "correct", "wrong_values": "incorrect", "forward_raises": "runtime_error"}
+    assert all("judge_wait" in result["stage_s"] for result in run["results"]), run["results"]
+    assert outcome.exit_code == 1  # two solutions fail

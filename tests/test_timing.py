@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from conftest import PROBLEMS, fast_config, run_fixture
 from kbench import runner as runner_module
 from kbench.catalog import read_problem
 from kbench.config import ConfigError, KbenchConfig, TimingConfig, load_config
-from kbench.judge import INTEGRITY_FLAGS
+from kbench.judge import Sighted
 from kbench.results import JobResult, Verdict
 from kbench.runner import Runner
 from kbench.stats import median_rse, median_trend, speedup_interval
@@ -188,24 +189,20 @@ def test_reference_held_back_beside_the_solution_is_flagged_on_cuda():
     }
 
 
-def _reference_slowed_in_runs(runs: int, calls: list[str]):
-    """The real judge, except that the first ``runs`` runs of a job also show the reference held back, as the
-    CUDA drift check would (it is not judged on the CPU)."""
-    real = runner_module.judge
+def _reference_slowed_in_runs(runs: int, calls: list[object]):
+    """The real first look at a job's workers, except that the first ``runs`` runs of a job also show the reference
+    held back, as the CUDA drift check would (it is not judged on the CPU)."""
+    real = runner_module.first_look
 
-    def judge(*args, **kwargs):
-        judged = real(*args, **kwargs)
-        calls.append(judged.verdict)
-        if len(calls) <= runs:
-            flags = {*judged.flags, "reference_slowed"}
-            rejected = judged.verdict in (Verdict.CORRECT, Verdict.REJECTED)
-            judged.flags, judged.ref_ms = sorted(flags), 9.0
-            if rejected:
-                judged.verdict, judged.speedup = Verdict.REJECTED, None
-                judged.reason = f"integrity checks failed: {', '.join(sorted(flags & INTEGRITY_FLAGS))}"
-        return judged
+    def first_look(*args, **kwargs):
+        seen = real(*args, **kwargs)
+        calls.append(seen)
+        if len(calls) <= runs and isinstance(seen, Sighted):
+            seen.flags.add("reference_slowed")
+            seen.timing = dataclasses.replace(seen.timing, ref_ms=9.0)
+        return seen
 
-    return judge
+    return first_look
 
 
 @pytest.mark.slow
@@ -213,8 +210,8 @@ def test_a_job_rejected_only_for_reference_drift_runs_again_and_a_repeated_drift
     problem = read_problem(PROBLEMS / "affine_relu.py")
 
     def judged(name: str, slowed_runs: int, retries: int = 1) -> tuple[JobResult, list[str]]:
-        calls: list[str] = []
-        monkeypatch.setattr(runner_module, "judge", _reference_slowed_in_runs(slowed_runs, calls))
+        calls: list[object] = []
+        monkeypatch.setattr(runner_module, "first_look", _reference_slowed_in_runs(slowed_runs, calls))
         config = fast_config()
         timing = config.timing.model_copy(update={"reference_drift_retries": retries})
         config = config.model_copy(update={"timing": timing})

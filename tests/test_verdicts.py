@@ -109,11 +109,12 @@ def test_cpp_compile_error_keeps_the_compiler_output(runner: Runner):
     assert "this_method_does_not_exist" in result.detail
 
 
-def test_a_failure_inside_kbench_is_reported_and_the_run_goes_on(runner: Runner, monkeypatch):
-    def broken_judge(*args, **kwargs):
+@pytest.mark.parametrize("step", ["first_look", "judge_outputs"])  # as the workers end; judging, maybe beside
+def test_a_failure_inside_kbench_is_reported_and_the_run_goes_on(runner: Runner, monkeypatch, step: str):
+    def broken(*args, **kwargs):
         raise ZeroDivisionError("kbench bug")
 
-    monkeypatch.setattr("kbench.runner.judge", broken_judge)
+    monkeypatch.setattr(f"kbench.runner.{step}", broken)
     result = run(runner, "correct_torch")
     assert result.verdict == Verdict.RUNTIME_ERROR and result.flags == ["harness_error"]
     assert "ZeroDivisionError: kbench bug" in result.detail
