@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import io
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,39 @@ KERNELBENCH_FALLBACK = (
 )
 
 
+def _read_ahead(
+    paths: list[Path], announced: dict[str, tuple[str, int]]
+) -> Iterator[dict[str, Any] | UnreadableOutput]:
+    """Each file's outputs (``load_announced``), or why it cannot be used, in order, the next one read and checked
+    in a thread while the caller compares this one: reading, hashing and comparing take turns with the GIL. At
+    most two files are held at once."""
+
+    def read(path: Path) -> dict[str, Any] | UnreadableOutput:
+        try:
+            return load_announced(path, announced)
+        except UnreadableOutput as exc:  # TamperedOutput too
+            return exc
+
+    if not paths:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kbench-read") as pool:
+        reading = pool.submit(read, paths[0])
+        for following in paths[1:]:
+            current, reading = reading.result(), pool.submit(read, following)
+            yield current
+        yield reading.result()
+
+
+def load_all(paths: list[Path], announced: dict[str, tuple[str, int]]) -> list[dict[str, Any]]:
+    """Every file's outputs (``load_announced``), read ahead; raises the first file's error."""
+    loaded = []
+    for outputs in _read_ahead(paths, announced):
+        if isinstance(outputs, UnreadableOutput):
+            raise outputs
+        loaded.append(outputs)
+    return loaded
+
+
 def compare_kind(
     out_dir: Path,
     kind: str,
@@ -92,13 +126,13 @@ def compare_kind(
     so_far = Comparison(True, "within tolerance", 0.0, 0.0)
     loaded = []
     passed_by_float64: list[str] = []  # why the kernelbench rule fails each output the float64 rule passed
-    for index, ref in enumerate(references):
-        try:
-            new = load_announced(output_path(out_dir, "new", kind, files[index] if files else index), announced)
-        except TamperedOutput as exc:
-            return merge(so_far, Comparison(False, f"{kind} {index}: {exc}", tampered=True)), loaded
-        except UnreadableOutput as exc:
-            return merge(so_far, Comparison(False, f"{kind} {index}: {exc}", not_tensor=True)), loaded
+    paths = [output_path(out_dir, "new", kind, files[index] if files else index) for index in range(len(references))]
+    for index, (ref, new_or_error) in enumerate(zip(references, _read_ahead(paths, announced), strict=False)):
+        if isinstance(new_or_error, TamperedOutput):
+            return merge(so_far, Comparison(False, f"{kind} {index}: {new_or_error}", tampered=True)), loaded
+        if isinstance(new_or_error, UnreadableOutput):
+            return merge(so_far, Comparison(False, f"{kind} {index}: {new_or_error}", not_tensor=True)), loaded
+        new = new_or_error
         loaded.append(new)
         versus = exact[index] if float64_rule and exact and index < len(exact) else None
         result = compare_records(new, ref, tolerance_for, versus, accuracy.fp32_error_factor)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kbench.isolation import WorkerRun
-from kbench.output_checks import load_announced
+from kbench.output_checks import load_all
 from kbench.spec import TIMED, float64_kind, output_path
 from kbench.turns import Interleaved
 
@@ -76,12 +76,10 @@ class Partner:
         """The partner's outputs of the kept rounds, and their float64 evaluations (empty when the audit was off or
         failed). Raises UnreadableOutput when a file is not what the partner announced."""
         announced = self.run.outputs
-        outputs = [load_announced(output_path(out_dir, "ref", TIMED, k), announced) for k in self.turns.kept]
+        outputs = load_all([output_path(out_dir, "ref", TIMED, k) for k in self.turns.kept], announced)
         result = self.run.last("result")
         audit_error = result["result"].get("audit_error") if result and isinstance(result.get("result"), dict) else 1
         if audit_error is not None or not self.turns.kept:
             return outputs, []
-        exact = [
-            load_announced(output_path(out_dir, "ref", float64_kind(TIMED), k), announced) for k in self.turns.kept
-        ]
+        exact = load_all([output_path(out_dir, "ref", float64_kind(TIMED), k) for k in self.turns.kept], announced)
         return outputs, exact

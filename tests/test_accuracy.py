@@ -214,3 +214,37 @@ def test_an_answer_1e3_off_is_incorrect_under_both_policies(
 ):
     result = (by_float64 if policy == "float64" else by_kernelbench)["off_by_1e3"]
     assert result.verdict == Verdict.INCORRECT and "outside atol" in result.reason, result.reason
+
+
+def test_fp32_slices_are_tallied_in_fp32_exactly_as_in_double():
+    from kbench.compare import _Tally, _tally_narrow, _tally_wide
+
+    torch.manual_seed(0)
+    ref = torch.randn(1 << 16) * 10
+    new = ref + torch.randn_like(ref) * 1e-3  # many elements outside atol = rtol = 1e-4, many inside
+    truth = (ref.double() + 1e-6).float()
+    tol = Tolerance(atol=1e-4, rtol=1e-4)
+    narrow, wide = _Tally(), _Tally()
+    kept = [t.clone() for t in (new, ref, truth)]
+    assert _tally_narrow(narrow, new, ref, truth, tol, 3e-4)
+    _tally_wide(wide, new, ref, truth, tol, 3e-4)
+    assert all(torch.equal(a, b) for a, b in zip(kept, (new, ref, truth), strict=True))  # compared, never changed
+    assert narrow.not_close == wide.not_close > 10_000 and narrow.beyond == wide.beyond > 10_000
+    for field in ("max_abs", "max_rel", "max_abs_fp64"):
+        assert getattr(narrow, field) == pytest.approx(getattr(wide, field), rel=1e-6), field
+    # A float64 evaluation (the trials') is rounded to fp32 first: half an ulp moves only elements that close to a
+    # bound.
+    narrow, wide = _Tally(), _Tally()
+    assert _tally_narrow(narrow, new, ref, truth.double() + 1e-7, tol, 3e-4)
+    _tally_wide(wide, new, ref, truth.double() + 1e-7, tol, 3e-4)
+    assert narrow.beyond == pytest.approx(wide.beyond, rel=1e-3) and narrow.not_close == wide.not_close
+    # Not finite, or a difference that overflows fp32: the double path takes the slice, and counts it.
+    for bad in (float("nan"), float("inf")):
+        spoiled = new.clone()
+        spoiled[5] = bad
+        assert not _tally_narrow(_Tally(), spoiled, ref, truth, tol, 3e-4)
+    huge = torch.full((4,), 3e38)
+    untouched = _Tally()
+    assert not _tally_narrow(untouched, huge, -huge, -huge, tol, 0.0) and untouched == _Tally()
+    _tally_wide(wide := _Tally(), huge, -huge, -huge, tol, 0.0)
+    assert wide.beyond == 4 and wide.not_close == 4

@@ -171,6 +171,11 @@ def test_relative_error_and_precision_rule():
     exact = {"tensors": [torch.tensor([1.0, 2.0, 2.0]).double()]}
     assert audit.relative_error({"tensors": [torch.tensor([1.0, 2.0, 2.0])]}, exact) == 0.0
     assert audit.relative_error({"tensors": [torch.tensor([1.0, 2.0, 2.3])]}, exact) == pytest.approx(0.1)
+    # Elements not finite in either are left out; float64 tensors (the kept reference's own) are never changed.
+    answer = torch.tensor([1.0, float("nan"), 2.3], dtype=torch.float64)
+    assert audit.relative_error({"tensors": [answer]}, exact) == pytest.approx(0.3 / 5**0.5)
+    assert torch.equal(exact["tensors"][0], torch.tensor([1.0, 2.0, 2.0]).double())
+    assert answer[2] == 2.3
     assert audit.precision_loss(1e-5, 1e-7, 4.0, 1e-6)
     assert not audit.precision_loss(3e-6, 1e-7, 4.0, 1e-6)  # both under the floor's reach
 

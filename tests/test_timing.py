@@ -255,11 +255,11 @@ def test_a_rerun_is_held_against_the_reference_alone_timed_again_not_an_out_of_d
         yardsticks: list[float] = []
         slowed_once = _reference_slowed_in_runs(1, [])
 
-        def judge(*args, **kwargs):
-            yardsticks.append(median_ms(args[2].timing_ms))  # judge(worker, out_dir, reference, ...)
+        def first_look(*args, **kwargs):
+            yardsticks.append(median_ms(args[1].timing_ms))  # first_look(worker, reference, ...)
             return slowed_once(*args, **kwargs)
 
-        monkeypatch.setattr(runner_module, "judge", judge)
+        monkeypatch.setattr(runner_module, "first_look", first_look)
         with Runner(fast_config(), "cpu", baseline_cache=store) as runner:
             return run_fixture(runner, problem, "correct_torch"), yardsticks
 
