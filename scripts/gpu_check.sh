@@ -15,7 +15,8 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log
 
 # Phases, so that each fits in one device call: `tests` runs the gpu-marked tests, four at a time (their CUDA
 # builds then overlap); on the H200 machine they took longer than one call, so `tests-shared` runs those that may
-# share the GPU (four at a time) and `tests-alone` those marked gpu_alone (one at a time), one call each;
+# share the GPU and `tests-alone` those marked gpu_alone, one call each, one test at a time (four at a time, the
+# shared ones took 360-505 s each there; one at a time, 10-100 s: about 340 s and 300 s for the two sets);
 # `tests-serial [test ids]` runs the gpu tests named (default: all), one at a time, in the order given;
 # `commands` runs the daily commands on CUDA; `all` (default) runs every test, then the
 # commands. For issue #5's timing evidence, `bench NAME [bench args]` runs one timed `kbench bench --all` into
@@ -36,7 +37,7 @@ case "$PHASE" in
         case "$PHASE" in
             tests-serial) selection=(-m gpu) ;;
             tests) selection=(-m gpu -n 4) ;;
-            tests-shared) selection=(-m "gpu and not gpu_alone" -n 4) ;;
+            tests-shared) selection=(-m "gpu and not gpu_alone") ;;
             tests-alone) selection=(-m gpu_alone) ;;
         esac
         KBENCH_CACHE_DIR=${KBENCH_CACHE_DIR:-$HOME/.cache/kbench} KBENCH_TEST_REPORTS=$OUT \
