@@ -248,3 +248,11 @@ def test_fp32_slices_are_tallied_in_fp32_exactly_as_in_double():
     assert not _tally_narrow(untouched, huge, -huge, -huge, tol, 0.0) and untouched == _Tally()
     _tally_wide(wide := _Tally(), huge, -huge, -huge, tol, 0.0)
     assert wide.beyond == 4 and wide.not_close == 4
+
+
+def test_pytorch_fp32_error_leaves_out_elements_not_finite_in_either():
+    r32 = torch.tensor([1.0, float("inf"), 3.0, float("nan")])
+    r64 = torch.tensor([1.0 + 2**-30, float("inf"), 3.0 - 2**-28, 4.0], dtype=torch.float64)
+    assert fp32_error(r32, r64) == pytest.approx(2**-28)
+    assert fp32_error(r32[[0, 2]], r64[[0, 2]]) == pytest.approx(2**-28)  # all finite: the same, one pass fewer
+    assert fp32_error(torch.tensor([float("nan")]), torch.tensor([1.0], dtype=torch.float64)) == 0.0
