@@ -41,7 +41,7 @@ class Progress:
     builds_done: Callable[[], int] = lambda: 0
     builds_total: int = 0
     running: int = 0
-    judging: int = 0  # run, and being judged while the lane's next job runs
+    judging: int = 0  # run, and being judged (or waiting for it) while the lane's next job runs
     judged: int = 0
     began: float = field(default_factory=time.monotonic)
 
@@ -204,10 +204,10 @@ class _JudgingBeside:
         self._wait()
 
     def hand_over(self, finish: Finish, build_wait: float) -> None:
-        judge_wait = self._wait()
-        with self._scheduler._lock:
+        with self._scheduler._lock:  # its workers have ended: it waits for its judgement now
             self._scheduler.progress.running -= 1
             self._scheduler.progress.judging += 1
+        judge_wait = self._wait()
         self._thread = threading.Thread(target=self._judge, args=(finish, build_wait, judge_wait), daemon=True)
         self._thread.start()
 
