@@ -13,6 +13,7 @@ from kbench.catalog import Problem, read_solution
 from kbench.config import KbenchConfig, Timeouts, TimingConfig
 from kbench.results import JobResult
 from kbench.runner import Job, Runner
+from kbench.store import JsonStore
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROBLEMS = FIXTURES / "problems"
@@ -107,3 +108,14 @@ def make_catalog(tmp_path: Path):
 def run_fixture(runner: Runner, problem: Problem, name: str) -> JobResult:
     """Judge the fixture solution ``tests/fixtures/solutions/<problem>/<name>.py``."""
     return runner.run(Job(problem, read_solution(SOLUTIONS / problem.name / f"{name}.py")))
+
+
+def as_if_timed_on_a_quiet_host(store: JsonStore) -> None:
+    """Mark every entry of a baseline cache as timed while the host was quiet. A test's first run may have timed
+    the reference while something else kept the host busy (a CI machine of two cores), which the cache rightly
+    refuses to trust; tests of reuse need a trusted entry. The refusal has tests of its own (test_baselines.py)."""
+    from kbench.baselines import Baseline
+
+    for key, entry in store.entries().items():
+        quiet = {**entry["measured"], "cpu_wait": 0.0, "load": 0.0}
+        store.put(key, Baseline(**{**entry, "measured": quiet}))

@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import PROBLEMS, fast_config, run_fixture
+from conftest import PROBLEMS, as_if_timed_on_a_quiet_host, fast_config, run_fixture
 
 from kbench import runner as runner_module
 from kbench.catalog import read_problem
@@ -299,6 +299,7 @@ def test_compile_baseline_is_measured_once_then_taken_from_the_cache(tmp_path):
         measured = run_fixture(first, problem, "correct_torch")
     assert measured.compile_ms is not None and measured.compile_ms > 0, measured.notes
     assert measured.speedup_vs_compile == pytest.approx(measured.compile_ms / measured.new_ms)
+    as_if_timed_on_a_quiet_host(cache)
     with Runner(config, "cpu", baseline_cache=cache, device_name="test-cpu") as second:
         reused = run_fixture(second, problem, "correct_torch")
     assert reused.ref_ms_alone == measured.ref_ms_alone and reused.compile_ms == measured.compile_ms
