@@ -6,7 +6,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/kbench-gpu-check}
 mkdir -p "$OUT"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} PYTHONUNBUFFERED=1 COLUMNS=200
-if [ -d .whl ] && ! python3 -c "import pydantic, psutil, filelock, platformdirs" 2>/dev/null; then
+if [ -d .whl ] && ! python3 -c "import pydantic, psutil, filelock, platformdirs, plotly" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
