@@ -7,14 +7,14 @@ prints (a forged result, say) never reaches the verdict.
 from __future__ import annotations
 
 import faulthandler
+import hashlib
 import json
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-from kbench.spec import bytes_digest
 
 # The parent sends this to a worker that ran out of time, just before killing it: the worker then writes
 # every thread's Python stack to its log (faulthandler does so from C, even while the interpreter is stuck
@@ -39,12 +39,21 @@ class Channel:
         """Tell the parent which phase starts now; each phase has its own timeout."""
         self.send(phase=name)
 
-    def write_announced(self, path: Path, data: bytes | memoryview) -> None:
-        """Write an output file, then name it with the digest of what was written: a file changed afterwards
-        no longer matches. The digest is of the bytes in hand, so the file is never read back."""
-        path.write_bytes(data)
+    def step(self, name: str) -> None:
+        """Mark the end of a step of the run phase (``kbench.isolation.RUN_STEPS``), for the throughput report."""
+        self.send(step=name)
+
+    def write_announced(self, path: Path, pieces: Sequence[bytes | memoryview]) -> None:
+        """Write an output file from its pieces, then name it with the digest of what was written: a file changed
+        afterwards no longer matches. The digest is of the bytes in hand, so the file is never read back."""
+        sha, size = hashlib.sha256(), 0
+        with path.open("wb") as file:
+            for piece in pieces:
+                file.write(piece)
+                sha.update(piece)
+                size += len(piece)
         if self._announce_outputs:
-            self.send(output=path.name, digest=bytes_digest(data), size=len(data))
+            self.send(output=path.name, digest=sha.hexdigest(), size=size)
 
 
 def wait_at_gate(gate_fd: str, channel: Channel) -> None:

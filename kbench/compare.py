@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from typing import Any
 
 import torch
 
+from kbench import tensor_files
 from kbench.config import Tolerance
 
 
@@ -31,16 +31,22 @@ class UnreadableOutput(Exception):
     """An output file that cannot be loaded as plain tensors (missing, torn, or holding other objects)."""
 
 
-def load_outputs(path: Path, content: bytes | None = None) -> dict[str, Any]:
-    """Load a worker's saved outputs without running any code from the file (``weights_only``); from
-    ``content``, the file's bytes, when they were read already (to check their digest)."""
+def load_record(path: Path, content: bytearray | None = None) -> dict[str, Any]:
+    """A worker's file (``kbench.tensor_files``: nothing in it is run); from ``content``, the file's bytes, when
+    they were read already (to check their digest)."""
     try:
-        data = torch.load(path if content is None else io.BytesIO(content), map_location="cpu", weights_only=True)
+        return tensor_files.decode(content if content is not None else tensor_files.read_bytes(path))
     except FileNotFoundError:
         raise UnreadableOutput(f"no output file {path.name}") from None
-    except Exception as exc:
-        raise UnreadableOutput(f"{path.name} holds more than plain tensors: {exc}".splitlines()[0]) from None
-    if not isinstance(data, dict) or not isinstance(data.get("tensors"), list):
+    except (tensor_files.UnreadableTensors, OSError) as exc:
+        raise UnreadableOutput(f"{path.name} is unreadable: {exc}".splitlines()[0]) from None
+
+
+def load_outputs(path: Path, content: bytearray | None = None) -> dict[str, Any]:
+    """A worker's saved outputs: a record whose ``tensors`` are plain tensors."""
+    data = load_record(path, content)
+    tensors = data.get("tensors")
+    if not isinstance(tensors, list) or not all(type(t) is torch.Tensor for t in tensors):
         raise UnreadableOutput(f"{path.name} is not an output record")
     return data
 

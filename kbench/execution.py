@@ -6,7 +6,6 @@ Runs inside worker processes only; the parent never calls this.
 from __future__ import annotations
 
 import importlib.util
-import io
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import torch
 
+from kbench import tensor_files
 from kbench.channel import Channel
 from kbench.spec import TIMED, WorkerSpec, output_path, state_path
 
@@ -74,7 +74,7 @@ def synchronize(device: str) -> None:
 
 
 def pack_outputs(output: Any) -> dict[str, Any]:
-    """Outputs as plain CPU tensors for the parent, which loads them with ``weights_only=True``.
+    """Outputs as plain CPU tensors for the parent (``kbench.tensor_files`` writes them).
 
     Anything that is not exactly ``torch.Tensor`` (a subclass can compute lazily, or lie) is not converted:
     it is reported by type name so the parent can reject it.
@@ -90,9 +90,7 @@ def pack_outputs(output: Any) -> dict[str, Any]:
 
 
 def _save(value: Any, path: Path, channel: Channel) -> None:
-    buffer = io.BytesIO()
-    torch.save(value, buffer)
-    channel.write_announced(path, buffer.getbuffer())
+    channel.write_announced(path, tensor_files.encode(value))
 
 
 def save_outputs(output: Any, path: Path, channel: Channel) -> None:

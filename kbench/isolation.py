@@ -38,6 +38,11 @@ PR_SET_CHILD_SUBREAPER = 36
 STACKS_WAIT_S = 0.5  # for a worker out of time to write its stacks to its log before it is killed
 
 
+# The solution worker's run phase, step by step (kbench.untrusted.worker marks each end): its weights; the trials
+# and buffers saved; the timing turns with the kept outputs saved; the perturbed-weight trials; the kernel census.
+RUN_STEPS = ("weights", "trials", "turns", "perturbed", "census")
+
+
 @dataclass
 class WorkerRun:
     messages: list[dict[str, Any]] = field(default_factory=list)
@@ -51,6 +56,9 @@ class WorkerRun:
     outputs: dict[str, tuple[str, int]] = field(default_factory=dict)
     orphans_killed: int = 0  # descendants that had left the worker's process group
     phase_s: dict[str, float] = field(default_factory=dict)  # how long each phase lasted, by the parent's clock
+    # How long each step of the run phase lasted, by the parent's clock at the worker's marks (RUN_STEPS): where
+    # a job's run goes, for the throughput report. The worker decides when to mark, so it is never evidence.
+    step_s: dict[str, float] = field(default_factory=dict)
 
     def last(self, key: str) -> dict[str, Any] | None:
         for message in reversed(self.messages):
@@ -76,7 +84,7 @@ class _Protocol:
     Anything else came from the solution."""
 
     SINGLE = ("built", "weights", "result", "compiled", "error")
-    OUTPUT_NAME = re.compile(r"(new|ref)_[a-z0-9_]+\.pt")
+    OUTPUT_NAME = re.compile(r"(new|ref)_[a-z0-9_]+\.kbt")
 
     def __init__(self, phases: list[str], run: WorkerRun) -> None:
         self.pending = list(phases)
@@ -229,6 +237,7 @@ class StartedWorker:
         if command.on_start is not None:
             command.on_start(self.proc.pid)
         self.phase, self.phase_began = phases[0], started
+        self.step_began = started
         self.limit = self.timeouts[self.phase]
         self.deadline = started + self.limit
         self.final_deadline = started + sum(self.timeouts.values())
@@ -263,12 +272,24 @@ class StartedWorker:
             if message is None or len(self.run.messages) + len(self.run.violations) >= MAX_MESSAGES:
                 self.run.garbage_lines += 1
                 continue
+            if set(message) == {"step"}:
+                self._mark_step(message["step"])
+                continue
             started_phase = self.protocol.accept(message)
             if started_phase is not None:
-                self.phase_began = _end_phase(self.run, self.phase, self.phase_began)
+                self.phase_began = self.step_began = _end_phase(self.run, self.phase, self.phase_began)
                 self.phase, self.limit = started_phase, self.timeouts[started_phase]
                 self.deadline = time.monotonic() + self.limit
         return True
+
+    def _mark_step(self, name: Any) -> None:
+        """A step of the run phase ended now; each once, in the run phase only (anything else came from the
+        solution)."""
+        if self.phase != "run" or name not in RUN_STEPS or name in self.run.step_s:
+            self.run.violations.append(f"step {name!r}")
+            return
+        now = time.monotonic()
+        self.run.step_s[name], self.step_began = now - self.step_began, now
 
     @property
     def pid(self) -> int:

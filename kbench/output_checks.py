@@ -6,7 +6,6 @@ checks that digest on those bytes and loads the same bytes, so a file rewritten 
 
 from __future__ import annotations
 
-import io
 import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,12 +14,14 @@ from typing import Any
 
 import torch
 
+from kbench import tensor_files
 from kbench.compare import (
     Comparison,
     UnreadableOutput,
     compare_records,
     compare_tensor,
     load_outputs,
+    load_record,
     merge,
 )
 from kbench.config import AccuracyConfig, Tolerance
@@ -36,7 +37,7 @@ class TamperedOutput(UnreadableOutput):
     """A solution output file that is not what the worker announced when it wrote it."""
 
 
-def read_announced(path: Path, announced: dict[str, tuple[str, int]]) -> bytes:
+def read_announced(path: Path, announced: dict[str, tuple[str, int]]) -> bytearray:
     """A solution file's bytes, only if they are still what the worker announced when it wrote them (digest
     and size): a file rewritten later (by an exit hook, say), replaced by a link or a device, or never
     announced is refused. Read once, then checked and loaded from memory, so what is checked is what is
@@ -50,8 +51,8 @@ def read_announced(path: Path, announced: dict[str, tuple[str, int]]) -> bytes:
         status = path.lstat()
         if not stat.S_ISREG(status.st_mode) or status.st_size != size:
             raise TamperedOutput(f"{path.name} changed after the worker wrote it")
-        content = path.read_bytes()
-    except OSError:
+        content = tensor_files.read_bytes(path, size)
+    except (OSError, tensor_files.UnreadableTensors):
         raise TamperedOutput(f"{path.name} was removed after the worker wrote it") from None
     if len(content) != size or bytes_digest(content) != digest:
         raise TamperedOutput(f"{path.name} changed after the worker wrote it")
@@ -163,11 +164,9 @@ def compare_state(
     except UnreadableOutput:
         return "buffers file missing, or changed after the worker wrote it"
     try:
-        new = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        return f"buffers unreadable: {exc}".splitlines()[0]
-    if not isinstance(new, dict):
-        return "buffers file holds no buffers"
+        new = load_record(state_path(out_dir, "new"), content)
+    except UnreadableOutput as exc:
+        return f"buffers unreadable: {exc}"
     for name, ref in reference.items():
         if name not in new or type(new[name]) is not torch.Tensor:
             return f"buffer {name} missing"

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from kbench.audit import worst_relative_error
-from kbench.compare import UnreadableOutput, exact_record, load_outputs
+from kbench.compare import UnreadableOutput, exact_record, load_outputs, load_record
 from kbench.spec import PERTURBED, TRIAL, WorkerSpec, float64_kind, output_path, state_path
 
 
@@ -64,8 +64,8 @@ def load_reference(out_dir: Path, spec: WorkerSpec, result: dict[str, Any]) -> R
         run = ReferenceRun(
             trials=load(TRIAL, counts[TRIAL]),
             perturbed=load(PERTURBED, counts[PERTURBED]),
-            state=torch.load(state_path(out_dir, "ref"), map_location="cpu", weights_only=True),
-            initial_state=torch.load(state_path(out_dir, "ref_initial"), map_location="cpu", weights_only=True),
+            state=load_record(state_path(out_dir, "ref")),
+            initial_state=load_record(state_path(out_dir, "ref_initial")),
         )
         if spec.audit_float64 and not result.get("audit_error"):
             # One file at a time; PyTorch fp32's own error on each output is measured at full precision first.

@@ -90,6 +90,9 @@ class JobResult:
     # Judged beside the lane's next job (pipeline.judge_beside), "judge_wait" is how long the judgement waited for
     # the one before it to end.
     stage_s: dict[str, float] = field(default_factory=dict)
+    # The solution worker's run (stage_s["solution_run"]) by step (kbench.isolation.RUN_STEPS), as the worker marked
+    # them: weights, trials, turns (with saving the kept outputs), perturbed, census.
+    run_steps_s: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         # JSON has no NaN/Infinity; a non-finite number is recorded as "unknown" rather than breaking the file.

@@ -331,6 +331,7 @@ class Runner:
             },
             turns_s=attempt.turns_s,
             turn_rounds=attempt.turn_rounds,
+            run_steps_s=worker.step_s,
         )
 
 

@@ -75,8 +75,8 @@ def file_digest(path: Path) -> str:
 
 
 def output_path(out_dir: Path, role: str, kind: str, index: int) -> Path:
-    return out_dir / f"{role}_{kind}{index}.pt"
+    return out_dir / f"{role}_{kind}{index}.kbt"
 
 
 def state_path(out_dir: Path, role: str) -> Path:
-    return out_dir / f"{role}_state.pt"
+    return out_dir / f"{role}_state.kbt"

@@ -62,6 +62,10 @@ def summary(results: list[JobResult], wall_s: float, build_summed_s: float, buil
         for stage, seconds in _stages(result).items():
             summed[stage] += seconds
     summed["build"] = build_summed_s  # the pool's work, not the lanes' waiting for it
+    run_steps: dict[str, float] = {}
+    for result in results:
+        for step, seconds in result.run_steps_s.items():
+            run_steps[step] = run_steps.get(step, 0.0) + seconds
     lanes: dict[str, list[JobResult]] = {}
     for result in results:
         lanes.setdefault(result.gpu or result.device, []).append(result)
@@ -74,6 +78,7 @@ def summary(results: list[JobResult], wall_s: float, build_summed_s: float, buil
         "lanes": len(lanes),
         "build_pool_wall_s": round(build_wall_s, 3),
         "summed_s": {k: round(v, 3) for k, v in summed.items()},
+        "run_steps_summed_s": {k: round(v, 3) for k, v in run_steps.items()},
         "critical_s": {k: round(v, 3) for k, v in critical.items()},
         "dominant": max(critical, key=lambda k: critical[k]) if any(critical.values()) else None,
     }
@@ -83,10 +88,17 @@ def line(throughput: dict[str, Any]) -> str:
     """One line for the end of a run."""
     rate = throughput["jobs_per_hour"]
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in throughput["critical_s"].items())
-    steps = (throughput.get("builds") or {}).get("steps_s") or {}
-    built = f"; build steps summed: {', '.join(f'{k} {v:.0f} s' for k, v in steps.items())}" if steps else ""
+    steps = {
+        "run": throughput.get("run_steps_summed_s") or {},
+        "build": (throughput.get("builds") or {}).get("steps_s") or {},
+    }
+    summed = "".join(
+        f"; {name} steps summed: {', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())}"
+        for name, seconds in steps.items()
+        if seconds
+    )
     return (
         f"throughput: {throughput['jobs']} jobs in {throughput['wall_s']:.0f} s"
         f" = {rate if rate is not None else '?'} jobs/h; on the critical path: {stages};"
-        f" most time: {throughput['dominant'] or 'none'}{built}"
+        f" most time: {throughput['dominant'] or 'none'}{summed}"
     )

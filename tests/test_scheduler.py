@@ -302,3 +302,10 @@ def test_real_jobs_judged_beside_the_next_keep_their_verdicts(tmp_path: Path, ma
     assert verdicts == {"correct_torch": "correct", "wrong_values": "incorrect", "forward_raises": "runtime_error"}
     assert all("judge_wait" in result["stage_s"] for result in run["results"]), run["results"]
     assert outcome.exit_code == 1  # two solutions fail
+    # The correct one's run, step by step (no kernel census on the CPU): within its worker's run phase.
+    (correct,) = [result for result in run["results"] if result["verdict"] == "correct"]
+    steps = correct["run_steps_s"]
+    assert set(steps) == {"weights", "trials", "turns", "perturbed"}, steps
+    assert all(seconds >= 0 for seconds in steps.values())
+    assert sum(steps.values()) <= correct["stage_s"]["solution_run"]
+    assert set(run["throughput"]["run_steps_summed_s"]) == set(steps)

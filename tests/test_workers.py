@@ -61,6 +61,35 @@ def test_each_worker_has_its_own_clock(sleepy):
     assert quick.timed_out_phase is None and quick.last("result") is not None
 
 
+# A stand-in worker that marks steps of its run phase: two honest marks, then one repeated and one unknown.
+MARKS = """
+import json, os, sys, time
+fd = int(sys.argv[-1])
+def send(**message):
+    os.write(fd, (json.dumps(message) + "\\n").encode())
+time.sleep(0.3)
+send(step="weights")
+time.sleep(0.6)
+send(step="trials")
+send(step="weights")
+send(step="speedup")
+send(result={})
+"""
+
+
+def test_the_parent_times_the_run_steps_a_worker_marks_and_refuses_any_other_mark(tmp_path: Path):
+    (tmp_path / "marks_worker.py").write_text(MARKS)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    (run,) = run_workers([WorkerCommand("marks_worker", [], tmp_path / "marks.log", {"run": 30.0}, env=env)])
+    assert run.last("result") is not None, run.log_tail
+    assert set(run.step_s) == {"weights", "trials"}
+    # Each mark is timed when the parent reads it, up to a poll interval late: the marks' sum is exact, each alone
+    # may lend the next a little.
+    steps = run.step_s
+    assert steps["weights"] >= 0.3 and steps["trials"] >= 0.45 and 0.9 <= sum(steps.values()) < run.phase_s["run"]
+    assert run.violations == ["step 'weights'", "step 'speedup'"]
+
+
 def test_an_orphan_is_killed_after_all_workers_not_a_worker_beside_it(sleepy):
     leaves, slower = run_workers([sleepy("0.2", "orphan"), sleepy("2.0")])
     assert slower.returncode == 0 and slower.last("result") is not None, slower.log_tail
@@ -132,7 +161,7 @@ def test_an_output_replaced_by_a_link_or_grown_after_announcing_is_refused_unrea
     from kbench.spec import bytes_digest
 
     data = b"the bytes the worker wrote"
-    path = tmp_path / "new_trial0.pt"
+    path = tmp_path / "new_trial0.kbt"
     path.write_bytes(data)
     announced = {path.name: (bytes_digest(data), len(data))}
     assert read_announced(path, announced) == data

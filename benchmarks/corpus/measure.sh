@@ -10,7 +10,9 @@
 # while the machine stays up), and a copy of the runs, logs and wall times goes to $OUT/corpus-runs.tgz.
 # Jobs per hour: a run's jobs (results.jsonl) over its pieces' wall times in walls.txt; a piece cut off writes no
 # `throughput` of its own in metadata.json. DEVICE (cuda) and GENERATE_ARGS (e.g. "--problems 6 --solutions 20")
-# make a small run for trying the script out.
+# make a small run for trying the script out. PROFILE=1 runs kbench under `py-spy record --subprocesses` (when
+# py-spy is installed) into $BENCH/$PHASE-<start>.pyspy.txt; `profile_summary.py` reads it. Sampling slows the
+# run a little, so a profiled run's jobs per hour are not the benchmark's figures.
 set -uo pipefail
 PHASE=${1:?usage: $0 cold|resume|warm [kbench bench args]}
 shift
@@ -38,8 +40,12 @@ case "$PHASE" in
 esac
 
 start=$(date +%s)
+if [ "${PROFILE:-0}" = 1 ] && command -v py-spy >/dev/null; then
+    command=(py-spy record --subprocesses --threads --nonblocking --format raw --rate 50
+             -o "$BENCH/$PHASE-$start.pyspy.txt" -- "${command[@]}")
+fi
 timeout --signal=INT "$LIMIT" "${command[@]}" >"$BENCH/$PHASE-$start.log" 2>&1
 code=$?
 echo "$PHASE start=$start exit=$code wall_s=$(( $(date +%s) - start )) ${command[*]}" | tee -a "$BENCH/walls.txt"
 tail -5 "$BENCH/$PHASE-$start.log"
-tar czf "$OUT/corpus-runs.tgz" -C "$BENCH" runs walls.txt generate.log $(cd "$BENCH" && ls ./*.log)
+tar czf "$OUT/corpus-runs.tgz" -C "$BENCH" runs walls.txt generate.log $(cd "$BENCH" && ls ./*.log ./*.pyspy.txt 2>/dev/null)

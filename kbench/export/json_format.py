@@ -111,12 +111,13 @@ def bench_document(
     references: Sequence[ReferenceCheck],
 ) -> dict[str, Any]:
     """``kbench bench --json``: the run, every job in full (as ``results.jsonl`` has it), the references run
-    for problems without a solution, the run's summary, and the gate when one was applied."""
+    for problems without a solution, the run's summary and throughput, and the gate when one was applied."""
     return {
         "run_id": context.run_id,
         "path": path,
         "device": context.metadata.get("device"),
         "summary": summary(results),
+        "throughput": context.metadata.get("throughput"),
         "results": [r.to_dict() for r in results],
         "references": list(references),
         "gate": None if context.gate_checks is None else gate_document(context.gate_checks),

@@ -101,6 +101,7 @@ def _run(
             weights={"mode": state.mode, "matched": sorted(state.targets), "unmatched": sorted(state.unmatched)}
         )
         del reference  # only its seeded weights were wanted: the reference never runs in this process
+        channel.step("weights")
         watch = CallWatch(spec.device, spec.poison_numel)
         # Under kernel timing the profiler starts threads that outlive its session: start them before the thread
         # census takes its baseline (at the first checked call), so they are not taken for the solution's.
@@ -113,7 +114,9 @@ def _run(
 
         execution.run_calls(checked, problem, spec, spec.trial_seeds(), "new", TRIAL, channel)
         execution.save_state(weights.snapshot(state.targets, buffer_names), spec, "new", channel)
+        channel.step("trials")
         served = _take_turns(spec, problem, candidate, turn_fds, channel)
+        channel.step("turns")
         if served.deferred:
             watch.flags.add("side_stream" if spec.device.startswith("cuda") else "thread")
         if served.inputs_mutated:
@@ -121,11 +124,13 @@ def _run(
         if state.targets:  # the perturbed weights reach ModelNew only through its matched tensors
             state.copy_in(perturbed)
             execution.run_calls(checked, problem, spec, spec.perturbed_trial_seeds(), "new", PERTURBED, channel)
+        channel.step("perturbed")
         kernels = []
         if spec.kernel_census and spec.device.startswith("cuda"):
             source = Path(spec.solution_path or "").read_text(encoding="utf-8")
             inputs = execution.seeded_inputs(problem, spec.trial_seeds()[0], spec.device)
             kernels = census.kernel_census(candidate, inputs, source)
+            channel.step("census")
     except BaseException as exc:
         raise _Failure("runtime_error", exc) from exc
     flags, replaced = guards.check()
