@@ -46,13 +46,14 @@ class Channel:
     def write_announced(self, path: Path, pieces: Sequence[bytes | memoryview]) -> None:
         """Write an output file from its pieces, then name it with the digest of what was written: a file changed
         afterwards no longer matches. The digest is of the bytes in hand, so the file is never read back."""
-        sha, size = hashlib.sha256(), 0
+        sha, size = hashlib.sha256() if self._announce_outputs else None, 0
         with path.open("wb") as file:
             for piece in pieces:
                 file.write(piece)
-                sha.update(piece)
+                if sha is not None:  # a file no solution can reach before it is read needs no digest
+                    sha.update(piece)
                 size += len(piece)
-        if self._announce_outputs:
+        if sha is not None:
             self.send(output=path.name, digest=sha.hexdigest(), size=size)
 
 

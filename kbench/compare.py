@@ -31,7 +31,7 @@ class UnreadableOutput(Exception):
     """An output file that cannot be loaded as plain tensors (missing, torn, or holding other objects)."""
 
 
-def load_record(path: Path, content: bytearray | None = None) -> dict[str, Any]:
+def load_record(path: Path, content: tensor_files.Content | None = None) -> dict[str, Any]:
     """A worker's file (``kbench.tensor_files``: nothing in it is run); from ``content``, the file's bytes, when
     they were read already (to check their digest)."""
     try:
@@ -42,7 +42,7 @@ def load_record(path: Path, content: bytearray | None = None) -> dict[str, Any]:
         raise UnreadableOutput(f"{path.name} is unreadable: {exc}".splitlines()[0]) from None
 
 
-def load_outputs(path: Path, content: bytearray | None = None) -> dict[str, Any]:
+def load_outputs(path: Path, content: tensor_files.Content | None = None) -> dict[str, Any]:
     """A worker's saved outputs: a record whose ``tensors`` are plain tensors."""
     data = load_record(path, content)
     tensors = data.get("tensors")

@@ -7,6 +7,7 @@ checks that digest on those bytes and loads the same bytes, so a file rewritten 
 from __future__ import annotations
 
 import stat
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,7 +38,7 @@ class TamperedOutput(UnreadableOutput):
     """A solution output file that is not what the worker announced when it wrote it."""
 
 
-def read_announced(path: Path, announced: dict[str, tuple[str, int]]) -> bytearray:
+def read_announced(path: Path, announced: dict[str, tuple[str, int]]) -> tensor_files.Content:
     """A solution file's bytes, only if they are still what the worker announced when it wrote them (digest
     and size): a file rewritten later (by an exit hook, say), replaced by a link or a device, or never
     announced is refused. Read once, then checked and loaded from memory, so what is checked is what is
@@ -70,12 +71,16 @@ KERNELBENCH_FALLBACK = (
 )
 
 
+# Files read and hashed at once, ahead of the comparison. Reading and hashing let go of the GIL, so on the
+# H200 host's 16 cores four readers cut a 22-file judgement's reading from the bulk of its time to a fraction.
+READERS = 4
+
+
 def _read_ahead(
     paths: list[Path], announced: dict[str, tuple[str, int]]
 ) -> Iterator[dict[str, Any] | UnreadableOutput]:
-    """Each file's outputs (``load_announced``), or why it cannot be used, in order, the next one read and checked
-    in a thread while the caller compares this one: reading, hashing and comparing take turns with the GIL. At
-    most two files are held at once."""
+    """Each file's outputs (``load_announced``), or why it cannot be used, in order, while up to ``READERS``
+    following files are read and checked in threads. At most ``READERS`` + 1 files are held at once."""
 
     def read(path: Path) -> dict[str, Any] | UnreadableOutput:
         try:
@@ -83,14 +88,15 @@ def _read_ahead(
         except UnreadableOutput as exc:  # TamperedOutput too
             return exc
 
-    if not paths:
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kbench-read") as pool:
-        reading = pool.submit(read, paths[0])
-        for following in paths[1:]:
-            current, reading = reading.result(), pool.submit(read, following)
+    with ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="kbench-read") as pool:
+        reading = deque(pool.submit(read, path) for path in paths[:READERS])
+        following = iter(paths[READERS:])
+        while reading:
+            current = reading.popleft().result()
+            path = next(following, None)
+            if path is not None:
+                reading.append(pool.submit(read, path))
             yield current
-        yield reading.result()
 
 
 def load_all(paths: list[Path], announced: dict[str, tuple[str, int]]) -> list[dict[str, Any]]:

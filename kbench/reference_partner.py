@@ -26,11 +26,10 @@ def _float64_rounds(model: Any, problem: Any, spec: WorkerSpec, served: Any, cha
 
     from kbench import execution
     from kbench.reference_worker import Float64Audit
-    from kbench.turn_taker import fresh_inputs
 
     def calls(forward64: Any) -> None:
         for index in served.kept:
-            inputs = fresh_inputs(problem, spec.timing_seed(index), spec.device, served.inputs_on)
+            inputs = execution.seeded_inputs(problem, spec.timing_seed(index), spec.device, served.inputs_on)
             with torch.no_grad():
                 output = forward64(inputs)
             execution.save_outputs(output, output_path(Path(spec.out_dir), "ref", float64_kind(TIMED), index), channel)

@@ -99,17 +99,6 @@ class TurnPipe:
             data = data[os.write(self._reply_fd, data) :]
 
 
-def fresh_inputs(problem: ModuleType, seed: int, device: str, made_on: str | None = None) -> list[Any]:
-    """``get_inputs()`` seeded, made on the device where the problem's factories allow it (torch's default device
-    is set around the call), so a new input set per call costs microseconds on a GPU; ``made_on="cpu"`` makes
-    them on the CPU instead. Tensors are moved to ``device``. The same seed gives the same values in every process
-    on the same device and torch."""
-    execution.manual_seed(seed)
-    with torch.device(made_on or device):
-        inputs = list(problem.get_inputs())
-    return list(execution.to_device(inputs, device))
-
-
 def _copy(output: Any) -> Any:
     """The output with every tensor cloned (on its device); anything else as it is (the parent rejects it)."""
     if isinstance(output, torch.Tensor):
@@ -127,7 +116,7 @@ class Served:
     inputs_mutated: bool = False  # a call wrote into its inputs
     rounds: int = 0
     kept: list[int] = field(default_factory=list)  # the rounds whose outputs the parent compares, as it said last
-    inputs_on: str = ""  # where the timed rounds' inputs were made (see fresh_inputs)
+    inputs_on: str = ""  # where the timed rounds' inputs were made (see execution.seeded_inputs)
 
 
 @dataclass
@@ -157,7 +146,7 @@ class _Rounds:
 
     def prepare(self, index: int) -> None:
         """Fresh inputs for round ``index``; into the graph's own input tensors when one was captured."""
-        fresh = fresh_inputs(self.problem, self.spec.timing_seed(index), self.spec.device, self.inputs_on)
+        fresh = execution.seeded_inputs(self.problem, self.spec.timing_seed(index), self.spec.device, self.inputs_on)
         if self._static_inputs is not None:
             for static, value in zip(self._static_inputs, fresh, strict=True):
                 if isinstance(static, torch.Tensor):

@@ -110,3 +110,37 @@ def test_an_output_record_must_hold_tensors_and_a_state_file_is_not_one(tmp_path
         load_outputs(path)
     path.write_bytes(file_bytes({"structure": "tensor", "tensors": [torch.ones(3)]}))
     assert torch.equal(load_outputs(path)["tensors"][0], torch.ones(3))
+
+
+def test_a_file_read_from_disk_decodes_and_one_longer_or_shorter_than_announced_is_refused(tmp_path: Path):
+    path = tmp_path / "new_timed3.kbt"
+    record = {"structure": "tensor", "tensors": [torch.randn(1000, 33)]}
+    path.write_bytes(file_bytes(record))
+    size = path.stat().st_size
+    content = tensor_files.read_bytes(path, size)
+    assert torch.equal(decode(content)["tensors"][0], record["tensors"][0])
+    with pytest.raises(UnreadableTensors, match="not 100 bytes long"):
+        tensor_files.read_bytes(path, 100)  # a file grown past what the worker announced
+    with pytest.raises(UnreadableTensors):
+        tensor_files.read_bytes(path, size + 1)  # or cut short
+    path.write_bytes(b"")
+    with pytest.raises(UnreadableTensors, match="not a kbench tensor file"):
+        decode(tensor_files.read_bytes(path))
+
+
+def test_the_judge_reads_files_ahead_in_order_and_refuses_one_changed_after_it_was_announced(tmp_path: Path):
+    from kbench.output_checks import READERS, TamperedOutput, load_all
+    from kbench.spec import bytes_digest
+
+    paths, announced = [], {}
+    for index in range(READERS * 2 + 1):  # more files than readers: the order must survive the pool
+        path = tmp_path / f"new_trial{index}.kbt"
+        content = file_bytes({"structure": "tensor", "tensors": [torch.full((64,), float(index))]})
+        path.write_bytes(content)
+        paths.append(path)
+        announced[path.name] = (bytes_digest(content), len(content))
+    assert [int(r["tensors"][0][0]) for r in load_all(paths, announced)] == list(range(len(paths)))
+    changed = paths[READERS + 1]
+    changed.write_bytes(file_bytes({"structure": "tensor", "tensors": [torch.full((64,), -1.0)]}))  # same size
+    with pytest.raises(TamperedOutput, match=changed.name):
+        load_all(paths, announced)
