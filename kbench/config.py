@@ -63,6 +63,10 @@ class Timeouts(_Strict):
     reference_s: float = Field(default=300.0, gt=0)  # reference outputs + timing; any worker's own start
     build_s: float = Field(default=900.0, gt=0)  # importing the solution, which compiles it
     run_s: float = Field(default=300.0, gt=0)  # weights, trials and timing of the solution
+    # Each step of the run phase but the timing turns (weights, trials, perturbed trials, kernel census) within the
+    # run phase's limit: a solution that hangs costs this, not run_s. A solution slow enough to need more could not
+    # finish its timing turns within run_s anyway.
+    step_s: float = Field(default=90.0, gt=0)
 
 
 class TimingConfig(_Strict):

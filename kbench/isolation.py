@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import math
 import os
 import re
 import select
@@ -41,6 +42,10 @@ STACKS_WAIT_S = 0.5  # for a worker out of time to write its stacks to its log b
 # The solution worker's run phase, step by step (kbench.untrusted.worker marks each end): its weights; the trials
 # and buffers saved; the timing turns with the kept outputs saved; the perturbed-weight trials; the kernel census.
 RUN_STEPS = ("weights", "trials", "turns", "perturbed", "census")
+# Steps held to the step limit (WorkerCommand.step_timeout) besides the run phase's own: each makes a fixed handful
+# of calls, so a hang there (a kernel that never ends) costs the step limit, not the whole run phase. The turns are
+# not: their length follows the calls' and the timing plan's, and the run phase's limit bounds them.
+BOUNDED_STEPS = frozenset(RUN_STEPS) - {"turns"}
 
 
 @dataclass
@@ -48,6 +53,7 @@ class WorkerRun:
     messages: list[dict[str, Any]] = field(default_factory=list)
     returncode: int | None = None
     timed_out_phase: str | None = None
+    timed_out_step: str | None = None  # the run step that outlived the step limit, when that limit ended it
     timeout_s: float | None = None
     log_tail: str = ""
     garbage_lines: int = 0  # lines on the channel that were not JSON objects
@@ -192,6 +198,7 @@ class WorkerCommand:
     on_start: Callable[[int], None] | None = None  # called with the worker's pid once it runs
     gated: bool = False
     turns: bool = False
+    step_timeout: float | None = None  # seconds for each of the run phase's BOUNDED_STEPS, as the worker marks them
 
 
 class StartedWorker:
@@ -239,17 +246,31 @@ class StartedWorker:
         self.phase, self.phase_began = phases[0], started
         self.step_began = started
         self.limit = self.timeouts[self.phase]
+        self.step_limit = command.step_timeout
         self.deadline = started + self.limit
         self.final_deadline = started + sum(self.timeouts.values())
         self.buffer = b""
 
+    def _step(self) -> str | None:
+        """The run step under way: the first one not marked yet (None outside the run phase)."""
+        if self.phase != "run":
+            return None
+        return next((step for step in RUN_STEPS if step not in self.run.step_s), None)
+
+    def _step_deadline(self) -> float:
+        if self.step_limit is None or self._step() not in BOUNDED_STEPS:
+            return math.inf
+        return self.step_began + self.step_limit
+
     def time_left(self, now: float) -> float:
-        return min(self.deadline, self.final_deadline) - now
+        return min(self.deadline, self.final_deadline, self._step_deadline()) - now
 
     def expired(self, now: float) -> bool:
         if self.time_left(now) > 0:
             return False
         self.run.timed_out_phase, self.run.timeout_s = self.phase, self.limit
+        if self._step_deadline() <= now and self.step_limit is not None:
+            self.run.timed_out_step, self.run.timeout_s = self._step(), self.step_limit
         return True
 
     def dump_stacks(self) -> None:

@@ -98,10 +98,12 @@ def _turns_ended_under(worker: WorkerRun) -> bool:
 def _failure(worker: WorkerRun, facts: dict[str, Any]) -> Judgement | None:
     """The verdict when the worker did not deliver a clean result, else None."""
     if worker.timed_out_phase is not None:
+        where = f"the {worker.timed_out_phase} phase"
+        if worker.timed_out_step is not None:
+            where = f"the run phase's {worker.timed_out_step} step (timeouts.step_s)"
         return Judgement(
             Verdict.TIMEOUT,
-            f"no result within {worker.timeout_s:g} s in the {worker.timed_out_phase} phase; "
-            "worker process group killed",
+            f"no result within {worker.timeout_s:g} s in {where}; worker process group killed",
             detail=worker.log_tail,
             **facts,
         )

@@ -111,6 +111,7 @@ class SolutionStarter:
             env=env,
             gated=True,
             turns=True,
+            step_timeout=limits.step_s,
         )
         # The partner is trusted: its limits are the reference's, and it waits for the solution's turns as long as
         # the solution may take to get there; the solution's own limits end the turns sooner when it hangs or dies.

@@ -47,6 +47,15 @@ def test_failing_solutions_get_their_verdict(runner: Runner, fixture: str, verdi
 
 
 @pytest.mark.slow
+def test_a_solution_that_hangs_in_its_trials_costs_the_step_limit_not_the_run_phase():
+    with Runner(fast_config(run_s=120.0, step_s=3.0), "cpu") as runner:
+        result = run(runner, "hang")
+    assert result.verdict == Verdict.TIMEOUT, result.reason
+    assert "within 3 s in the run phase's trials step (timeouts.step_s)" in result.reason, result.reason
+    assert result.stage_s["solution_run"] < 20, result.stage_s
+
+
+@pytest.mark.slow
 def test_a_timeout_says_where_the_worker_was_stuck(runner: Runner):
     result = run(runner, "hang")
     assert result.verdict == Verdict.TIMEOUT and "in the run phase" in result.reason, result.reason

@@ -90,6 +90,37 @@ def test_the_parent_times_the_run_steps_a_worker_marks_and_refuses_any_other_mar
     assert run.violations == ["step 'weights'", "step 'speedup'"]
 
 
+STEPS = """
+import json, os, sys, time
+fd = int(sys.argv[-1])
+def send(**message):
+    os.write(fd, (json.dumps(message) + "\\n").encode())
+send(step="weights")
+send(step="trials")
+time.sleep(float(sys.argv[1]))  # the timing turns: not held to the step limit
+send(step="turns")
+time.sleep(float(sys.argv[2]))  # the perturbed trials: held to it
+send(step="perturbed")
+send(result={})
+"""
+
+
+def test_a_step_that_outlives_the_step_limit_ends_the_run_but_long_timing_turns_do_not(tmp_path: Path):
+    (tmp_path / "steps_worker.py").write_text(STEPS)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+    def command(turns_s: str, perturbed_s: str) -> WorkerCommand:
+        log = tmp_path / f"steps-{turns_s}-{perturbed_s}.log"
+        return WorkerCommand("steps_worker", [turns_s, perturbed_s], log, {"run": 30.0}, env=env, step_timeout=1.0)
+
+    started = time.monotonic()
+    hung, slow_turns = run_workers([command("0", "60"), command("2.5", "0")])
+    assert hung.timed_out_phase == "run" and hung.timed_out_step == "perturbed" and hung.timeout_s == 1.0
+    assert time.monotonic() - started < 10  # the step limit, not the run phase's 30 s
+    assert slow_turns.timed_out_phase is None and slow_turns.last("result") is not None, slow_turns.log_tail
+    assert slow_turns.step_s["turns"] >= 2.5
+
+
 def test_an_orphan_is_killed_after_all_workers_not_a_worker_beside_it(sleepy):
     leaves, slower = run_workers([sleepy("0.2", "orphan"), sleepy("2.0")])
     assert slower.returncode == 0 and slower.last("result") is not None, slower.log_tail
