@@ -80,8 +80,9 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def pack_outputs(output: Any) -> dict[str, Any]:
-    """Outputs as plain CPU tensors for the parent (``kbench.tensor_files`` writes them).
+def pack_outputs(output: Any, on_cpu: bool = True) -> dict[str, Any]:
+    """Outputs as plain CPU tensors for the parent (``kbench.tensor_files`` writes them); left where they are
+    when not ``on_cpu``.
 
     Anything that is not exactly ``torch.Tensor`` (a subclass can compute lazily, or lie) is not converted:
     it is reported by type name so the parent can reject it.
@@ -92,16 +93,17 @@ def pack_outputs(output: Any) -> dict[str, Any]:
         if type(item) is not torch.Tensor or item.layout != torch.strided:
             kind = type(item).__qualname__ if type(item) is not torch.Tensor else f"{item.layout} tensor"
             return {"structure": type(output).__name__, "not_tensor": kind, "tensors": []}
-        tensors.append(item.detach().to("cpu", copy=True))
+        tensors.append(item.detach().to("cpu", copy=True) if on_cpu else item.detach())
     return {"structure": "tensor" if isinstance(output, torch.Tensor) else "sequence", "tensors": tensors}
 
 
-def _save(value: Any, path: Path, channel: Channel) -> None:
-    channel.write_announced(path, tensor_files.encode(value))
+def save_record(record: dict[str, Any], path: Path, channel: Channel) -> None:
+    """A record of tensors (moved to the CPU as they are written) and JSON values, for the parent."""
+    channel.write_announced(path, tensor_files.encode(record))
 
 
 def save_outputs(output: Any, path: Path, channel: Channel) -> None:
-    _save(pack_outputs(output), path, channel)
+    save_record(pack_outputs(output), path, channel)
 
 
 def run_calls(
@@ -129,7 +131,7 @@ def save_timed_outputs(outputs: list[Any], spec: WorkerSpec, role: str, channel:
 
 
 def save_state(state: dict[str, torch.Tensor], spec: WorkerSpec, role: str, channel: Channel) -> None:
-    _save(state, state_path(Path(spec.out_dir), role), channel)
+    save_record(state, state_path(Path(spec.out_dir), role), channel)
 
 
 def timing_input_sets(problem: ModuleType, spec: WorkerSpec) -> list[list[Any]]:

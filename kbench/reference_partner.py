@@ -20,11 +20,17 @@ from kbench.channel import Channel, wait_at_gate
 from kbench.spec import TIMED, WorkerSpec, float64_kind, output_path
 
 
-def _float64_rounds(model: Any, problem: Any, spec: WorkerSpec, served: Any, channel: Channel) -> str | None:
-    """The kept rounds evaluated in float64 (the model as it is after the turns); why not, when it failed."""
+def _float64_rounds(
+    model: Any, problem: Any, spec: WorkerSpec, served: Any, kept: dict[int, Any], channel: Channel
+) -> str | None:
+    """The kept rounds evaluated in float64 (the model as it is after the turns); why not, when it failed. Each is
+    saved as the parent keeps it (``compare.exact_record``): rounded to fp32 where the reference's output is fp32,
+    with PyTorch fp32's own error on each output, measured here on the device against the round's fp32 output
+    (``kept``) at full precision. The parent then reads half the bytes and measures nothing."""
     import torch
 
     from kbench import execution
+    from kbench.compare import exact_record
     from kbench.reference_worker import Float64Audit
 
     def calls(forward64: Any) -> None:
@@ -32,7 +38,9 @@ def _float64_rounds(model: Any, problem: Any, spec: WorkerSpec, served: Any, cha
             inputs = execution.seeded_inputs(problem, spec.timing_seed(index), spec.device, served.inputs_on)
             with torch.no_grad():
                 output = forward64(inputs)
-            execution.save_outputs(output, output_path(Path(spec.out_dir), "ref", float64_kind(TIMED), index), channel)
+            fp32 = execution.pack_outputs(kept[index], on_cpu=False)
+            exact = exact_record(execution.pack_outputs(output, on_cpu=False), fp32, narrow=True)
+            execution.save_record(exact, output_path(Path(spec.out_dir), "ref", float64_kind(TIMED), index), channel)
 
     audit = Float64Audit(spec.audit_float64)
     audit.run(model, calls)
@@ -52,12 +60,15 @@ def main(spec_path: str, fd: str, gate_fd: str, command_fd: str, reply_fd: str) 
         channel.phase("turns")
         model = model.to(spec.device)
 
+        kept: dict[int, Any] = {}  # round -> its output, still on the device, for the float64 rounds
+
         def keep(index: int, output: Any) -> None:
+            kept[index] = output
             execution.save_outputs(output, output_path(Path(spec.out_dir), "ref", TIMED, index), channel)
 
         pipe = TurnPipe(int(command_fd), int(reply_fd))
         served = serve(model, problem, spec, pipe, keep, watched=False)
-        audit_error = _float64_rounds(model, problem, spec, served, channel)
+        audit_error = _float64_rounds(model, problem, spec, served, kept, channel)
         channel.send(result={"rounds": served.rounds, "kept": served.kept, "audit_error": audit_error})
     except BaseException as exc:  # the parent decides what it means (the turns may simply have been ended)
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import mmap
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,9 +63,44 @@ class WorkerSpec:
         return cls(**json.loads(path.read_text(encoding="utf-8")))
 
 
-def bytes_digest(data: bytes | memoryview) -> str:
-    """SHA-256 (hardware-assisted on current CPUs): the worker announces it on writing, the parent checks it."""
-    return hashlib.sha256(data).hexdigest()
+# An output file's digest is a two-level SHA-256 tree over segments of this size: the worker hashes a file's
+# segments on several threads while it writes the file (one SHA-256 stream runs at about 1 GB/s, a tenth of a second
+# per 134 MB output, fourteen outputs a job); the parent, which reads several files at once, hashes each in turn.
+SEGMENT_BYTES = 16 << 20
+
+
+def segments(pieces: Sequence[bytes | memoryview]) -> Iterator[list[memoryview]]:
+    """The pieces' bytes, one after another, cut into ``SEGMENT_BYTES`` segments: each as the slices of the pieces
+    it spans (no copies)."""
+    current: list[memoryview] = []
+    room = SEGMENT_BYTES
+    for piece in pieces:
+        view = memoryview(piece).cast("B")
+        while len(view):
+            part, view = view[:room], view[room:]
+            current.append(part)
+            room -= len(part)
+            if not room:
+                yield current
+                current, room = [], SEGMENT_BYTES
+    if current:
+        yield current
+
+
+def segment_digest(parts: list[memoryview]) -> bytes:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)  # lets go of the GIL: segments hash side by side on threads
+    return digest.digest()
+
+
+def tree_digest(segment_digests: list[bytes]) -> str:
+    return hashlib.sha256(b"".join(segment_digests)).hexdigest()
+
+
+def bytes_digest(data: bytes | memoryview | bytearray | mmap.mmap) -> str:
+    """An output file's digest (see ``SEGMENT_BYTES``): the worker announces it on writing, the parent checks it."""
+    return tree_digest([segment_digest(parts) for parts in segments([memoryview(data)])])
 
 
 def file_digest(path: Path) -> str:

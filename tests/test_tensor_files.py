@@ -144,3 +144,25 @@ def test_the_judge_reads_files_ahead_in_order_and_refuses_one_changed_after_it_w
     changed.write_bytes(file_bytes({"structure": "tensor", "tensors": [torch.full((64,), -1.0)]}))  # same size
     with pytest.raises(TamperedOutput, match=changed.name):
         load_all(paths, announced)
+
+
+def test_the_digest_a_worker_announces_is_the_one_the_parent_computes_from_the_file(tmp_path: Path, monkeypatch):
+    import os
+
+    from kbench import spec
+    from kbench.channel import Channel
+
+    monkeypatch.setattr(spec, "SEGMENT_BYTES", 1000)  # pieces then cross segments, and segments cross pieces
+    read_end, write_end = os.pipe()
+    channel = Channel(write_end)
+    pieces = [b"x" * 17, memoryview(torch.arange(625, dtype=torch.int32).numpy()).cast("B"), b"", b"yz" * 600]
+    path = tmp_path / "new_trial0.kbt"
+    channel.write_announced(path, pieces)
+    os.close(write_end)
+    message = json.loads(os.read(read_end, 1 << 16))
+    content = path.read_bytes()
+    assert message == {"output": path.name, "digest": spec.bytes_digest(content), "size": len(content)}
+    assert len(content) == 17 + 2500 + 1200
+    changed = bytearray(content)
+    changed[2600] ^= 1  # one byte in the third segment
+    assert spec.bytes_digest(changed) != message["digest"]

@@ -195,7 +195,7 @@ def test_an_output_replaced_by_a_link_or_grown_after_announcing_is_refused_unrea
     path = tmp_path / "new_trial0.kbt"
     path.write_bytes(data)
     announced = {path.name: (bytes_digest(data), len(data))}
-    assert read_announced(path, announced) == data
+    assert bytes(read_announced(path, announced)) == data
 
     path.unlink()
     path.symlink_to("/dev/zero")  # read whole, it would never end

@@ -49,6 +49,9 @@ TIMER_PATHS = (
 PATCH_PATHS = (
     "torch.testing.assert_close",
     "kbench.execution.save_outputs",
+    "kbench.execution.save_record",
+    "kbench.channel.Channel.write_announced",
+    "kbench.tensor_files.encode",
     "kbench.execution.pack_outputs",
     "kbench.execution.seeded_inputs",
     "kbench.channel.Channel.send",
