@@ -106,6 +106,13 @@ def save_outputs(output: Any, path: Path, channel: Channel) -> None:
     save_record(pack_outputs(output), path, channel)
 
 
+# Where the perturbed trials' inputs are made, in the reference's worker and the solution's alike: on the CPU. They
+# run after the timing turns, where a failed CUDA-graph capture (graph timing mode) can leave the solution's CUDA
+# generator unusable outside a capture ("Offset increment outside graph capture"), which made the solution fail
+# there on the H200; CPU-made inputs are the same in both processes whatever happened in the turns.
+PERTURBED_INPUTS_ON = "cpu"
+
+
 def run_calls(
     call: Callable[[list[Any]], Any],
     problem: ModuleType,
@@ -114,11 +121,13 @@ def run_calls(
     role: str,
     kind: str,
     channel: Channel,
+    made_on: str | None = None,
 ) -> None:
-    """One call per seed on fresh seeded inputs (each call gets its own clone), outputs saved for the parent."""
+    """One call per seed on fresh seeded inputs (each call gets its own clone, made on ``made_on`` or the
+    device), outputs saved for the parent."""
     out_dir = Path(spec.out_dir)
     for index, seed in enumerate(seeds):
-        inputs = seeded_inputs(problem, seed, spec.device)
+        inputs = seeded_inputs(problem, seed, spec.device, made_on)
         with torch.no_grad():
             output = call(clone_inputs(inputs))
         synchronize(spec.device)

@@ -137,8 +137,10 @@ def main(spec_path: str, fd: str) -> None:
         execution.save_state(initial, spec, "ref_initial", channel)
         exact = Float64Audit(spec.audit_float64)
 
-        def calls_on(seeds: list[int], kind: str) -> Callable[[Callable[[list[Any]], Any]], None]:
-            return lambda forward: execution.run_calls(forward, problem, spec, seeds, "ref", kind, channel)
+        def calls_on(
+            seeds: list[int], kind: str, made_on: str | None = None
+        ) -> Callable[[Callable[[list[Any]], Any]], None]:
+            return lambda forward: execution.run_calls(forward, problem, spec, seeds, "ref", kind, channel, made_on)
 
         exact.run(model, calls_on(spec.trial_seeds(), float64_kind(TRIAL)))
         calls_on(spec.trial_seeds(), TRIAL)(lambda inputs: model(*inputs))
@@ -152,8 +154,9 @@ def main(spec_path: str, fd: str) -> None:
             for name, tensor in state.items():
                 if name in perturbed:
                     tensor.copy_(perturbed[name])
-        exact.run(model, calls_on(spec.perturbed_trial_seeds(), float64_kind(PERTURBED)))
-        calls_on(spec.perturbed_trial_seeds(), PERTURBED)(lambda inputs: model(*inputs))
+        on_cpu = execution.PERTURBED_INPUTS_ON
+        exact.run(model, calls_on(spec.perturbed_trial_seeds(), float64_kind(PERTURBED), on_cpu))
+        calls_on(spec.perturbed_trial_seeds(), PERTURBED, on_cpu)(lambda inputs: model(*inputs))
         channel.send(
             result={
                 **timings,

@@ -123,12 +123,13 @@ def _run(
             watch.flags.add("input_mutated")
         if state.targets:  # the perturbed weights reach ModelNew only through its matched tensors
             state.copy_in(perturbed)
-            execution.run_calls(checked, problem, spec, spec.perturbed_trial_seeds(), "new", PERTURBED, channel)
+            seeds = spec.perturbed_trial_seeds()
+            execution.run_calls(checked, problem, spec, seeds, "new", PERTURBED, channel, execution.PERTURBED_INPUTS_ON)
         channel.step("perturbed")
         kernels = []
         if spec.kernel_census and spec.device.startswith("cuda"):
             source = Path(spec.solution_path or "").read_text(encoding="utf-8")
-            inputs = execution.seeded_inputs(problem, spec.trial_seeds()[0], spec.device)
+            inputs = execution.seeded_inputs(problem, spec.trial_seeds()[0], spec.device, served.inputs_on)
             kernels = census.kernel_census(candidate, inputs, source)
             channel.step("census")
     except BaseException as exc:
