@@ -34,6 +34,9 @@ BUILD_WORKER = "kbench.untrusted.build_worker"
 # Sources that compile when imported: load_inline and load both live in torch.utils.cpp_extension. Any other
 # solution has nothing to build; it is left to its job, which imports it as before.
 COMPILES_ON_IMPORT = "cpp_extension"
+# Builds run at a lower CPU priority than the GPU lanes beside them: a lane's references, workers and judging
+# are on the run's critical path and its timed calls launch from the CPU; a build only has to end before its job.
+BUILD_NICENESS = 10
 
 
 def default_jobs() -> int:
@@ -171,6 +174,7 @@ class Builds:
             self._limits,
             env={**self._env, "TORCH_EXTENSIONS_DIR": str(ext_dir)},
             on_start=note,
+            niceness=BUILD_NICENESS,
         )
         try:
             (run,) = run_workers([command])

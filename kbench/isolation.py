@@ -133,11 +133,19 @@ def read_log_tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
         return ""
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGKILL when the parent dies, so a killed kbench leaves no worker."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+def _child_setup(niceness: int) -> Callable[[], None]:
+    """What the child runs before exec: get SIGKILL when the parent dies, so a killed kbench leaves no worker;
+    and lower its CPU priority by ``niceness`` (its own children, compilers say, inherit it)."""
+
+    def setup() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if niceness:
+            with contextlib.suppress(OSError):
+                os.nice(niceness)
+
+    return setup
 
 
 def _kill_group(pgid: int) -> None:
@@ -199,6 +207,7 @@ class WorkerCommand:
     gated: bool = False
     turns: bool = False
     step_timeout: float | None = None  # seconds for each of the run phase's BOUNDED_STEPS, as the worker marks them
+    niceness: int = 0  # added to the worker's nice value: a build yields the cores to a GPU lane's workers
 
 
 class StartedWorker:
@@ -229,7 +238,7 @@ class StartedWorker:
                     stderr=subprocess.STDOUT,
                     pass_fds=tuple(child_fds),
                     start_new_session=True,  # its own process group, killed as one
-                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                    preexec_fn=_child_setup(command.niceness) if sys.platform.startswith("linux") else None,
                     env=dict(command.env) if command.env is not None else None,
                 )
                 _LIVE.add(self.proc.pid)

@@ -145,7 +145,7 @@ class Scheduler:
             while (chunk := self._next_chunk()) is not None:
                 while chunk and self._failure is None:  # a result judged beside that could not be recorded
                     job = self._pop_ready(chunk)
-                    next_job = self._pop_ready(list(chunk)) if chunk else None  # a guess, for an early start
+                    next_job = self._guess_next(chunk)
                     waited = time.monotonic()
                     result = self._settled(job)  # waits for the job's build, if it has not ended
                     waited = round(time.monotonic() - waited, 3)  # the lane idle: on the critical path
@@ -169,8 +169,21 @@ class Scheduler:
         with self._lock:
             if self._failure is not None or not self._queue:
                 return None
-            index = next((i for i, chunk in enumerate(self._queue) if any(map(self._ready, chunk))), 0)
-            return list(self._queue.pop(index))
+            return list(self._queue.pop(self._first_ready_chunk()))
+
+    def _first_ready_chunk(self) -> int:
+        """The index of the first queued chunk with a job ready to run, else 0; the caller holds the lock."""
+        return next((i for i, chunk in enumerate(self._queue) if any(map(self._ready, chunk))), 0)
+
+    def _guess_next(self, chunk: list[Job]) -> Job | None:
+        """The job this lane will likely run next, for its worker's early start: from the lane's chunk, else from
+        the chunk ``_next_chunk`` would give it now (the first job of each problem starts early too). Only a
+        guess: another lane may take that chunk, and the early worker, which ran no solution code, is dropped."""
+        if chunk:
+            return self._pop_ready(list(chunk))
+        with self._lock:
+            upcoming = list(self._queue[self._first_ready_chunk()]) if self._queue and self._failure is None else []
+        return self._pop_ready(upcoming) if upcoming else None
 
     def _pop_ready(self, chunk: list[Job]) -> Job:
         """Take the chunk's first job whose build has ended, else its first job."""

@@ -3,6 +3,7 @@ is judged there and its job starts no worker; an unchanged solution is a cache h
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import CancelledError
@@ -113,6 +114,16 @@ def test_a_load_error_in_the_pool_settles_the_job_on_the_cpu_only(tmp_path: Path
     assert outcome.status == "load_error" and "SyntaxError" in outcome.reason
     assert outcome.failure("cpu") is not None
     assert outcome.failure("cuda") is None  # with no GPU visible an import may fail that works in the job
+
+
+def test_a_build_runs_at_a_lower_cpu_priority_than_the_lanes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Its compilers inherit it, so fourteen builds do not starve a lane's workers, references and judging."""
+    monkeypatch.setenv("KBENCH_CACHE_DIR", str(tmp_path))
+    probe = tmp_path / "niceness_probe.py"  # names cpp_extension, so the pool imports it as a build
+    probe.write_text("import os\nimport torch.utils.cpp_extension\nraise RuntimeError(f'niceness {os.nice(0)}')\n")
+    (outcome,) = build_pool.build_all([probe], "cpu", Timeouts(), at_once=1).outcomes.values()
+    assert outcome.status == "load_error"
+    assert f"niceness {min(19, os.nice(0) + build_pool.BUILD_NICENESS)}" in outcome.reason
 
 
 def test_throughput_names_the_stage_that_took_longest():

@@ -51,8 +51,10 @@ class FakeRunner:
     ) -> None:
         self.device, self.log, self.lock = device, log, lock
         self.judges_beside, self.judge_s, self.judged = judge_s > 0, judge_s, judged if judged is not None else []
+        self.guesses: list[tuple[Job, Job | None]] = []  # (job, the next job it was told of, for an early start)
 
     def start(self, job: Job, next_job: Job | None = None) -> Finish:
+        self.guesses.append((job, next_job))
         began = time.monotonic()
         time.sleep(0.02)
         name = f"{job.problem.name}/{job.solution.name}"
@@ -111,6 +113,23 @@ def test_a_job_settled_by_its_build_never_reaches_a_device():
     assert {r.solution: r.verdict for r in results if r.problem == broken.problem.name}["s1"] == Verdict.COMPILE_ERROR
     assert f"{broken.problem.name}/{broken.solution.name}" not in {name for _, name, *_ in log}
     assert len(log) == 3
+
+
+def test_each_job_is_told_the_next_one_its_lane_runs_across_problems_so_its_worker_starts_early():
+    lock, runners = threading.Lock(), []
+
+    @contextmanager
+    def open_lane(device: Device) -> Iterator[FakeRunner]:
+        runners.append(FakeRunner(device, [], lock))
+        yield runners[-1]
+
+    jobs = _jobs(problems=3, solutions=2)
+    Scheduler([GPUS[0]], open_lane, lambda job: None).run(jobs)
+    (runner,) = runners
+    ran = [job for job, _ in runner.guesses]
+    assert ran == jobs
+    # Every guess came true, the first job of each problem's included; the last job has none to guess.
+    assert [guess for _, guess in runner.guesses] == [*ran[1:], None]
 
 
 def _disk_full_after(kept: int, recorded: list[JobResult]):
