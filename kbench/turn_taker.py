@@ -11,9 +11,10 @@ processes make the same inputs for the same round, so the parent can compare the
 
 Runs in both workers: the trusted reference partner and the untrusted solution worker. Messages are JSON lines.
 From the parent: ``{"batch": [first, count]}`` (run those rounds; each call waits for ``{"go": k}``);
-``{"keep": k, "slot": j}`` (keep a copy of round k's output in slot j, replacing what was there; sent right after
-its call); ``{"setup": mode, "round": k}`` (after warm-up: capture graphs or probe the profiler, on round k's
-inputs); ``{"events": true}`` (fall back to events); ``{"finish": [rounds]}`` (save the copies of those rounds,
+``{"keep": k, "slot": j}`` (keep round k's output in slot j, replacing what was there; sent right after its call:
+the solution's worker saves it at once, the trusted reference partner keeps a copy on the device);
+``{"setup": mode, "round": k}`` (after warm-up: capture graphs or probe the profiler, on round k's inputs);
+``{"events": true}`` (fall back to events); ``{"finish": [rounds]}`` (the partner saves its copies of those rounds,
 for the parent to compare). From the worker: ``{"ready": true}``, ``{"done": k}``, ``{"kept": k}``,
 ``{"setup": null or why not}`` and, after each batch, ``{"samples": [...]}``.
 """
@@ -127,8 +128,9 @@ class _Rounds:
     problem: ModuleType
     spec: WorkerSpec
     pipe: TurnPipe
-    keep: Callable[[int, Any], None]  # (round, output): save a kept round's output, once the turns are over
-    watched: bool  # the solution: check its outputs and inputs around each call
+    keep: Callable[[int, Any], None]  # (round, output): save a kept round's output for the parent
+    watched: bool  # the solution: check its outputs and inputs around each call, save kept outputs at once
+    discard: Callable[[int], None] = lambda index: None  # a round saved, then replaced in its slot: drop its file
     gated: bool = True
     inputs: list[Any] = field(default_factory=list)
     outputs: list[Any] = field(default_factory=lambda: [None])  # [latest output]; a graph's static output
@@ -192,22 +194,31 @@ class _Rounds:
             self.pipe.reply(done=index)
 
     def save(self, index: int, slot: int) -> None:
-        """A copy of the latest output, kept on the device until the turns end: saving it now (a copy to the host,
-        a file) would take the time of many calls between two rounds. The output must still be what it was
-        when its call's work had finished: one changed since was finished in the background."""
+        """Keep the latest output, which must still be what it was when its call's work had finished (one changed
+        since was finished in the background). The solution's is saved now, for the parent, and the round it
+        replaces dropped: a copy kept in its process until the turns end is within reach of its later calls, which
+        could write the right answer into it once they see that its round was kept. The trusted partner keeps a
+        copy on the device, saved at the end (``save_kept``): its float64 record costs more than a call."""
         if index != self.round or not 0 <= slot < self.spec.timing["checked_calls"]:
             raise TurnsEnded(f"asked to keep round {index} in slot {slot}, but the latest call was round {self.round}")
-        if self.watched and not all(
-            same(a, b) for a, b in zip(self._output_print, fingerprint(plain_tensors(self.outputs[0])), strict=True)
-        ):
-            self.served.deferred = True
-        self.kept[slot] = (index, _copy(self.outputs[0]))
+        if not self.watched:
+            self.kept[slot] = (index, _copy(self.outputs[0]))
+        else:
+            if not all(
+                same(a, b) for a, b in zip(self._output_print, fingerprint(plain_tensors(self.outputs[0])), strict=True)
+            ):
+                self.served.deferred = True
+            self.keep(index, self.outputs[0])
+            replaced = self.kept.get(slot)
+            if replaced is not None:
+                self.discard(replaced[0])
+            self.kept[slot] = (index, None)
         self.pipe.reply(kept=index)
 
     def save_kept(self, rounds: list[int]) -> None:
-        """Save the kept copies of ``rounds``, the parent's final sample."""
+        """The partner: save its kept copies of ``rounds``, the parent's final sample (the solution's are saved)."""
         for index, output in self.kept.values():
-            if index in rounds:
+            if index in rounds and output is not None:
                 self.keep(index, output)
 
     def timed(self) -> Timed:
@@ -254,10 +265,11 @@ def serve(
     pipe: TurnPipe,
     keep: Callable[[int, Any], None],
     watched: bool,
+    discard: Callable[[int], None] = lambda index: None,
 ) -> Served:
     """Take turns as the parent commands until it says finish (returns) or closes the pipe (TurnsEnded)."""
     cuda = spec.device.startswith("cuda")
-    rounds = _Rounds(forward, problem, spec, pipe, keep, watched, hold=GpuHold() if cuda else None)
+    rounds = _Rounds(forward, problem, spec, pipe, keep, watched, discard, hold=GpuHold() if cuda else None)
     events: tuple[Sampler, Timed] = (_time_batch if cuda else _time_batch_cpu, rounds.timed())
     sampler, timed = events
     flush = _l2_flush_buffer() if cuda and spec.timing.get("flush_l2", True) else None

@@ -72,6 +72,21 @@ def test_outputs_rewritten_after_the_worker_reported_are_refused(runner: Runner)
     assert "output_tampered" in result.flags and "changed after the worker wrote it" in result.reason
 
 
+def test_a_kept_timed_output_made_right_after_its_call_is_refused():
+    """The solution is right in its trials and wrong in every timed call; when a round is kept for checking, its
+    next call writes the right answer for that round into what was kept. With 40 rounds and 2 kept, the last round
+    (which no later call can make right) is rarely among them: only a kept output out of the solution's reach
+    catches it, and the first kept round is always one a later call tries to rewrite."""
+    config = fast_config(run_s=30.0)
+    config = config.model_copy(update={"timing": config.timing.model_copy(update={"repeats": 40, "checked_calls": 2})})
+    with Runner(config, "cpu") as rounds_runner:
+        result = run(rounds_runner, "rewrites_kept_outputs")
+        honest = run(rounds_runner, "correct_torch")
+    assert result.verdict == Verdict.REJECTED, (result.reason, result.flags, result.detail[-1500:])
+    assert "output_tampered" in result.flags and result.speedup is None
+    assert honest.verdict == Verdict.CORRECT, (honest.reason, honest.flags)
+
+
 def test_a_forged_protocol_message_cannot_switch_checks_off(runner: Runner):
     result = run(runner, "forges_weights_message", BATCHNORM)
     assert result.verdict in (Verdict.INCORRECT, Verdict.REJECTED), (result.reason, result.flags)

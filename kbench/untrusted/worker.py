@@ -66,15 +66,19 @@ def _build(spec: WorkerSpec, channel: Channel) -> Any:
 
 def _take_turns(spec: WorkerSpec, problem: Any, candidate: Any, turn_fds: tuple[str, str], channel: Channel) -> Any:
     """ModelNew's timed calls, each when the parent says (``kbench.turn_taker``), on inputs no call saw before; the
-    outputs of the rounds the parent keeps are saved for it to compare with the reference partner's."""
+    output of each round the parent keeps is saved as it is kept, for it to compare with the reference partner's,
+    and dropped when a later round replaces it."""
     from kbench import execution
     from kbench.turn_taker import TurnPipe, serve
 
+    def saved(index: int) -> Path:
+        return output_path(Path(spec.out_dir), "new", TIMED, index)
+
     def keep(index: int, output: Any) -> None:
-        execution.save_outputs(output, output_path(Path(spec.out_dir), "new", TIMED, index), channel)
+        execution.save_outputs(output, saved(index), channel)
 
     pipe = TurnPipe(int(turn_fds[0]), int(turn_fds[1]))
-    return serve(candidate, problem, spec, pipe, keep, watched=True)
+    return serve(candidate, problem, spec, pipe, keep, watched=True, discard=lambda index: saved(index).unlink())
 
 
 def _run(
