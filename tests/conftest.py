@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kbench.catalog import Problem, read_solution
+from kbench.catalog import Problem, read_problem, read_solution
 from kbench.config import KbenchConfig, Timeouts, TimingConfig
 from kbench.results import JobResult
 from kbench.runner import Job, Runner
@@ -108,6 +108,19 @@ def make_catalog(tmp_path: Path):
 def run_fixture(runner: Runner, problem: Problem, name: str) -> JobResult:
     """Judge the fixture solution ``tests/fixtures/solutions/<problem>/<name>.py``."""
     return runner.run(Job(problem, read_solution(SOLUTIONS / problem.name / f"{name}.py")))
+
+
+def kept_outputs_rewritten(device: str) -> tuple[JobResult, JobResult]:
+    """The solution is right in its trials and wrong in every timed call; when a round is kept for checking, its
+    next call writes the right answer for that round into what was kept. With 40 rounds and 2 kept, the last round
+    (which no later call can make right) is rarely among them: only a kept output out of the solution's reach
+    catches it, and the first kept round is always one a later call tries to rewrite. Its result, and an honest
+    solution's under the same timing."""
+    config = fast_config(run_s=30.0)
+    config = config.model_copy(update={"timing": config.timing.model_copy(update={"repeats": 40, "checked_calls": 2})})
+    affine = read_problem(PROBLEMS / "affine_relu.py")
+    with Runner(config, device) as runner:
+        return run_fixture(runner, affine, "rewrites_kept_outputs"), run_fixture(runner, affine, "correct_torch")
 
 
 def as_if_timed_on_a_quiet_host(store: JsonStore) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import yaml
+from conftest import kept_outputs_rewritten
 from typer.testing import CliRunner
 
 from kbench.cli import app
@@ -170,6 +171,13 @@ def test_freed_reference_memory_no_longer_holds_the_answer():
 def test_an_answer_remembered_under_the_inputs_address_is_wrong_on_fresh_inputs():
     code, (line,) = verify("-s", CUDA_FIXTURES / "memoizes_by_pointer.py", *SMALL)
     assert code == 1 and line["verdict"] == "incorrect" and line["speedup"] is None, summary(line)
+
+
+def test_a_kept_timed_output_made_right_after_its_call_is_refused_on_the_gpu():
+    result, honest = kept_outputs_rewritten("cuda")
+    assert result.verdict == "rejected" and "output_tampered" in result.flags, (result.reason, result.flags)
+    assert result.speedup is None
+    assert honest.verdict == "correct", (honest.reason, honest.flags)
 
 
 def test_cuda_settings_changed_by_the_solution_are_recorded_and_harm_no_one():

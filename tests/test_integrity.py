@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import PROBLEMS, SOLUTIONS, fast_config, run_fixture
+from conftest import PROBLEMS, SOLUTIONS, fast_config, kept_outputs_rewritten, run_fixture
 
 from kbench import audit
 from kbench.catalog import Problem, read_problem, read_solution
@@ -73,15 +73,7 @@ def test_outputs_rewritten_after_the_worker_reported_are_refused(runner: Runner)
 
 
 def test_a_kept_timed_output_made_right_after_its_call_is_refused():
-    """The solution is right in its trials and wrong in every timed call; when a round is kept for checking, its
-    next call writes the right answer for that round into what was kept. With 40 rounds and 2 kept, the last round
-    (which no later call can make right) is rarely among them: only a kept output out of the solution's reach
-    catches it, and the first kept round is always one a later call tries to rewrite."""
-    config = fast_config(run_s=30.0)
-    config = config.model_copy(update={"timing": config.timing.model_copy(update={"repeats": 40, "checked_calls": 2})})
-    with Runner(config, "cpu") as rounds_runner:
-        result = run(rounds_runner, "rewrites_kept_outputs")
-        honest = run(rounds_runner, "correct_torch")
+    result, honest = kept_outputs_rewritten("cpu")
     assert result.verdict == Verdict.REJECTED, (result.reason, result.flags, result.detail[-1500:])
     assert "output_tampered" in result.flags and result.speedup is None
     assert honest.verdict == Verdict.CORRECT, (honest.reason, honest.flags)
