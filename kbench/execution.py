@@ -75,6 +75,13 @@ def seeded_model(problem: ModuleType, model_class: type, seed: int, device: str)
     return model_class(*init_inputs).to(device)
 
 
+def start_cpu_threads() -> None:
+    """Start torch's intra-op thread pool now, with as many threads as it may use: it starts at the first CPU
+    operation large enough to split, which on a GPU can be a perturbed trial's inputs (made on the CPU) after the
+    solution worker's thread census took its baseline, and new threads there are taken for the solution's."""
+    torch.ones(torch.get_num_threads() * 65536).mul_(2)  # each thread gets more than at::parallel_for's grain
+
+
 def synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()

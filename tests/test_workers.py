@@ -6,10 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import PROBLEMS, SOLUTIONS, as_if_timed_on_a_quiet_host, fast_config
 
 from kbench.baselines import Baseline
@@ -325,3 +328,32 @@ def test_a_warm_run_starts_its_first_solution_worker_before_the_references_run(t
         result = stale.run(job)
     assert result.verdict == Verdict.CORRECT, result.reason
     assert int(log.read_text().split()[1]) != wrong.pid and not Path(f"/proc/{wrong.pid}").exists()
+
+
+# In a fresh process: native threads before and after a CPU operation that splits over torch's thread pool, as a
+# perturbed trial's inputs made on the CPU do on a GPU, after the thread census's baseline.
+_THREADS_AFTER_CPU_WORK = """
+import os, sys, torch
+from kbench import execution
+if sys.argv[1] == "started":
+    execution.start_cpu_threads()
+before = len(os.listdir("/proc/self/task"))
+inputs = torch.rand(1 << 22) * 4
+print(before, len(os.listdir("/proc/self/task")))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+def test_torch_cpu_threads_start_before_the_thread_census_so_cpu_made_inputs_add_none():
+    def threads(mode: str) -> tuple[int, int]:
+        ran = subprocess.run(
+            [sys.executable, "-c", _THREADS_AFTER_CPU_WORK, mode], capture_output=True, text=True, check=True
+        )
+        before, after = ran.stdout.split()
+        return int(before), int(after)
+
+    if torch.get_num_threads() > 1:  # with one thread there is no pool to start, and nothing to see
+        before, after = threads("cold")
+        assert after > before  # the pool starts at the first large CPU operation
+    before, after = threads("started")
+    assert after == before

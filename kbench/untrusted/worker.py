@@ -165,6 +165,7 @@ def main(spec_path: str, fd: str, gate_fd: str, *turn_fds: str) -> None:
         # The reference's seeded weights, made on the CPU before any solution code runs (moved to the device
         # in the run phase): for large weights this is seconds, done while the worker may still wait.
         reference = execution.seeded_model(problem, problem.Model, spec.weights_seed(), "cpu")
+        execution.start_cpu_threads()  # before the thread census's baseline, like the hashing threads
         wait_at_gate(gate_fd, channel)
         channel.phase("build")
         model_new = _build(spec, channel)
