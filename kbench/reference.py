@@ -42,6 +42,7 @@ class ReferenceRun:
     warnings: list[str] = field(default_factory=list)  # degenerate-problem warnings
     error: str | None = None
     detail: str = ""
+    phase_s: dict[str, float] = field(default_factory=dict)  # its worker's phases (load, run, compile), by the clock
 
     @property
     def output_numel(self) -> int:

@@ -229,6 +229,7 @@ class Runner:
             "solution_digest": _digest_or_empty(job.solution.path),
             "trials": self.config.trials,
         }
+        ran_before = self.references.ready(job.problem, job.overrides) is not None
         reference = self.references.get(job.problem, job.overrides)
         reference_done = time.monotonic()
         if reference.error is not None:
@@ -257,6 +258,8 @@ class Runner:
             attempt = self._attempt(job, yardstick, self._starter.start_fresh(job, poison), None)
         stages = {
             "reference": reference_done - started,  # 0 when this run already has the problem's reference
+            # ... and where it went when this job ran it: its worker's start, its calls and timing, torch.compile's
+            **({f"reference_{phase}": s for phase, s in reference.phase_s.items()} if not ran_before else {}),
             **({"earlier_runs": attempt.began - reference_done} if reruns else {}),
         }
         context = _Context(base, reference, yardstick, ref_ms, reruns, stages, started)

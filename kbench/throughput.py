@@ -63,9 +63,14 @@ def summary(results: list[JobResult], wall_s: float, build_summed_s: float, buil
             summed[stage] += seconds
     summed["build"] = build_summed_s  # the pool's work, not the lanes' waiting for it
     run_steps: dict[str, float] = {}
+    reference_phases: dict[str, float] = {}  # the references the jobs ran, phase by phase (load, run, compile)
     for result in results:
         for step, seconds in result.run_steps_s.items():
             run_steps[step] = run_steps.get(step, 0.0) + seconds
+        for key, seconds in result.stage_s.items():
+            if key.startswith("reference_"):
+                phase = key.removeprefix("reference_")
+                reference_phases[phase] = reference_phases.get(phase, 0.0) + seconds
     lanes: dict[str, list[JobResult]] = {}
     for result in results:
         lanes.setdefault(result.gpu or result.device, []).append(result)
@@ -79,6 +84,7 @@ def summary(results: list[JobResult], wall_s: float, build_summed_s: float, buil
         "build_pool_wall_s": round(build_wall_s, 3),
         "summed_s": {k: round(v, 3) for k, v in summed.items()},
         "run_steps_summed_s": {k: round(v, 3) for k, v in run_steps.items()},
+        "reference_phases_summed_s": {k: round(v, 3) for k, v in reference_phases.items()},
         "critical_s": {k: round(v, 3) for k, v in critical.items()},
         "dominant": max(critical, key=lambda k: critical[k]) if any(critical.values()) else None,
     }
@@ -89,6 +95,7 @@ def line(throughput: dict[str, Any]) -> str:
     rate = throughput["jobs_per_hour"]
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in throughput["critical_s"].items())
     steps = {
+        "reference": throughput.get("reference_phases_summed_s") or {},
         "run": throughput.get("run_steps_summed_s") or {},
         "build": (throughput.get("builds") or {}).get("steps_s") or {},
     }

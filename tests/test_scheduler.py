@@ -328,3 +328,11 @@ def test_real_jobs_judged_beside_the_next_keep_their_verdicts(tmp_path: Path, ma
     assert all(seconds >= 0 for seconds in steps.values())
     assert sum(steps.values()) <= correct["stage_s"]["solution_run"]
     assert set(run["throughput"]["run_steps_summed_s"]) == set(steps)
+    # The job that ran the problem's reference, if one did (with its timings cached, it ran before the jobs), says
+    # where that time went: its worker's phases, within the job's reference stage.
+    ran_reference = [result["stage_s"] for result in run["results"] if "reference_run" in result["stage_s"]]
+    assert len(ran_reference) <= 1
+    for stages in ran_reference:
+        assert 0 < stages["reference_load"] + stages["reference_run"] <= stages["reference"], stages
+    phases = run["throughput"]["reference_phases_summed_s"]
+    assert set(phases) == ({"load", "run"} if ran_reference else set()), phases
