@@ -5,6 +5,7 @@ Trusted side. Nothing here imports a solution; workers are separate processes (s
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
@@ -167,6 +168,16 @@ class Runner:
             detail=traceback.format_exc()[-20_000:],
             wall_s=time.monotonic() - started,
         )
+
+    def prepare_reference(self, job: Job) -> dict[str, float]:
+        """Run ``job``'s reference now, if this runner has not (a lane waiting for a build puts its time to use),
+        and return its worker's phases (none when it had run). A failure is kept for the job, which reports it.
+        Never raises: the job runs its reference itself if this could not."""
+        if self.references.ready(job.problem, job.overrides) is not None:
+            return {}
+        with contextlib.suppress(Exception):
+            return dict(self.references.get(job.problem, job.overrides).phase_s)
+        return {}
 
     def _reference_spec(self, problem: Problem, overrides: dict[str, Any], out_dir: Path) -> WorkerSpec:
         return self._spec(problem, overrides, out_dir, None)

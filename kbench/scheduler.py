@@ -32,6 +32,8 @@ class LaneRunner(Protocol):
 
     def start(self, job: Job, next_job: Job | None = None) -> Finish: ...
 
+    def prepare_reference(self, job: Job) -> dict[str, float]: ...
+
 
 @dataclass
 class Progress:
@@ -146,11 +148,12 @@ class Scheduler:
                 while chunk and self._failure is None:  # a result judged beside that could not be recorded
                     job = self._pop_ready(chunk)
                     next_job = self._guess_next(chunk)
+                    lane_s = self._references_ahead(runner, job, chunk)
                     waited = time.monotonic()
                     result = self._settled(job)  # waits for the job's build, if it has not ended
-                    waited = round(time.monotonic() - waited, 3)  # the lane idle: on the critical path
+                    lane_s["build_wait"] = round(time.monotonic() - waited, 3)  # the lane idle: on the critical path
                     if result is not None:
-                        result.stage_s["build_wait"] = waited
+                        _add_stages(result, lane_s)
                         self._finish(result, results)
                         continue
                     with self._lock:
@@ -158,11 +161,31 @@ class Scheduler:
                         self._on_start(job, device)
                     finish = runner.start(job, next_job=next_job)
                     if runner.judges_beside:
-                        beside.hand_over(finish, waited)
+                        beside.hand_over(finish, lane_s)
                     else:
                         result = finish()
-                        result.stage_s["build_wait"] = waited
+                        _add_stages(result, lane_s)
                         self._finish(result, results, running=True)
+
+    def _references_ahead(self, runner: LaneRunner, job: Job, chunk: list[Job]) -> dict[str, float]:
+        """While ``job``'s build runs the lane would idle: it runs the references of its coming jobs instead, the
+        job's own first, each timed alone on the lane's device as it would be when its job came. With one lane
+        every queued job is its own; with several, only those of its chunk. The seconds it spent, as the job's
+        ``references_ahead`` stage, and the phases of the references it ran (none when the build had ended)."""
+        if self._ready(job):
+            return {}
+        began = time.monotonic()
+        coming = [job, *chunk]
+        if len(self.devices) == 1:
+            with self._lock:
+                coming += [queued for queued_chunk in self._queue for queued in queued_chunk]
+        spent: dict[str, float] = {}
+        for upcoming in coming:
+            if self._ready(job) or self._failure is not None:
+                break
+            for phase, seconds in runner.prepare_reference(upcoming).items():
+                spent[f"reference_{phase}"] = spent.get(f"reference_{phase}", 0.0) + seconds
+        return {"references_ahead": round(time.monotonic() - began, 3), **spent}
 
     def _next_chunk(self) -> list[Job] | None:
         """The first chunk with a job ready to run, else the first (its lane then waits for a build)."""
@@ -216,12 +239,13 @@ class _JudgingBeside:
     def __exit__(self, *exc: object) -> None:
         self._wait()
 
-    def hand_over(self, finish: Finish, build_wait: float) -> None:
+    def hand_over(self, finish: Finish, lane_s: dict[str, float]) -> None:
+        """``lane_s``: what the lane spent on the job before it started (``build_wait``, ``reference_ahead``)."""
         with self._scheduler._lock:  # its workers have ended: it waits for its judgement now
             self._scheduler.progress.running -= 1
             self._scheduler.progress.judging += 1
         judge_wait = self._wait()
-        self._thread = threading.Thread(target=self._judge, args=(finish, build_wait, judge_wait), daemon=True)
+        self._thread = threading.Thread(target=self._judge, args=(finish, lane_s, judge_wait), daemon=True)
         self._thread.start()
 
     def _wait(self) -> float:
@@ -230,13 +254,20 @@ class _JudgingBeside:
             self._thread.join(0.5)  # a timed join: Ctrl-C still reaches the main thread
         return round(time.monotonic() - began, 3)
 
-    def _judge(self, finish: Finish, build_wait: float, judge_wait: float) -> None:
+    def _judge(self, finish: Finish, lane_s: dict[str, float], judge_wait: float) -> None:
         scheduler = self._scheduler
         try:
             result = finish()
-            result.stage_s["build_wait"] = build_wait
+            _add_stages(result, lane_s)
             result.stage_s["judge_wait"] = judge_wait
             scheduler._finish(result, self._results, judging=True)
         except BaseException as exc:  # a result that cannot be recorded: every lane stops, run() raises it
             with scheduler._lock:
                 scheduler._failure = scheduler._failure or exc
+
+
+def _add_stages(result: JobResult, lane_s: dict[str, float]) -> None:
+    """Add what the lane spent on a job before starting it to the job's own stages (a reference's phases may be
+    in both: one run ahead for another job, the job's own when it ran it itself)."""
+    for key, seconds in lane_s.items():
+        result.stage_s[key] = round(result.stage_s.get(key, 0.0) + seconds, 3)

@@ -17,6 +17,7 @@ from kbench.results import JobResult
 _STAGES = {
     "build_wait": "build",
     "reference": "reference",
+    "references_ahead": "reference",  # references a lane ran for its coming jobs while it waited for a build
     "solution_load": "queue",
     "solution_wait": "queue",
     "earlier_runs": "run",

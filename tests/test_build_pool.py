@@ -182,6 +182,28 @@ def test_jobs_whose_builds_are_done_run_while_later_solutions_build(tmp_path: Pa
     assert {r.solution: r.build_cache_hit for r in outcome.results}["cpp_gamma"]
 
 
+@pytest.mark.slow
+def test_a_lane_waiting_for_a_build_runs_that_jobs_reference_meanwhile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The plain solution of another problem runs first; then the C++ one's build is still going, and the lane runs
+    its problem's reference while it waits, so the job itself finds the reference done."""
+    monkeypatch.setenv("KBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    cpp = tmp_path / "cpp_delta.py"
+    cpp.write_text(GOOD.format(tag="delta"))
+    jobs = [
+        Job(read_problem(PROBLEMS / "affine_relu.py"), read_solution(cpp), {}),
+        Job(read_problem(PROBLEMS / "scaled_copy.py"), read_solution(SOLUTIONS / "scaled_copy" / "honest.py"), {}),
+    ]
+    outcome = session.execute(session.SessionPlan(jobs), fast_config(), "cpu", build_jobs=1)
+    results = {r.solution: r for r in outcome.results}
+    assert {name: r.verdict for name, r in results.items()} == {"cpp_delta": "correct", "honest": "correct"}
+    assert [r.solution for r in outcome.results] == ["honest", "cpp_delta"]  # the job ready first ran first
+    waited = results["cpp_delta"].stage_s
+    assert waited["references_ahead"] > 0 and waited["reference_run"] > 0, waited
+    assert waited["reference"] < 0.5 * waited["references_ahead"]  # the job found its reference done
+    assert "references_ahead" not in results["honest"].stage_s
+    assert outcome.throughput["summed_s"]["reference"] >= waited["references_ahead"]
+
+
 def test_build_steps_are_read_from_ninjas_log(tmp_path: Path):
     folder = tmp_path / "ext" / "kbench_sol"
     folder.mkdir(parents=True)

@@ -52,6 +52,14 @@ class FakeRunner:
         self.device, self.log, self.lock = device, log, lock
         self.judges_beside, self.judge_s, self.judged = judge_s > 0, judge_s, judged if judged is not None else []
         self.guesses: list[tuple[Job, Job | None]] = []  # (job, the next job it was told of, for an early start)
+        self.prepared: list[str] = []  # the problems whose references it ran ahead of their jobs, in order
+
+    def prepare_reference(self, job: Job) -> dict[str, float]:
+        if job.problem.name in self.prepared:
+            return {}
+        time.sleep(0.01)
+        self.prepared.append(job.problem.name)
+        return {"load": 0.004, "run": 0.006}
 
     def start(self, job: Job, next_job: Job | None = None) -> Finish:
         self.guesses.append((job, next_job))
@@ -130,6 +138,46 @@ def test_each_job_is_told_the_next_one_its_lane_runs_across_problems_so_its_work
     assert ran == jobs
     # Every guess came true, the first job of each problem's included; the last job has none to guess.
     assert [guess for _, guess in runner.guesses] == [*ran[1:], None]
+
+
+def test_a_lane_waiting_for_a_build_runs_the_references_of_its_coming_jobs_meanwhile():
+    lock, runners = threading.Lock(), []
+
+    @contextmanager
+    def open_lane(device: Device) -> Iterator[FakeRunner]:
+        runners.append(FakeRunner(device, [], lock))
+        yield runners[-1]
+
+    jobs = _jobs(problems=4, solutions=1)
+    ready = lambda job: len(runners[0].prepared) >= 2  # noqa: E731  every build ends once two references ran
+    results = Scheduler([GPUS[0]], open_lane, lambda job: None, ready=ready).run(jobs)
+    (runner,) = runners
+    # Waiting for the first job's build, the lane ran that job's reference, then the next queued job's, and
+    # stopped as the build ended; the jobs then ran in their order, the others' references left to them.
+    assert runner.prepared == ["problem_0", "problem_1"]
+    assert [job for job, _ in runner.guesses] == jobs
+    stages = {result.problem: result.stage_s for result in results}
+    assert stages["problem_0"]["references_ahead"] >= 0.02
+    assert stages["problem_0"]["reference_load"] == pytest.approx(0.008)  # both references' phases, summed
+    assert all("references_ahead" not in stages[f"problem_{p}"] for p in (1, 2, 3))
+
+
+def test_with_several_lanes_a_waiting_lane_runs_only_its_own_chunks_references():
+    lock, runners = threading.Lock(), []
+
+    @contextmanager
+    def open_lane(device: Device) -> Iterator[FakeRunner]:
+        runners.append(FakeRunner(device, [], lock))
+        yield runners[-1]
+
+    jobs = _jobs(problems=2, solutions=2)  # two chunks: one problem each
+    started = time.monotonic()
+    ready = lambda job: time.monotonic() - started > 0.3  # noqa: E731  every build ends 0.3 s in
+    Scheduler(GPUS[:2], open_lane, lambda job: None, ready=ready).run(jobs)
+    for runner in runners:
+        ran = {job.problem.name for job, _ in runner.guesses}
+        assert set(runner.prepared) <= ran, (runner.prepared, ran)  # no reference of another lane's problem
+    assert sorted(name for runner in runners for name in runner.prepared) == ["problem_0", "problem_1"]
 
 
 def _disk_full_after(kept: int, recorded: list[JobResult]):
