@@ -274,6 +274,11 @@ def first_look(
     settings = worker_strings(payload.get("settings"))
     if "settings_changed" in flags and settings:
         notes.append("ModelNew changed torch settings in its own process: " + "; ".join(settings[:20]))
+    threads = worker_strings(payload.get("threads"))
+    if "thread" in flags and threads:
+        notes.append(
+            "threads that appeared in the solution's process after its first checked call: " + ", ".join(threads[:20])
+        )
     flags |= partner.flags()
     notes.extend(partner.notes())
     on_cuda = str(reference.device_info.get("device", "")).startswith("cuda")

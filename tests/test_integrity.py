@@ -103,6 +103,12 @@ def test_a_process_left_behind_is_killed_with_the_worker(runner: Runner, tmp_pat
     assert any("left running after its worker" in note for note in result.notes)
 
 
+def test_a_thread_the_solution_leaves_running_is_named(runner: Runner):
+    result = run(runner, "keeps_a_thread")
+    assert result.verdict == Verdict.REJECTED and "thread" in result.flags, (result.reason, result.flags)
+    assert any("after its first checked call" in note and "solution-helper" in note for note in result.notes)
+
+
 def test_a_forged_malformed_result_is_judged_not_fatal(runner: Runner):
     result = run(runner, "forges_malformed_result")
     assert result.verdict == Verdict.REJECTED, (result.reason, result.flags, result.detail[-800:])

@@ -7,12 +7,14 @@ opinion. Each check records a flag; the parent turns integrity flags into the ``
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -164,11 +166,18 @@ class Guards:
         return flags, replaced
 
 
-def _native_threads() -> int:
+def _native_threads() -> dict[int, str]:
+    """This process's threads by id, with their names: the kernel's (``/proc/self/task``), which counts threads
+    that native code started; Python's own where there is no /proc."""
     try:
-        return len(os.listdir("/proc/self/task"))
+        tasks = os.listdir("/proc/self/task")
     except OSError:
-        return threading.active_count()
+        return {thread.ident or 0: thread.name for thread in threading.enumerate()}
+    names = {}
+    for task in tasks:
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            names[int(task)] = Path(f"/proc/self/task/{task}/comm").read_text().strip()
+    return names
 
 
 @dataclass
@@ -178,8 +187,9 @@ class CallWatch:
     device: str
     poison_numel: int = 0
     flags: set[str] = field(default_factory=set)
+    new_threads: set[str] = field(default_factory=set)  # names of the threads behind a "thread" flag
     _previous_outputs: list[torch.Tensor] = field(default_factory=list)
-    _thread_baseline: int | None = None
+    _thread_baseline: dict[int, str] | None = None
 
     def poison(self) -> None:
         """Fill memory the allocator will hand out next with NaN, so an output left partly unwritten shows."""
@@ -189,7 +199,7 @@ class CallWatch:
 
     def call(self, forward: Callable[..., Any], inputs: list[Any]) -> Any:
         pristine = [v.clone() if isinstance(v, torch.Tensor) else v for v in inputs]
-        python_threads = threading.active_count()
+        python_threads = set(threading.enumerate())
         with torch.no_grad():
             output = forward(*inputs)
         outputs = plain_tensors(output)
@@ -201,13 +211,16 @@ class CallWatch:
         late = fingerprint(outputs)
         if not all(same(a, b) for a, b in zip(early, late, strict=True)):
             self.flags.add("side_stream" if self.device.startswith("cuda") else "thread")
-        if threading.active_count() > python_threads:
+        alive = set(threading.enumerate())
+        if len(alive) > len(python_threads):
             self.flags.add("thread")
+            self.new_threads.update(thread.name for thread in alive - python_threads)
         threads = _native_threads()
         if self._thread_baseline is None:
             self._thread_baseline = threads  # thread pools start on the first call; count growth after it
-        elif threads > self._thread_baseline:
+        elif len(threads) > len(self._thread_baseline):
             self.flags.add("thread")
+            self.new_threads.update(name for tid, name in threads.items() if tid not in self._thread_baseline)
         self._check_inputs(inputs, pristine)
         self._check_aliasing(outputs, inputs)
         return output

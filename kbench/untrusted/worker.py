@@ -147,6 +147,7 @@ def _run(
             "turns": served.rounds,
             "settings": settings,
             "flags": sorted({*flags, *watch.flags}),
+            "threads": sorted(watch.new_threads),
             "replaced": replaced,
             "kernels": kernels,
         }
