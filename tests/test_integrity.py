@@ -103,6 +103,17 @@ def test_a_process_left_behind_is_killed_with_the_worker(runner: Runner, tmp_pat
     assert any("left running after its worker" in note for note in result.notes)
 
 
+@pytest.mark.parametrize(
+    ("fixture", "replaced"),
+    [("patches_the_checks", "kbench.turn_taker.same"), ("rewrites_a_check", "kbench.fingerprints.same")],
+)
+def test_kbench_checks_replaced_in_the_solutions_process_are_caught(runner: Runner, fixture: str, replaced: str):
+    """Each writes into its input after making the comparison that would show it always say "unchanged"."""
+    result = run(runner, fixture)
+    assert result.verdict == Verdict.REJECTED and "monkey_patch" in result.flags, (result.reason, result.flags)
+    assert replaced in result.detail and result.speedup is None
+
+
 def test_a_thread_the_solution_leaves_running_is_named(runner: Runner):
     result = run(runner, "keeps_a_thread")
     assert result.verdict == Verdict.REJECTED and "thread" in result.flags, (result.reason, result.flags)

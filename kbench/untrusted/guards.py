@@ -68,6 +68,23 @@ PATCH_PATHS = (
     "kbench_problem.get_inputs",
     "kbench_problem.get_init_inputs",
 )
+# kbench's own modules in the solution's process: every function, class member and constant in them is watched
+# as well (see _kbench_namespaces), so a solution cannot switch a check off by replacing what it calls, a
+# fingerprint comparison that always says "unchanged", say. Checks made in this process can still be defeated
+# below Python; the ones that decide a verdict (outputs, timing turns) are made by the parent.
+KBENCH_MODULES = (
+    "kbench.channel",
+    "kbench.execution",
+    "kbench.fingerprints",
+    "kbench.spec",
+    "kbench.tensor_files",
+    "kbench.timing",
+    "kbench.timing_modes",
+    "kbench.turn_taker",
+    "kbench.weights",
+    "kbench.untrusted.census",
+    "kbench.untrusted.guards",
+)
 # torch rewraps these itself (torch._dynamo, on first import and on torch.compile), and none runs inside a
 # forward call; kbench seeds through its own reference to manual_seed (see execution.py).
 TORCH_REWRAPS = frozenset({"torch.manual_seed", "torch.nn.Module.__init__", "torch.nn.Module.__setstate__"})
@@ -91,6 +108,36 @@ def _torch_namespaces() -> dict[str, Any]:
         for name, value in vars(cls).items():
             found[f"{owner}.{name}"] = value
     return {path: value for path, value in found.items() if path not in TORCH_REWRAPS}
+
+
+def _kbench_namespaces() -> dict[str, Any]:
+    """Every attribute of KBENCH_MODULES, and every member of the classes they define."""
+    found: dict[str, Any] = {}
+    for name in KBENCH_MODULES:
+        module = importlib.import_module(name)
+        for attr, value in vars(module).items():
+            if attr.startswith("__"):
+                continue
+            found[f"{name}.{attr}"] = value
+            if isinstance(value, type) and value.__module__ == name:
+                for member, inner in vars(value).items():
+                    if not member.startswith("__"):
+                        found[f"{name}.{attr}.{member}"] = inner
+    return found
+
+
+def _replaced(before: dict[str, tuple[Any, Any]], now: dict[str, Any]) -> list[str]:
+    """The paths whose object is another now, or a function whose code is another (``f.__code__ = ...`` keeps
+    the object and changes what it does)."""
+    return [path for path, (obj, code) in before.items() if now.get(path) is not obj or _code(obj) is not code]
+
+
+def _code(obj: Any) -> Any:
+    return getattr(obj, "__code__", None)
+
+
+def _snapshot(objects: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    return {path: (obj, _code(obj)) for path, obj in objects.items()}
 
 
 def _resolve(path: str) -> Any:
@@ -144,8 +191,9 @@ class Guards:
 
     def __init__(self) -> None:
         self._timers = {path: _resolve(path) for path in TIMER_PATHS}
-        self._patches = {path: _resolve(path) for path in PATCH_PATHS}
+        self._patches = _snapshot({path: _resolve(path) for path in PATCH_PATHS})
         self._torch = _torch_namespaces()
+        self._kbench = _snapshot(_kbench_namespaces())
         self._settings = torch_settings()
 
     def changed_settings(self) -> list[str]:
@@ -157,8 +205,9 @@ class Guards:
         flags, replaced = [], []
         timers = [path for path, obj in self._timers.items() if _resolve(path) is not obj]
         now = _torch_namespaces()
-        patched = [path for path, obj in self._patches.items() if _resolve(path) is not obj]
+        patched = _replaced(self._patches, {path: _resolve(path) for path in self._patches})
         patched += [path for path, obj in self._torch.items() if path not in self._timers and now.get(path) is not obj]
+        patched += [path for path in _replaced(self._kbench, _kbench_namespaces()) if path not in patched]
         for flag, changed in (("timer_tampering", timers), ("monkey_patch", patched)):
             if changed:
                 flags.append(flag)
