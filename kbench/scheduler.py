@@ -240,7 +240,7 @@ class _JudgingBeside:
         self._wait()
 
     def hand_over(self, finish: Finish, lane_s: dict[str, float]) -> None:
-        """``lane_s``: what the lane spent on the job before it started (``build_wait``, ``reference_ahead``)."""
+        """``lane_s``: what the lane spent on the job before it started (``build_wait``, ``references_ahead``)."""
         with self._scheduler._lock:  # its workers have ended: it waits for its judgement now
             self._scheduler.progress.running -= 1
             self._scheduler.progress.judging += 1
