@@ -7,8 +7,8 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -123,7 +123,8 @@ def test_a_job_settled_by_its_build_never_reaches_a_device():
     assert len(log) == 3
 
 
-def test_each_job_is_told_the_next_one_its_lane_runs_across_problems_so_its_worker_starts_early():
+def _kept_lanes() -> tuple[list[FakeRunner], Callable[[Device], AbstractContextManager[FakeRunner]]]:
+    """An ``open_lane`` whose runners are kept in the list returned with it, to look at after the run."""
     lock, runners = threading.Lock(), []
 
     @contextmanager
@@ -131,6 +132,11 @@ def test_each_job_is_told_the_next_one_its_lane_runs_across_problems_so_its_work
         runners.append(FakeRunner(device, [], lock))
         yield runners[-1]
 
+    return runners, open_lane
+
+
+def test_each_job_is_told_the_next_one_its_lane_runs_across_problems_so_its_worker_starts_early():
+    runners, open_lane = _kept_lanes()
     jobs = _jobs(problems=3, solutions=2)
     Scheduler([GPUS[0]], open_lane, lambda job: None).run(jobs)
     (runner,) = runners
@@ -141,13 +147,7 @@ def test_each_job_is_told_the_next_one_its_lane_runs_across_problems_so_its_work
 
 
 def test_a_lane_waiting_for_a_build_runs_the_references_of_its_coming_jobs_meanwhile():
-    lock, runners = threading.Lock(), []
-
-    @contextmanager
-    def open_lane(device: Device) -> Iterator[FakeRunner]:
-        runners.append(FakeRunner(device, [], lock))
-        yield runners[-1]
-
+    runners, open_lane = _kept_lanes()
     jobs = _jobs(problems=4, solutions=1)
     ready = lambda job: len(runners[0].prepared) >= 2  # noqa: E731  every build ends once two references ran
     results = Scheduler([GPUS[0]], open_lane, lambda job: None, ready=ready).run(jobs)
@@ -163,13 +163,7 @@ def test_a_lane_waiting_for_a_build_runs_the_references_of_its_coming_jobs_meanw
 
 
 def test_with_several_lanes_a_waiting_lane_runs_only_its_own_chunks_references():
-    lock, runners = threading.Lock(), []
-
-    @contextmanager
-    def open_lane(device: Device) -> Iterator[FakeRunner]:
-        runners.append(FakeRunner(device, [], lock))
-        yield runners[-1]
-
+    runners, open_lane = _kept_lanes()
     jobs = _jobs(problems=2, solutions=2)  # two chunks: one problem each
     started = time.monotonic()
     ready = lambda job: time.monotonic() - started > 0.3  # noqa: E731  every build ends 0.3 s in
