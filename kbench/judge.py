@@ -135,7 +135,7 @@ def _timed_check(
         references, exact = partner.kept_outputs(out_dir)
     except UnreadableOutput as exc:
         return Comparison(False, f"the reference partner's timed outputs are unusable: {exc}")
-    kept = partner.turns.kept
+    kept, announced = partner.turns.kept, partner.timed_announced(announced)
     return compare_kind(
         out_dir, TIMED, references, config.tolerance_for, announced, exact, notes, kept, config.accuracy
     )[0]

@@ -70,7 +70,21 @@ class Partner:
             )
         if turns.error and turns.failed == "solution":
             notes.append(f"timing turns ended early: {turns.error}")
+        if turns.handoff_refused:
+            notes.append(
+                "the reference partner refused to copy a kept timed output out of the solution's staging buffer "
+                f"({turns.handoff_refused}); the solution's worker saved it to a file instead"
+            )
         return notes
+
+    def timed_announced(self, solution_announced: dict[str, tuple[str, int]]) -> dict[str, tuple[str, int]]:
+        """The digests to read the solution's kept timed outputs by: the partner's for the rounds it adopted (the
+        solution's worker may have written a file of the same name; it is not the one the partner saved), the
+        solution worker's for the rest."""
+        adopted = {output_path(Path(), "new", TIMED, k).name for k in self.turns.adopted}
+        announced = {name: said for name, said in solution_announced.items() if name not in adopted}
+        announced.update({name: said for name, said in self.run.outputs.items() if name in adopted})
+        return announced
 
     def kept_outputs(self, out_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The partner's outputs of the kept rounds, and their float64 evaluations (empty when the audit was off or

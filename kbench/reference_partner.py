@@ -2,10 +2,11 @@
 
 It imports the problem file and nothing a solution wrote, builds the reference with the seeded weights, and takes
 turns with the job's solution worker as the parent commands: one reference call per round, on the round's fresh
-inputs. It saves the outputs of the rounds the parent keeps, and, after the turns, the same rounds evaluated in
-float64 (the second evaluation every output is judged against; see ``reference_worker.Float64Audit``). It runs
-while the solution runs, so its files are announced with their digests like the solution's: a file rewritten
-later is refused.
+inputs. It saves the outputs of the rounds the parent keeps, the solution's outputs of those rounds that it copied
+out of the solution's staging buffer as they were kept (``kbench.handoff``), and, after the turns, the same rounds
+evaluated in float64 (the second evaluation every output is judged against; see ``reference_worker.Float64Audit``).
+It runs while the solution runs, so its files are announced with their digests like the solution's: a file
+rewritten later is refused.
 Usage (by the parent only): ``python -m kbench.reference_partner SPEC_JSON CHANNEL_FD GATE_FD TURN_FDS...``.
 """
 
@@ -66,8 +67,11 @@ def main(spec_path: str, fd: str, gate_fd: str, command_fd: str, reply_fd: str) 
             kept[index] = output
             execution.save_outputs(output, output_path(Path(spec.out_dir), "ref", TIMED, index), channel)
 
+        def keep_adopted(index: int, output: Any) -> None:
+            execution.save_outputs(output, output_path(Path(spec.out_dir), "new", TIMED, index), channel)
+
         pipe = TurnPipe(int(command_fd), int(reply_fd))
-        served = serve(model, problem, spec, pipe, keep, watched=False)
+        served = serve(model, problem, spec, pipe, keep, watched=False, keep_adopted=keep_adopted)
         audit_error = _float64_rounds(model, problem, spec, served, kept, channel)
         channel.send(result={"rounds": served.rounds, "kept": served.kept, "audit_error": audit_error})
     except BaseException as exc:  # the parent decides what it means (the turns may simply have been ended)

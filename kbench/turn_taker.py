@@ -12,11 +12,15 @@ processes make the same inputs for the same round, so the parent can compare the
 Runs in both workers: the trusted reference partner and the untrusted solution worker. Messages are JSON lines.
 From the parent: ``{"batch": [first, count]}`` (run those rounds; each call waits for ``{"go": k}``);
 ``{"keep": k, "slot": j}`` (keep round k's output in slot j, replacing what was there; sent right after its call:
-the solution's worker saves it at once, the trusted reference partner keeps a copy on the device);
-``{"setup": mode, "round": k}`` (after warm-up: capture graphs or probe the profiler, on round k's inputs);
-``{"events": true}`` (fall back to events); ``{"finish": [rounds]}`` (the partner saves its copies of those rounds,
-for the parent to compare). From the worker: ``{"ready": true}``, ``{"done": k}``, ``{"kept": k}``,
-``{"setup": null or why not}`` and, after each batch, ``{"samples": [...]}``.
+on CUDA the solution's worker stages it for the partner (``kbench.handoff``) and answers ``{"staged": layout}``,
+elsewhere, or when it cannot be staged, it saves it at once and answers ``{"kept": k}``); to the trusted reference
+partner, next, ``{"keep": k, "slot": j, "adopt": layout or null}`` (keep a copy of its own output on the device,
+and copy the solution's out of the staging buffer: ``{"kept": k}``, or ``{"refused": why}``, after which the parent
+sends the solution ``{"save": k}``: save it to a file after all); ``{"setup": mode, "round": k}`` (after warm-up:
+capture graphs or probe the profiler, on round k's inputs); ``{"events": true}`` (fall back to events);
+``{"finish": [rounds]}`` (the partner saves its copies of those rounds, its own and those it adopted, for the
+parent to compare). From the worker also: ``{"ready": true}``, ``{"done": k}``, ``{"setup": null or why not}``
+and, after each batch, ``{"samples": [...]}``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch
 
 from kbench import execution
 from kbench.fingerprints import fingerprint, plain_tensors, same
+from kbench.handoff import Adopter, HandoffError, Staging
 from kbench.spec import WorkerSpec
 from kbench.timing import _l2_flush_buffer, _time_batch, _time_batch_cpu
 from kbench.timing_modes import ModeUnavailable, Sampler, Timed, capture_graphs, kernel_batch, probe_kernels
@@ -129,8 +134,11 @@ class _Rounds:
     spec: WorkerSpec
     pipe: TurnPipe
     keep: Callable[[int, Any], None]  # (round, output): save a kept round's output for the parent
-    watched: bool  # the solution: check its outputs and inputs around each call, save kept outputs at once
+    watched: bool  # the solution: check its outputs and inputs around each call, hand kept outputs over at once
     discard: Callable[[int], None] = lambda index: None  # a round saved, then replaced in its slot: drop its file
+    keep_adopted: Callable[[int, Any], None] = lambda index, output: None  # the partner: save an adopted output
+    handoff: Staging | Adopter | None = None  # on CUDA: the solution stages kept outputs, the partner adopts them
+    adopted: dict[int, tuple[int, Any]] = field(default_factory=dict)  # the partner: slot -> (round, the solution's)
     gated: bool = True
     inputs: list[Any] = field(default_factory=list)
     outputs: list[Any] = field(default_factory=lambda: [None])  # [latest output]; a graph's static output
@@ -162,8 +170,8 @@ class _Rounds:
         """Wait for the parent's go (saving a kept output meanwhile), then make this round's inputs."""
         while self.gated:
             command = self.pipe.next()
-            if "keep" in command:
-                self.save(int(command["keep"]), int(command["slot"]))
+            if "keep" in command or "save" in command:
+                self.on_keep(command)
             elif command.get("go") == index:
                 break
             else:
@@ -193,33 +201,75 @@ class _Rounds:
         if self.gated:
             self.pipe.reply(done=index)
 
-    def save(self, index: int, slot: int) -> None:
-        """Keep the latest output, which must still be what it was when its call's work had finished (one changed
-        since was finished in the background). The solution's is saved now, for the parent, and the round it
-        replaces dropped: a copy kept in its process until the turns end is within reach of its later calls, which
-        could write the right answer into it once they see that its round was kept. The trusted partner keeps a
-        copy on the device, saved at the end (``save_kept``): its float64 record costs more than a call."""
+    def on_keep(self, command: dict[str, Any]) -> None:
+        """A ``keep`` (see the module's docstring), or the solution's ``save`` of a round the partner refused."""
+        if "save" in command:
+            index = int(command["save"])
+            if not self.watched or index != self.round:
+                raise TurnsEnded(f"asked to save round {index}, but the latest call was round {self.round}")
+            self.keep(index, self.outputs[0])
+            self.pipe.reply(kept=index)
+            return
+        index, slot = int(command["keep"]), int(command["slot"])
         if index != self.round or not 0 <= slot < self.spec.timing["checked_calls"]:
             raise TurnsEnded(f"asked to keep round {index} in slot {slot}, but the latest call was round {self.round}")
-        if not self.watched:
-            self.kept[slot] = (index, _copy(self.outputs[0]))
+        if self.watched:
+            self._hand_over(index, slot)
         else:
-            if not all(
-                same(a, b) for a, b in zip(self._output_print, fingerprint(plain_tensors(self.outputs[0])), strict=True)
-            ):
-                self.served.deferred = True
+            self._keep_copies(index, slot, command.get("adopt"))
+
+    def _hand_over(self, index: int, slot: int) -> None:
+        """The solution: its latest output, which must still be what it was when its call's work had finished (one
+        changed since was finished in the background), leaves its process now: staged for the partner to copy out,
+        or saved. A copy kept here until the turns end would be within reach of its later calls, which could
+        write the right answer into it once they see that its round was kept."""
+        now = fingerprint(plain_tensors(self.outputs[0]))
+        if not all(same(a, b) for a, b in zip(self._output_print, now, strict=True)):
+            self.served.deferred = True
+        replaced = self.kept.get(slot)
+        if replaced is not None:
+            self.discard(replaced[0])
+        self.kept[slot] = (index, None)
+        layout = None
+        if isinstance(self.handoff, Staging):
+            try:
+                layout = self.handoff.stage(execution.pack_outputs(self.outputs[0], on_cpu=False))
+            except HandoffError:
+                self.handoff = None  # no IPC here: every kept output is saved to a file
+        if layout is None:
             self.keep(index, self.outputs[0])
-            replaced = self.kept.get(slot)
-            if replaced is not None:
-                self.discard(replaced[0])
-            self.kept[slot] = (index, None)
+            self.pipe.reply(kept=index)
+        else:
+            self.pipe.reply(staged={**layout, "round": index})
+
+    def _keep_copies(self, index: int, slot: int, layout: Any) -> None:
+        """The partner: a copy of its own output on the device (saved at the end, ``save_kept``: its float64
+        record costs more than a call), and the solution's, copied out of the staging buffer."""
+        own = _copy(self.outputs[0])
+        self.kept[slot] = (index, own)
+        self.adopted.pop(slot, None)
+        if layout is not None:
+            try:
+                if not isinstance(self.handoff, Adopter):
+                    raise HandoffError("this partner adopts nothing: it is not on CUDA")
+                like = execution.pack_outputs(own, on_cpu=False)["tensors"]
+                self.adopted[slot] = (index, self.handoff.adopt(layout, like))
+            except Exception as exc:  # whatever the solution staged makes fail is refused, never the partner's end
+                self.pipe.reply(refused=f"{type(exc).__name__}: {exc}"[:500])
+                return
         self.pipe.reply(kept=index)
 
     def save_kept(self, rounds: list[int]) -> None:
-        """The partner: save its kept copies of ``rounds``, the parent's final sample (the solution's are saved)."""
+        """The partner: save its kept copies of ``rounds``, the parent's final sample, and the solution's outputs of
+        those rounds that it adopted."""
         for index, output in self.kept.values():
             if index in rounds and output is not None:
                 self.keep(index, output)
+        for index, output in self.adopted.values():
+            if index in rounds:
+                self.keep_adopted(index, output)
+        if isinstance(self.handoff, Adopter):
+            self.handoff.close()
 
     def timed(self) -> Timed:
         return Timed(self.call, "solution" if self.watched else "reference", after=self.after, before=self.before)
@@ -266,10 +316,14 @@ def serve(
     keep: Callable[[int, Any], None],
     watched: bool,
     discard: Callable[[int], None] = lambda index: None,
+    keep_adopted: Callable[[int, Any], None] = lambda index, output: None,
 ) -> Served:
     """Take turns as the parent commands until it says finish (returns) or closes the pipe (TurnsEnded)."""
     cuda = spec.device.startswith("cuda")
-    rounds = _Rounds(forward, problem, spec, pipe, keep, watched, discard, hold=GpuHold() if cuda else None)
+    handoff = (Staging() if watched else Adopter()) if cuda else None
+    rounds = _Rounds(
+        forward, problem, spec, pipe, keep, watched, discard, keep_adopted, handoff, hold=GpuHold() if cuda else None
+    )
     events: tuple[Sampler, Timed] = (_time_batch if cuda else _time_batch_cpu, rounds.timed())
     sampler, timed = events
     flush = _l2_flush_buffer() if cuda and spec.timing.get("flush_l2", True) else None
@@ -280,8 +334,8 @@ def serve(
             if "batch" in command:
                 first, count = (int(v) for v in command["batch"])
                 pipe.reply(samples=sampler([timed], first, count, flush)[0])
-            elif "keep" in command:
-                rounds.save(int(command["keep"]), int(command["slot"]))
+            elif "keep" in command or "save" in command:
+                rounds.on_keep(command)
             elif "setup" in command:
                 try:
                     sampler, timed = _setup(rounds, str(command["setup"]), int(command["round"]), flush)

@@ -66,6 +66,10 @@ class WorkerTurns:
 
     def expect(self, key: str, stop: threading.Event) -> Any:
         """The next reply, which must carry ``key``; waits until it comes, the worker is gone, or ``stop``."""
+        return self.expect_one((key,), stop)[1]
+
+    def expect_one(self, keys: tuple[str, ...], stop: threading.Event) -> tuple[str, Any]:
+        """The next reply, which must carry one of ``keys``: (its key, its value)."""
         while b"\n" not in self._buffer:
             if len(self._buffer) > MAX_REPLY_BYTES:
                 raise TurnsBroken(self.label, "a reply longer than the protocol allows")
@@ -82,9 +86,10 @@ class WorkerTurns:
             message = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError):
             message = None
-        if not isinstance(message, dict) or set(message) != {key}:
-            raise TurnsBroken(self.label, f"expected {key!r}, got {line[:200]!r}")
-        return message[key]
+        if not isinstance(message, dict) or len(message) != 1 or next(iter(message)) not in keys:
+            raise TurnsBroken(self.label, f"expected {' or '.join(map(repr, keys))}, got {line[:200]!r}")
+        key = next(iter(message))
+        return key, message[key]
 
     def find_processes(self) -> None:
         """The worker and its child processes, found again once a batch: finding children reads every process's
@@ -113,6 +118,8 @@ class Interleaved:
 
     samples_ms: list[list[float]] = field(default_factory=lambda: [[], []])  # [reference, solution], per round
     kept: list[int] = field(default_factory=list)  # timed rounds whose outputs both saved, to be compared
+    adopted: list[int] = field(default_factory=list)  # kept rounds whose solution output the partner saved
+    handoff_refused: str | None = None  # why the partner first refused to copy a staged output, if it did
     mode: str = "events"  # the mode used
     fallback: str | None = None  # why the configured mode could not be used
     error: str | None = None  # why the turns did not finish
@@ -131,6 +138,7 @@ class _Driver:
         self.result = Interleaved()
         self._rng = random.Random(int.from_bytes(os.urandom(8), "little"))  # unguessable by the solution
         self._timed_rounds = 0  # timed rounds seen so far, for the reservoir
+        self._adopted: dict[int, bool] = {}  # slot -> whether the partner holds the solution's output in it
 
     def batch(self, first: int, count: int, timed: bool) -> list[list[float]]:
         reference, solution = self.sides
@@ -182,10 +190,26 @@ class _Driver:
         return None
 
     def _save(self, index: int, slot: int) -> None:
-        for side in self.sides:
-            side.send(keep=index, slot=slot)
-            if side.expect("kept", self.stop) != index:
-                raise TurnsBroken(side.label, f"it kept a round other than {index}")
+        """Round ``index``'s outputs leave the solution's process before its next call: staged by the solution and
+        copied out by the partner (``kbench.handoff``), or saved by the solution where that cannot be done."""
+        reference, solution = self.sides
+        solution.send(keep=index, slot=slot)
+        said, layout = solution.expect_one(("kept", "staged"), self.stop)
+        if (layout.get("round") if said == "staged" and isinstance(layout, dict) else layout) != index:
+            raise TurnsBroken(solution.label, f"it kept a round other than {index}")
+        reference.send(keep=index, slot=slot, adopt=layout if said == "staged" else None)
+        answer, why = reference.expect_one(("kept", "refused"), self.stop)
+        if answer == "kept" and why != index:
+            raise TurnsBroken(reference.label, f"it kept a round other than {index}")
+        self._adopted[slot] = said == "staged" and answer == "kept"
+        if answer == "refused":
+            self.result.handoff_refused = self.result.handoff_refused or str(why)[:500]
+            solution.send(save=index)
+            if solution.expect("kept", self.stop) != index:
+                raise TurnsBroken(solution.label, f"it saved a round other than {index}")
+
+    def adopted_rounds(self) -> list[int]:
+        return sorted(self.result.kept[slot] for slot, adopted in self._adopted.items() if adopted)
 
     def set_up(self, mode: str, index: int) -> None:
         """Graph capture or the profiler's probe, each side alone; both fall back to events if either cannot."""
@@ -220,6 +244,7 @@ def interleave(
             driver.set_up(plan.mode, index)
             index += 1
         result.samples_ms = collect(lambda first, count: driver.batch(first, count, timed=True), index, 2, plan)
+        result.adopted = driver.adopted_rounds()
         result.kept.sort()
         for side in driver.sides:
             side.send(finish=result.kept)

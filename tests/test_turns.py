@@ -30,12 +30,18 @@ PLAN = TimingPlan(
 class ScriptedWorker:
     """A thread speaking the worker's side of the turn protocol, with hooks to misbehave."""
 
-    def __init__(self, label: str, sample: Callable[[int], Any] = lambda k: 1.0 + k % 7 / 10) -> None:
+    def __init__(
+        self, label: str, sample: Callable[[int], Any] = lambda k: 1.0 + k % 7 / 10, handoff: str | None = None
+    ) -> None:
         command_read, self.command_write = os.pipe()
         self.reply_read, reply_write = os.pipe()
         self.label, self.sample = label, sample
+        # "stage" (a solution that stages each kept output), "refuse" (a partner that refuses the odd rounds')
+        self.handoff = handoff
         self.rounds: list[int] = []
         self.kept: list[int] = []
+        self.saved: list[int] = []  # rounds the solution was told to save after the partner refused them
+        self.adopted: dict[int, int] = {}  # the partner: slot -> the round whose staged output it copied
         self.slots: dict[int, int] = {}  # slot -> the round whose output it holds
         self.finished: list[int] | None = None
         self._thread = threading.Thread(target=self._serve, args=(command_read, reply_write), daemon=True)
@@ -49,9 +55,22 @@ class ScriptedWorker:
     def _end(self) -> None:
         os.close(self.command_write)
 
-    def _keep(self, command: dict[str, int]) -> None:
-        self.kept.append(command["keep"])
-        self.slots[command["slot"]] = command["keep"]
+    def _keep(self, command: dict[str, Any]) -> dict[str, Any]:
+        """The reply to a keep (or a save) command."""
+        if "save" in command:
+            self.saved.append(command["save"])
+            return {"kept": command["save"]}
+        index, slot = command["keep"], command["slot"]
+        self.kept.append(index)
+        self.slots[slot] = index
+        self.adopted.pop(slot, None)
+        if self.handoff == "stage":
+            return {"staged": {"round": index, "handle": "00" * 64, "structure": "tensor", "tensors": []}}
+        if command.get("adopt") is not None:
+            if self.handoff == "refuse" and index % 2:
+                return {"refused": f"HandoffError: round {index} is odd"}
+            self.adopted[slot] = index
+        return {"kept": index}
 
     def join(self) -> None:
         self._thread.join(timeout=10)
@@ -70,16 +89,14 @@ class ScriptedWorker:
                     first, count = command["batch"]
                     for k in range(first, first + count):
                         while "go" not in (step := json.loads(commands.readline() or b'{"go": null}')):
-                            self._keep(step)
-                            reply(kept=step["keep"])
+                            reply(**self._keep(step))
                         if step["go"] is None:
                             return  # the driver ended the turns
                         self.rounds.append(step["go"])
                         reply(done=k)
                     reply(samples=[self.sample(k) for k in range(first, first + count)])
-                elif "keep" in command:
-                    self._keep(command)
-                    reply(kept=command["keep"])
+                elif "keep" in command or "save" in command:
+                    reply(**self._keep(command))
                 elif "finish" in command:
                     self.finished = command["finish"]
                     return
@@ -105,6 +122,28 @@ def test_the_driver_alternates_rounds_keeps_a_random_sample_and_tells_both_which
     # Each kept round went into one of four slots, replacing the one before: the slots hold the final sample.
     assert sorted(reference.slots.values()) == sorted(solution.slots.values()) == result.kept
     assert set(solution.slots) == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("partner", [None, "refuse"])
+def test_staged_outputs_are_adopted_by_the_partner_and_saved_by_the_solution_where_it_refuses(partner: str | None):
+    reference, solution = ScriptedWorker("reference", handoff=partner), ScriptedWorker("solution", handoff="stage")
+    result = drive(reference, solution)
+    reference.join(), solution.join()
+    assert result.error is None, result.error
+    # The partner was handed every staged layout; each round it refused, the solution saved, and only the rounds
+    # the partner holds in the end are read from the partner's files.
+    refused = [k for k in solution.kept if partner == "refuse" and k % 2]
+    assert solution.saved == refused
+    assert result.adopted == sorted(reference.adopted.values()) == [k for k in result.kept if k not in refused]
+    assert (result.handoff_refused is not None) == bool(refused)
+
+
+def test_a_staged_output_of_another_round_breaks_the_turns_and_names_the_solution():
+    solution = ScriptedWorker("solution", handoff="stage")
+    keep = solution._keep
+    solution._keep = lambda command: {"staged": {**keep(command)["staged"], "round": -1}}  # type: ignore[method-assign]
+    result = drive(ScriptedWorker("reference"), solution)
+    assert result.failed == "solution" and "kept a round other than" in (result.error or "")
 
 
 def test_the_kept_rounds_are_spread_over_every_timed_round():

@@ -76,6 +76,7 @@ KBENCH_MODULES = (
     "kbench.channel",
     "kbench.execution",
     "kbench.fingerprints",
+    "kbench.handoff",
     "kbench.spec",
     "kbench.tensor_files",
     "kbench.timing",

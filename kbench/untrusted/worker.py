@@ -66,8 +66,9 @@ def _build(spec: WorkerSpec, channel: Channel) -> Any:
 
 def _take_turns(spec: WorkerSpec, problem: Any, candidate: Any, turn_fds: tuple[str, str], channel: Channel) -> Any:
     """ModelNew's timed calls, each when the parent says (``kbench.turn_taker``), on inputs no call saw before; the
-    output of each round the parent keeps is saved as it is kept, for it to compare with the reference partner's,
-    and dropped when a later round replaces it."""
+    output of each round the parent keeps leaves this process as it is kept, for the parent to compare with the
+    reference partner's: on CUDA staged for the partner to copy (``kbench.handoff``), else saved, and its file
+    dropped when a later round replaces it."""
     from kbench import execution
     from kbench.turn_taker import TurnPipe, serve
 
@@ -78,7 +79,9 @@ def _take_turns(spec: WorkerSpec, problem: Any, candidate: Any, turn_fds: tuple[
         execution.save_outputs(output, saved(index), channel)
 
     pipe = TurnPipe(int(turn_fds[0]), int(turn_fds[1]))
-    return serve(candidate, problem, spec, pipe, keep, watched=True, discard=lambda index: saved(index).unlink())
+    return serve(
+        candidate, problem, spec, pipe, keep, watched=True, discard=lambda index: saved(index).unlink(missing_ok=True)
+    )
 
 
 def _run(

@@ -1,0 +1,212 @@
+"""Kept timed outputs handed from the solution's worker to the trusted reference partner on the GPU (CUDA IPC).
+
+Why: a kept output left in the solution's process until the turns end is within reach of its later calls, which
+could write the right answer into it once they see that its round was kept. Saving each to a file as it is kept
+closes that, but costs a copy to the host, a hash and a write per keep (about twenty in a second of timing, most of
+the turns' time on large outputs). Instead the worker copies the kept output into a staging buffer of its own that
+it exported once (``Staging``), and the partner, which imported that buffer, copies it into memory only it holds
+(``Adopter``) before the parent lets the solution make another call. The partner saves the final sample's copies.
+
+Everything the worker says about the buffer comes from the untrusted process, so the partner checks it: the handle
+opens, the tensors are of torch's dtypes and of the reference output's shapes (which also bounds what the partner
+allocates), and each lies inside the imported allocation. A layout it refuses is not the reference's failure: the
+parent then has the worker save that output to a file, as it did before (``kbench.turns``).
+
+The CUDA driver API through ctypes, not torch's IPC: ``UntypedStorage._new_shared_cuda`` also opens a shared
+reference-count file named by the exporter, which the trusted side would then take from the solution.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from typing import Any
+
+import torch
+
+ALIGN = 256  # each staged tensor starts at a multiple of this, as cudaMalloc's own allocations do
+MAX_TENSORS = 64  # an output of more is saved to a file: the layout travels in one reply line
+HANDLE_BYTES = 64  # sizeof(CUipcMemHandle)
+CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1
+_DevicePointer = ctypes.c_uint64
+# Bound when kbench is imported, before any solution is (see timing.py).
+_synchronize = torch.cuda.synchronize
+
+
+class HandoffError(Exception):
+    """The handoff cannot be used here (no driver, no IPC), or the partner refuses what the worker staged."""
+
+
+class _IpcHandle(ctypes.Structure):
+    _fields_ = [("reserved", ctypes.c_char * HANDLE_BYTES)]
+
+
+@functools.cache
+def _driver() -> ctypes.CDLL:
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError as exc:
+        raise HandoffError(f"no CUDA driver library: {exc}") from exc
+    pointer, size = ctypes.POINTER(_DevicePointer), ctypes.POINTER(ctypes.c_size_t)
+    signatures: dict[str, list[Any]] = {
+        "cuMemAlloc_v2": [pointer, ctypes.c_size_t],
+        "cuIpcGetMemHandle": [ctypes.POINTER(_IpcHandle), _DevicePointer],
+        "cuIpcOpenMemHandle_v2": [pointer, _IpcHandle, ctypes.c_uint],
+        "cuIpcCloseMemHandle": [_DevicePointer],
+        "cuMemGetAddressRange_v2": [pointer, size, _DevicePointer],
+        "cuMemcpyDtoD_v2": [_DevicePointer, _DevicePointer, ctypes.c_size_t],
+        "cuCtxSynchronize": [],
+        "cuGetErrorName": [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)],
+    }
+    for name, argtypes in signatures.items():
+        function = getattr(lib, name)
+        function.argtypes, function.restype = argtypes, ctypes.c_int
+    return lib
+
+
+def _call(name: str, *args: Any) -> None:
+    status = getattr(_driver(), name)(*args)
+    if status != 0:
+        text = ctypes.c_char_p()
+        _driver().cuGetErrorName(status, ctypes.byref(text))
+        raise HandoffError(f"{name} failed: {(text.value or b'').decode() or status}")
+
+
+def _copy(destination: int, source: int, nbytes: int) -> None:
+    """Device to device on the legacy default stream, which waits for the device's other work; the caller
+    synchronizes before it trusts the copy."""
+    if nbytes:
+        _call("cuMemcpyDtoD_v2", destination, source, nbytes)
+
+
+def _aligned(offset: int) -> int:
+    return -(-offset // ALIGN) * ALIGN
+
+
+class Staging:
+    """The solution's side: one buffer exported once, into which each kept output is copied. Runs in the untrusted
+    process, so it only ever makes work for the partner, which checks everything."""
+
+    def __init__(self) -> None:
+        self._pointer, self._size, self._handle = 0, 0, ""
+        # Buffers outgrown stay allocated until the process ends: the partner may still hold one open, and
+        # freeing memory another process has imported is undefined (cuIpcOpenMemHandle's documentation).
+        self._outgrown: list[int] = []
+
+    def stage(self, packed: dict[str, Any]) -> dict[str, Any] | None:
+        """Copy a packed output (``execution.pack_outputs(..., on_cpu=False)``) into the buffer and describe it for
+        the partner; None when it cannot be staged (not plain CUDA tensors, too many), to be saved as a file."""
+        tensors = packed["tensors"]
+        if "not_tensor" in packed or len(tensors) > MAX_TENSORS or not all(t.is_cuda for t in tensors):
+            return None
+        _synchronize()  # the call's work, on whatever streams it used, is done before it is copied
+        contiguous = [t.contiguous() for t in tensors]
+        offsets, end = [], 0
+        for tensor in contiguous:
+            offsets.append(_aligned(end))
+            end = offsets[-1] + tensor.numel() * tensor.element_size()
+        if end > self._size:
+            self._grow(_aligned(max(end, 1)))
+        _synchronize()
+        for tensor, offset in zip(contiguous, offsets, strict=True):
+            _copy(self._pointer + offset, tensor.data_ptr(), tensor.numel() * tensor.element_size())
+        _call("cuCtxSynchronize")
+        described = [
+            {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), "offset": offset}
+            for t, offset in zip(contiguous, offsets, strict=True)
+        ]
+        return {"handle": self._handle, "structure": packed["structure"], "tensors": described}
+
+    def _grow(self, size: int) -> None:
+        pointer, handle = _DevicePointer(), _IpcHandle()
+        _call("cuMemAlloc_v2", ctypes.byref(pointer), size)
+        _call("cuIpcGetMemHandle", ctypes.byref(handle), pointer)
+        if self._pointer:
+            self._outgrown.append(self._pointer)
+        self._pointer, self._size, self._handle = pointer.value, size, bytes(handle).hex()
+
+
+def _dtype(name: Any) -> torch.dtype:
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    if not isinstance(dtype, torch.dtype):
+        raise HandoffError(f"{name!r} is not a torch dtype")
+    return dtype
+
+
+def read_layout(layout: Any, like: list[torch.Tensor]) -> tuple[bytes, str, list[tuple[torch.dtype, list[int], int]]]:
+    """The handle, structure and (dtype, shape, offset) of each tensor of a staged output, checked against the
+    reference's output of the same round (``like``): same number of tensors, same shapes, at most 8 bytes an
+    element. Raises HandoffError; the range inside the buffer is checked once it is open (``Adopter``)."""
+    if not isinstance(layout, dict) or not isinstance(layout.get("tensors"), list):
+        raise HandoffError("the layout is not an object with a list of tensors")
+    try:
+        handle = bytes.fromhex(layout.get("handle", ""))
+    except (TypeError, ValueError):
+        handle = b""
+    if len(handle) != HANDLE_BYTES:
+        raise HandoffError("the handle is not 64 bytes in hex")
+    structure, items = layout.get("structure"), layout["tensors"]
+    if structure not in ("tensor", "sequence") or (structure == "tensor" and len(items) != 1):
+        raise HandoffError(f"structure {structure!r} with {len(items)} tensors")
+    if len(items) != len(like):
+        raise HandoffError(f"{len(items)} tensors where the reference returned {len(like)}")
+    read = []
+    for item, reference in zip(items, like, strict=True):
+        if not isinstance(item, dict):
+            raise HandoffError(f"a tensor described as {type(item).__name__}")
+        shape, offset = item.get("shape"), item.get("offset")
+        if shape != list(reference.shape) or not all(type(d) is int for d in shape):
+            raise HandoffError(f"shape {shape!r} where the reference's is {list(reference.shape)}")
+        dtype = _dtype(item.get("dtype"))
+        if dtype.itemsize > 8 or type(offset) is not int or offset < 0:
+            raise HandoffError(f"dtype {dtype} at offset {offset!r}")
+        read.append((dtype, shape, offset))
+    return handle, structure, read
+
+
+class Adopter:
+    """The trusted partner's side: imports the worker's buffer and copies each staged output out of it."""
+
+    def __init__(self) -> None:
+        self._handle, self._base, self._size = b"", 0, 0
+
+    def adopt(self, layout: Any, like: list[torch.Tensor]) -> Any:
+        """The staged output as tensors of this process (a tensor, or a list), copied before this returns.
+        Raises HandoffError for a layout it refuses or a handle that does not open."""
+        handle, structure, tensors = read_layout(layout, like)
+        self._open(handle)
+        ends = [offset + dtype.itemsize * _numel(shape) for dtype, shape, offset in tensors]
+        if any(end > self._size for end in ends):
+            raise HandoffError(f"a tensor ends at byte {max(ends)} of a {self._size}-byte buffer")
+        copies = [torch.empty(shape, dtype=dtype, device=like[0].device) for dtype, shape, _ in tensors]
+        _synchronize()  # the copies' memory is free of the work that used it before
+        for copy, (dtype, shape, offset) in zip(copies, tensors, strict=True):
+            _copy(copy.data_ptr(), self._base + offset, dtype.itemsize * _numel(shape))
+        _call("cuCtxSynchronize")
+        return copies[0] if structure == "tensor" else copies
+
+    def _open(self, handle: bytes) -> None:
+        if handle == self._handle:
+            return
+        self.close()
+        pointer, base, size = _DevicePointer(), _DevicePointer(), ctypes.c_size_t()
+        _call("cuIpcOpenMemHandle_v2", ctypes.byref(pointer), _IpcHandle(handle), CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS)
+        try:
+            _call("cuMemGetAddressRange_v2", ctypes.byref(base), ctypes.byref(size), pointer)
+        except HandoffError:
+            _call("cuIpcCloseMemHandle", pointer)
+            raise
+        # The range from the opened pointer to the end of its allocation is all a staged tensor may read.
+        self._handle, self._base, self._size = handle, pointer.value, base.value + size.value - pointer.value
+
+    def close(self) -> None:
+        if self._handle:
+            self._handle = b""
+            _call("cuIpcCloseMemHandle", self._base)
+
+
+def _numel(shape: list[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
