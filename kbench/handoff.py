@@ -41,6 +41,12 @@ class _IpcHandle(ctypes.Structure):
     _fields_ = [("reserved", ctypes.c_char * HANDLE_BYTES)]
 
 
+def ipc_handle(raw: bytes) -> _IpcHandle:
+    """The driver's handle from its 64 bytes. Not ``_IpcHandle(raw)``: that copies a c_char array only up to its
+    first NUL byte, and the driver refused the handle so made (CUDA_ERROR_INVALID_VALUE, on an H100)."""
+    return _IpcHandle.from_buffer_copy(raw)
+
+
 @functools.cache
 def _driver() -> ctypes.CDLL:
     try:
@@ -190,7 +196,7 @@ class Adopter:
             return
         self.close()
         pointer, base, size = _DevicePointer(), _DevicePointer(), ctypes.c_size_t()
-        _call("cuIpcOpenMemHandle_v2", ctypes.byref(pointer), _IpcHandle(handle), CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS)
+        _call("cuIpcOpenMemHandle_v2", ctypes.byref(pointer), ipc_handle(handle), CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS)
         try:
             _call("cuMemGetAddressRange_v2", ctypes.byref(base), ctypes.byref(size), pointer)
         except HandoffError:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from kbench.handoff import HandoffError, read_layout
+from kbench.handoff import HandoffError, ipc_handle, read_layout
 from kbench.isolation import WorkerRun
 from kbench.partner import Partner
 from kbench.turns import Interleaved
@@ -63,6 +63,11 @@ def test_a_layout_of_the_references_shapes_is_read():
 def test_a_layout_the_partner_cannot_trust_is_refused(layout: Any, why: str):
     with pytest.raises(HandoffError, match=why):
         read_layout(layout, LIKE)
+
+
+def test_a_handle_keeps_every_byte_zeros_included():
+    raw = bytes([0, 7, 0, 0]) + bytes(range(60))
+    assert bytes(ipc_handle(raw)) == raw
 
 
 def test_the_solutions_timed_outputs_are_read_by_the_partners_digests_where_it_adopted_them():
