@@ -13,7 +13,8 @@ Runs in both workers: the trusted reference partner and the untrusted solution w
 From the parent: ``{"batch": [first, count]}`` (run those rounds; each call waits for ``{"go": k}``);
 ``{"keep": k, "slot": j}`` (keep round k's output in slot j, replacing what was there; sent right after its call:
 on CUDA the solution's worker stages it for the partner (``kbench.handoff``) and answers ``{"staged": layout}``,
-elsewhere, or when it cannot be staged, it saves it at once and answers ``{"kept": k}``); to the trusted reference
+elsewhere, when it cannot be staged or when the command says ``"file": true``, it saves it at once and answers
+``{"kept": k}``); to the trusted reference
 partner, next, ``{"keep": k, "slot": j, "adopt": layout or null}`` (keep a copy of its own output on the device,
 and copy the solution's out of the staging buffer: ``{"kept": k}``, or ``{"refused": why}``, after which the parent
 sends the solution ``{"save": k}``: save it to a file after all); ``{"setup": mode, "round": k}`` (after warm-up:
@@ -214,11 +215,11 @@ class _Rounds:
         if index != self.round or not 0 <= slot < self.spec.timing["checked_calls"]:
             raise TurnsEnded(f"asked to keep round {index} in slot {slot}, but the latest call was round {self.round}")
         if self.watched:
-            self._hand_over(index, slot)
+            self._hand_over(index, slot, staged=not command.get("file"))
         else:
             self._keep_copies(index, slot, command.get("adopt"))
 
-    def _hand_over(self, index: int, slot: int) -> None:
+    def _hand_over(self, index: int, slot: int, staged: bool) -> None:
         """The solution: its latest output, which must still be what it was when its call's work had finished (one
         changed since was finished in the background), leaves its process now: staged for the partner to copy out,
         or saved. A copy kept here until the turns end would be within reach of its later calls, which could
@@ -231,7 +232,7 @@ class _Rounds:
             self.discard(replaced[0])
         self.kept[slot] = (index, None)
         layout = None
-        if isinstance(self.handoff, Staging):
+        if staged and isinstance(self.handoff, Staging):
             try:
                 layout = self.handoff.stage(execution.pack_outputs(self.outputs[0], on_cpu=False))
             except HandoffError:

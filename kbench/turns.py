@@ -193,10 +193,14 @@ class _Driver:
         """Round ``index``'s outputs leave the solution's process before its next call: staged by the solution and
         copied out by the partner (``kbench.handoff``), or saved by the solution where that cannot be done."""
         reference, solution = self.sides
-        solution.send(keep=index, slot=slot)
+        # After one refusal the solution saves files: staging what the partner will refuse again costs a copy and
+        # two more messages per keep.
+        solution.send(keep=index, slot=slot, **({"file": True} if self.result.handoff_refused else {}))
         said, layout = solution.expect_one(("kept", "staged"), self.stop)
         if (layout.get("round") if said == "staged" and isinstance(layout, dict) else layout) != index:
             raise TurnsBroken(solution.label, f"it kept a round other than {index}")
+        if said == "staged" and self.result.handoff_refused:
+            raise TurnsBroken(solution.label, "it staged an output it was told to save")
         reference.send(keep=index, slot=slot, adopt=layout if said == "staged" else None)
         answer, why = reference.expect_one(("kept", "refused"), self.stop)
         if answer == "kept" and why != index:

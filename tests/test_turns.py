@@ -64,7 +64,7 @@ class ScriptedWorker:
         self.kept.append(index)
         self.slots[slot] = index
         self.adopted.pop(slot, None)
-        if self.handoff == "stage":
+        if self.handoff == "stage" and not command.get("file"):
             return {"staged": {"round": index, "handle": "00" * 64, "structure": "tensor", "tensors": []}}
         if command.get("adopt") is not None:
             if self.handoff == "refuse" and index % 2:
@@ -132,9 +132,12 @@ def test_staged_outputs_are_adopted_by_the_partner_and_saved_by_the_solution_whe
     assert result.error is None, result.error
     # The partner was handed every staged layout; each round it refused, the solution saved, and only the rounds
     # the partner holds in the end are read from the partner's files.
-    refused = [k for k in solution.kept if partner == "refuse" and k % 2]
+    # After the first refusal, the solution is told to save every later keep to a file: none is staged again.
+    first = next((k for k in solution.kept if partner == "refuse" and k % 2), None)
+    refused = [] if first is None else [first]
     assert solution.saved == refused
-    assert result.adopted == sorted(reference.adopted.values()) == [k for k in result.kept if k not in refused]
+    staged = [k for k in solution.kept if first is None or k < first]
+    assert result.adopted == sorted(reference.adopted.values()) == [k for k in result.kept if k in staged]
     assert (result.handoff_refused is not None) == bool(refused)
 
 
@@ -144,6 +147,16 @@ def test_a_staged_output_of_another_round_breaks_the_turns_and_names_the_solutio
     solution._keep = lambda command: {"staged": {**keep(command)["staged"], "round": -1}}  # type: ignore[method-assign]
     result = drive(ScriptedWorker("reference"), solution)
     assert result.failed == "solution" and "kept a round other than" in (result.error or "")
+
+
+def test_a_solution_that_stages_what_it_was_told_to_save_breaks_the_turns():
+    # Once the partner refused, the parent reads that round's output from the solution's file; staging again
+    # instead would leave a round with no output at all.
+    solution = ScriptedWorker("solution", handoff="stage")
+    keep = solution._keep
+    solution._keep = lambda command: keep({k: v for k, v in command.items() if k != "file"})  # type: ignore[method-assign]
+    result = drive(ScriptedWorker("reference", handoff="refuse"), solution)
+    assert result.failed == "solution" and "told to save" in (result.error or "")
 
 
 def test_the_kept_rounds_are_spread_over_every_timed_round():
