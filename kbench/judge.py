@@ -128,9 +128,16 @@ def _failure(worker: WorkerRun, facts: dict[str, Any]) -> Judgement | None:
 def _timed_check(
     out_dir: Path, partner: Partner, config: KbenchConfig, notes: list[str], announced: dict[str, tuple[str, int]]
 ) -> Comparison:
-    """The timed calls the parent kept, at random, against the reference partner's outputs for the same rounds."""
+    """The timed calls the parent kept, at random, against the reference partner's outputs for the same rounds:
+    compared by the partner on the device when it holds the solution's (``kbench.timed_comparison``; its rounds
+    are the kept ones, ``Partner.failure``), else from the files."""
     if not partner.turns.kept:
         return Comparison(False, "no timed call was kept for checking: the timing turns did not finish")
+    judged = partner.timed_comparison()
+    if judged is not None:
+        _, comparison, partner_notes = judged
+        notes.extend(note for note in partner_notes if note not in notes)
+        return comparison
     try:
         references, exact = partner.kept_outputs(out_dir)
     except UnreadableOutput as exc:

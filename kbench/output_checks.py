@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import stat
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,21 @@ def compare_kind(
     kernelbench rule (allclose against the fp32 reference) decides, and ``notes`` says so. Outputs the float64
     rule passes but the kernelbench rule would fail are counted in ``notes`` too: the fp32 reference's own
     rounding must not fail a more exact answer, but the difference between the policies should show."""
+    paths = [output_path(out_dir, "new", kind, files[index] if files else index) for index in range(len(references))]
+    return compare_loaded(kind, references, _read_ahead(paths, announced), tolerance_for, exact, notes, accuracy)
+
+
+def compare_loaded(
+    kind: str,
+    references: list[dict[str, Any]],
+    outputs: Iterable[dict[str, Any] | UnreadableOutput],
+    tolerance_for: Callable[[str], Tolerance],
+    exact: list[dict[str, Any]] | None = None,
+    notes: list[str] | None = None,
+    accuracy: AccuracyConfig | None = None,
+) -> tuple[Comparison, list[dict[str, Any]]]:
+    """``compare_kind`` on outputs in hand, each loaded or why it could not be, in the references' order: the
+    parent's from files, the reference partner's on the device (``kbench.timed_comparison``)."""
     accuracy = accuracy or AccuracyConfig()
     float64_rule = accuracy.policy == "float64"
     if float64_rule and references and not exact and notes is not None and KERNELBENCH_FALLBACK not in notes:
@@ -133,8 +148,7 @@ def compare_kind(
     so_far = Comparison(True, "within tolerance", 0.0, 0.0)
     loaded = []
     passed_by_float64: list[str] = []  # why the kernelbench rule fails each output the float64 rule passed
-    paths = [output_path(out_dir, "new", kind, files[index] if files else index) for index in range(len(references))]
-    for index, (ref, new_or_error) in enumerate(zip(references, _read_ahead(paths, announced), strict=False)):
+    for index, (ref, new_or_error) in enumerate(zip(references, outputs, strict=False)):
         if isinstance(new_or_error, TamperedOutput):
             return merge(so_far, Comparison(False, f"{kind} {index}: {new_or_error}", tampered=True)), loaded
         if isinstance(new_or_error, UnreadableOutput):

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kbench.compare import Comparison
 from kbench.isolation import WorkerRun
 from kbench.output_checks import load_all
 from kbench.spec import TIMED, float64_kind, output_path
+from kbench.timed_comparison import read_comparison
 from kbench.turns import Interleaved
 
 # The solution's processes may use this share of the reference's turns on the CPU (wake-ups, the allocator's and
@@ -38,7 +40,25 @@ class Partner:
             return f"the reference partner left the timing turns: {said or turns.error}"
         if turns.error is None and (run.last("result") is None or run.returncode != 0):
             return f"the reference partner {run.exit_description()} after the timing turns: {said or 'no result'}"
+        try:
+            judged = self.timed_comparison()
+        except ValueError as exc:
+            return f"the reference partner's comparison of the kept timed rounds is unusable: {exc}"
+        if judged is not None and not judged[0] == self.turns.kept == self.turns.adopted:
+            return f"the reference partner compared rounds {judged[0]}, not the {self.turns.kept} the turns kept"
         return None
+
+    def timed_comparison(self) -> tuple[list[int], Comparison, list[str]] | None:
+        """The partner's own comparison of the kept timed rounds, made on the device (``kbench.timed_comparison``):
+        (rounds, comparison, notes), or None where it saved them to files instead. Raises ValueError for a
+        message that is not one."""
+        timed = self._result().get("timed")
+        return None if timed is None else read_comparison(timed)
+
+    def _result(self) -> dict[str, Any]:
+        """The partner's result message, or nothing."""
+        result = self.run.last("result")
+        return result["result"] if result and isinstance(result.get("result"), dict) else {}
 
     def timing_payload(self) -> dict[str, Any]:
         """The turns' samples in the form ``timing_verdict.judge_timing`` reads."""
@@ -70,6 +90,9 @@ class Partner:
             )
         if turns.error and turns.failed == "solution":
             notes.append(f"timing turns ended early: {turns.error}")
+        said = self._result().get("timed_error")
+        if said:
+            notes.append(f"the reference partner could not compare the kept timed rounds on the device ({said})")
         if turns.handoff_refused:
             notes.append(
                 "the reference partner refused to copy a kept timed output out of the solution's staging buffer "
@@ -91,8 +114,8 @@ class Partner:
         failed). Raises UnreadableOutput when a file is not what the partner announced."""
         announced = self.run.outputs
         outputs = load_all([output_path(out_dir, "ref", TIMED, k) for k in self.turns.kept], announced)
-        result = self.run.last("result")
-        audit_error = result["result"].get("audit_error") if result and isinstance(result.get("result"), dict) else 1
+        result = self._result()
+        audit_error = result.get("audit_error") if result else 1
         if audit_error is not None or not self.turns.kept:
             return outputs, []
         exact = load_all([output_path(out_dir, "ref", float64_kind(TIMED), k) for k in self.turns.kept], announced)

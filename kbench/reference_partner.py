@@ -22,17 +22,19 @@ from kbench.spec import TIMED, WorkerSpec, float64_kind, output_path
 
 
 def _float64_rounds(
-    model: Any, problem: Any, spec: WorkerSpec, served: Any, kept: dict[int, Any], channel: Channel
-) -> str | None:
-    """The kept rounds evaluated in float64 (the model as it is after the turns); why not, when it failed. Each is
-    saved as the parent keeps it (``compare.exact_record``): rounded to fp32 where the reference's output is fp32,
+    model: Any, problem: Any, spec: WorkerSpec, served: Any, kept: dict[int, Any]
+) -> tuple[dict[int, dict[str, Any]], str | None]:
+    """The kept rounds evaluated in float64 (the model as it is after the turns), and why not, when it failed. Each
+    is kept as the parent keeps it (``compare.exact_record``): rounded to fp32 where the reference's output is fp32,
     with PyTorch fp32's own error on each output, measured here on the device against the round's fp32 output
-    (``kept``) at full precision. The parent then reads half the bytes and measures nothing."""
+    (``kept``) at full precision. Saved, the parent then reads half the bytes and measures nothing."""
     import torch
 
     from kbench import execution
     from kbench.compare import exact_record
     from kbench.reference_worker import Float64Audit
+
+    records: dict[int, dict[str, Any]] = {}
 
     def calls(forward64: Any) -> None:
         for index in served.kept:
@@ -40,12 +42,43 @@ def _float64_rounds(
             with torch.no_grad():
                 output = forward64(inputs)
             fp32 = execution.pack_outputs(kept[index], on_cpu=False)
-            exact = exact_record(execution.pack_outputs(output, on_cpu=False), fp32, narrow=True)
-            execution.save_record(exact, output_path(Path(spec.out_dir), "ref", float64_kind(TIMED), index), channel)
+            records[index] = exact_record(execution.pack_outputs(output, on_cpu=False), fp32, narrow=True)
 
     audit = Float64Audit(spec.audit_float64)
     audit.run(model, calls)
-    return audit.error
+    return ({} if audit.error else records), audit.error
+
+
+def _judged_here(
+    served: Any, own: dict[int, Any], adopted: dict[int, Any], exact: Any, spec: WorkerSpec
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The kept rounds compared here, on the device (``kbench.timed_comparison``), when the solution's output of
+    every one of them was copied out of its process; else None, and the files are saved for the parent. Also why
+    the comparison failed, when it did (short of memory, say): the parent then compares the files."""
+    if not served.kept or not spec.judging or not all(k in adopted for k in served.kept):
+        return None, None
+    from kbench.timed_comparison import compare_in_place
+
+    try:
+        return compare_in_place(served.kept, own, adopted, exact or None, spec.judging), None
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def _save_rounds(
+    spec: WorkerSpec, served: Any, own: dict[int, Any], adopted: dict[int, Any], exact: Any, channel: Channel
+) -> None:
+    """The kept rounds' records as files for the parent: the partner's outputs, the solution's it adopted, and the
+    float64 evaluations."""
+    from kbench import execution
+
+    out_dir = Path(spec.out_dir)
+    for index in served.kept:
+        execution.save_outputs(own[index], output_path(out_dir, "ref", TIMED, index), channel)
+        if index in adopted:
+            execution.save_outputs(adopted[index], output_path(out_dir, "new", TIMED, index), channel)
+        if index in exact:
+            execution.save_record(exact[index], output_path(out_dir, "ref", float64_kind(TIMED), index), channel)
 
 
 def main(spec_path: str, fd: str, gate_fd: str, command_fd: str, reply_fd: str) -> None:
@@ -61,19 +94,18 @@ def main(spec_path: str, fd: str, gate_fd: str, command_fd: str, reply_fd: str) 
         channel.phase("turns")
         model = model.to(spec.device)
 
-        kept: dict[int, Any] = {}  # round -> its output, still on the device, for the float64 rounds
-
-        def keep(index: int, output: Any) -> None:
-            kept[index] = output
-            execution.save_outputs(output, output_path(Path(spec.out_dir), "ref", TIMED, index), channel)
-
-        def keep_adopted(index: int, output: Any) -> None:
-            execution.save_outputs(output, output_path(Path(spec.out_dir), "new", TIMED, index), channel)
+        own: dict[int, Any] = {}  # kept round -> its output, on the device
+        adopted: dict[int, Any] = {}  # ... -> the solution's output of it, copied out of its process
 
         pipe = TurnPipe(int(command_fd), int(reply_fd))
-        served = serve(model, problem, spec, pipe, keep, watched=False, keep_adopted=keep_adopted)
-        audit_error = _float64_rounds(model, problem, spec, served, kept, channel)
-        channel.send(result={"rounds": served.rounds, "kept": served.kept, "audit_error": audit_error})
+        served = serve(model, problem, spec, pipe, own.__setitem__, watched=False, keep_adopted=adopted.__setitem__)
+        exact, audit_error = _float64_rounds(model, problem, spec, served, own)
+        timed, timed_error = _judged_here(served, own, adopted, exact, spec)
+        if timed is None:
+            _save_rounds(spec, served, own, adopted, exact, channel)
+        result = {"rounds": served.rounds, "kept": served.kept, "audit_error": audit_error, "timed": timed}
+        result["timed_error"] = timed_error
+        channel.send(result=result)
     except BaseException as exc:  # the parent decides what it means (the turns may simply have been ended)
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
         channel.send(error={"reason": reason, "detail": traceback.format_exc()})

@@ -31,6 +31,7 @@ from kbench.solution_starts import SolutionStart, SolutionStarter
 from kbench.spec import WorkerSpec, file_digest
 from kbench.stats import median_ms
 from kbench.store import JsonStore
+from kbench.timed_comparison import judging_settings
 from kbench.timing import TimingPlan
 from kbench.turns import driven
 
@@ -133,6 +134,7 @@ class Runner:
             audit_float64=integrity.audit_float64,
             kernel_census=integrity.kernel_census,
             poison_numel=poison_numel,
+            judging=judging_settings(self.config),
         )
 
     @property

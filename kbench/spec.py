@@ -38,6 +38,7 @@ class WorkerSpec:
     poison_numel: int = 0  # elements of NaN to fill and free before each checked call
     time_reference: bool = True  # False when the parent has this reference's timings cached
     compile_mode: str | None = None  # also time torch.compile(Model, mode=...) (reference worker)
+    judging: dict[str, Any] = field(default_factory=dict)  # tolerances and accuracy (kbench.timed_comparison)
 
     def weights_seed(self) -> int:
         return self.seed
