@@ -102,3 +102,38 @@ def test_a_comparison_the_partner_could_not_make_is_noted_and_the_files_decide()
     partner.run.messages[0]["result"]["timed_error"] = "OutOfMemoryError: CUDA out of memory"
     assert partner.failure() is None and partner.timed_comparison() is None
     assert any("could not compare the kept timed rounds" in note for note in partner.notes())
+
+
+def test_the_partner_judges_in_place_only_when_it_holds_every_kept_rounds_solution_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from types import SimpleNamespace
+
+    from kbench.reference_partner import _judged_here, _save_rounds
+    from kbench.spec import WorkerSpec
+
+    spec = WorkerSpec(str(tmp_path / "p.py"), "cpu", 0, 1, {}, str(tmp_path), judging=SETTINGS)
+    served = SimpleNamespace(kept=ROUNDS)
+    adopted = {k: OWN[k].clone() for k in ROUNDS}
+    timed, why = _judged_here(served, OWN, adopted, EXACT, spec)
+    assert why is None and timed is not None and timed["ok"] and timed["rounds"] == ROUNDS
+    # One round saved by the solution's worker instead: the files decide, and the partner writes its records.
+    del adopted[5]
+    assert _judged_here(served, OWN, adopted, EXACT, spec) == (None, None)
+    saved: list[str] = []
+    channel = SimpleNamespace(write_announced=lambda path, pieces: saved.append(path.name))
+    _save_rounds(spec, served, OWN, adopted, EXACT, channel)  # type: ignore[arg-type]
+    assert sorted(saved) == sorted(
+        [f"ref_timed{k}.kbt" for k in ROUNDS]
+        + [f"ref_timed_fp64_{k}.kbt" for k in ROUNDS]
+        + ["new_timed3.kbt", "new_timed9.kbt"]
+    )
+
+    # A comparison that fails in the partner (short of memory, say) leaves the files to decide, and says why.
+    def short_of_memory(*args: Any) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr("kbench.timed_comparison.compare_in_place", short_of_memory)
+    adopted[5] = OWN[5].clone()
+    timed, why = _judged_here(served, OWN, adopted, EXACT, spec)
+    assert timed is None and why == "OutOfMemoryError: CUDA out of memory"
