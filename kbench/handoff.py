@@ -1,4 +1,4 @@
-"""Kept timed outputs handed from the solution's worker to the trusted reference partner on the GPU (CUDA IPC).
+"""Kept timed outputs handed from the solution's worker to the trusted reference partner (CUDA IPC on the GPU).
 
 Why: a kept output left in the solution's process until the turns end is within reach of its later calls, which
 could write the right answer into it once they see that its round was kept. Saving each to a file as it is kept
@@ -12,14 +12,21 @@ opens, the tensors are of torch's dtypes and of the reference output's shapes (w
 allocates), and each lies inside the imported allocation. A layout it refuses is not the reference's failure: the
 parent then has the worker save that output to a file, as it did before (``kbench.turns``).
 
-The CUDA driver API through ctypes, not torch's IPC: ``UntypedStorage._new_shared_cuda`` also opens a shared
-reference-count file named by the exporter, which the trusted side would then take from the solution.
+On the GPU the buffer is device memory shared through the CUDA driver API (ctypes), not torch's IPC:
+``UntypedStorage._new_shared_cuda`` also opens a shared reference-count file named by the exporter, which the
+trusted side would then take from the solution. On the CPU it is a file in the job's folder that both map, named
+``stage-N.buf`` (the "handle" is that name, NUL-padded to the driver handle's 64 bytes).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import mmap
+import os
+import re
+import stat
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +35,7 @@ ALIGN = 256  # each staged tensor starts at a multiple of this, as cudaMalloc's 
 MAX_TENSORS = 64  # an output of more is saved to a file: the layout travels in one reply line
 HANDLE_BYTES = 64  # sizeof(CUipcMemHandle)
 CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1
+STAGING_FILE = re.compile(r"stage-[0-9]{1,6}\.buf")
 _DevicePointer = ctypes.c_uint64
 # Bound when kbench is imported, before any solution is (see timing.py).
 _synchronize = torch.cuda.synchronize
@@ -89,47 +97,106 @@ def _aligned(offset: int) -> int:
     return -(-offset // ALIGN) * ALIGN
 
 
-class Staging:
-    """The solution's side: one buffer exported once, into which each kept output is copied. Runs in the untrusted
-    process, so it only ever makes work for the partner, which checks everything."""
+class _DeviceBuffer:
+    """The worker's staging memory on the GPU, exported over CUDA IPC."""
+
+    device_type = "cuda"
 
     def __init__(self) -> None:
-        self._pointer, self._size, self._handle = 0, 0, ""
+        self._pointer = 0
         # Buffers outgrown stay allocated until the process ends: the partner may still hold one open, and
         # freeing memory another process has imported is undefined (cuIpcOpenMemHandle's documentation).
         self._outgrown: list[int] = []
 
+    def allocate(self, size: int) -> bytes:
+        pointer, handle = _DevicePointer(), _IpcHandle()
+        _call("cuMemAlloc_v2", ctypes.byref(pointer), size)
+        _call("cuIpcGetMemHandle", ctypes.byref(handle), pointer)
+        if self._pointer:
+            self._outgrown.append(self._pointer)
+        self._pointer = pointer.value
+        return bytes(handle)
+
+    def begin(self) -> None:
+        _synchronize()  # the call's work, on whatever streams it used, and the copies to contiguous, are done
+
+    def write(self, offset: int, tensor: torch.Tensor) -> None:
+        _copy(self._pointer + offset, tensor.data_ptr(), tensor.numel() * tensor.element_size())
+
+    def end(self) -> None:
+        _call("cuCtxSynchronize")
+
+
+class _FileBuffer:
+    """The worker's staging memory on the CPU: a file in the job's folder, mapped shared."""
+
+    device_type = "cpu"
+
+    def __init__(self, folder: Path) -> None:
+        self._folder, self._maps = folder, []  # outgrown maps stay, like outgrown device buffers
+        self._view = torch.empty(0, dtype=torch.uint8)
+
+    def allocate(self, size: int) -> bytes:
+        name = f"stage-{len(self._maps)}.buf"
+        try:
+            fd = os.open(self._folder / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                os.ftruncate(fd, size)
+                mapping = mmap.mmap(fd, size)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise HandoffError(f"no staging file: {exc}") from exc
+        self._maps.append(mapping)
+        self._view = torch.frombuffer(mapping, dtype=torch.uint8)
+        return name.encode().ljust(HANDLE_BYTES, b"\0")
+
+    def begin(self) -> None:
+        pass
+
+    def write(self, offset: int, tensor: torch.Tensor) -> None:
+        nbytes = tensor.numel() * tensor.element_size()
+        self._view[offset : offset + nbytes].view(tensor.dtype).copy_(tensor.reshape(-1))
+
+    def end(self) -> None:
+        pass
+
+
+class Staging:
+    """The solution's side: one buffer exported once, into which each kept output is copied. Runs in the untrusted
+    process, so it only ever makes work for the partner, which checks everything."""
+
+    def __init__(self, device: str, folder: Path) -> None:
+        self._buffer = _DeviceBuffer() if device.startswith("cuda") else _FileBuffer(folder)
+        self._size, self._handle = 0, ""
+
     def stage(self, packed: dict[str, Any]) -> dict[str, Any] | None:
         """Copy a packed output (``execution.pack_outputs(..., on_cpu=False)``) into the buffer and describe it for
-        the partner; None when it cannot be staged (not plain CUDA tensors, too many), to be saved as a file."""
-        tensors = packed["tensors"]
-        if "not_tensor" in packed or len(tensors) > MAX_TENSORS or not all(t.is_cuda for t in tensors):
+        the partner; None when it cannot be staged (not plain tensors on this worker's device, too many), to be
+        saved as a file."""
+        tensors, buffer = packed["tensors"], self._buffer
+        if "not_tensor" in packed or len(tensors) > MAX_TENSORS:
             return None
-        _synchronize()  # the call's work, on whatever streams it used, is done before it is copied
+        if not all(t.device.type == buffer.device_type for t in tensors):
+            return None
+        buffer.begin()
         contiguous = [t.contiguous() for t in tensors]
         offsets, end = [], 0
         for tensor in contiguous:
             offsets.append(_aligned(end))
             end = offsets[-1] + tensor.numel() * tensor.element_size()
         if end > self._size:
-            self._grow(_aligned(max(end, 1)))
-        _synchronize()
+            self._size = _aligned(max(end, 1))
+            self._handle = buffer.allocate(self._size).hex()
+        buffer.begin()
         for tensor, offset in zip(contiguous, offsets, strict=True):
-            _copy(self._pointer + offset, tensor.data_ptr(), tensor.numel() * tensor.element_size())
-        _call("cuCtxSynchronize")
+            buffer.write(offset, tensor)
+        buffer.end()
         described = [
             {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), "offset": offset}
             for t, offset in zip(contiguous, offsets, strict=True)
         ]
         return {"handle": self._handle, "structure": packed["structure"], "tensors": described}
-
-    def _grow(self, size: int) -> None:
-        pointer, handle = _DevicePointer(), _IpcHandle()
-        _call("cuMemAlloc_v2", ctypes.byref(pointer), size)
-        _call("cuIpcGetMemHandle", ctypes.byref(handle), pointer)
-        if self._pointer:
-            self._outgrown.append(self._pointer)
-        self._pointer, self._size, self._handle = pointer.value, size, bytes(handle).hex()
 
 
 def _dtype(name: Any) -> torch.dtype:
@@ -170,31 +237,14 @@ def read_layout(layout: Any, like: list[torch.Tensor]) -> tuple[bytes, str, list
     return handle, structure, read
 
 
-class Adopter:
-    """The trusted partner's side: imports the worker's buffer and copies each staged output out of it."""
+class _DeviceImport:
+    """The partner's view of the worker's staging memory on the GPU."""
 
     def __init__(self) -> None:
-        self._handle, self._base, self._size = b"", 0, 0
+        self._base = 0
 
-    def adopt(self, layout: Any, like: list[torch.Tensor]) -> Any:
-        """The staged output as tensors of this process (a tensor, or a list), copied before this returns.
-        Raises HandoffError for a layout it refuses or a handle that does not open."""
-        handle, structure, tensors = read_layout(layout, like)
-        self._open(handle)
-        ends = [offset + dtype.itemsize * _numel(shape) for dtype, shape, offset in tensors]
-        if any(end > self._size for end in ends):
-            raise HandoffError(f"a tensor ends at byte {max(ends)} of a {self._size}-byte buffer")
-        copies = [torch.empty(shape, dtype=dtype, device=like[0].device) for dtype, shape, _ in tensors]
-        _synchronize()  # the copies' memory is free of the work that used it before
-        for copy, (dtype, shape, offset) in zip(copies, tensors, strict=True):
-            _copy(copy.data_ptr(), self._base + offset, dtype.itemsize * _numel(shape))
-        _call("cuCtxSynchronize")
-        return copies[0] if structure == "tensor" else copies
-
-    def _open(self, handle: bytes) -> None:
-        if handle == self._handle:
-            return
-        self.close()
+    def open(self, handle: bytes) -> int:
+        """Map the buffer; the bytes a staged tensor may read from its start."""
         pointer, base, size = _DevicePointer(), _DevicePointer(), ctypes.c_size_t()
         _call("cuIpcOpenMemHandle_v2", ctypes.byref(pointer), ipc_handle(handle), CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS)
         try:
@@ -202,13 +252,84 @@ class Adopter:
         except HandoffError:
             _call("cuIpcCloseMemHandle", pointer)
             raise
+        self._base = pointer.value
         # The range from the opened pointer to the end of its allocation is all a staged tensor may read.
-        self._handle, self._base, self._size = handle, pointer.value, base.value + size.value - pointer.value
+        return base.value + size.value - pointer.value
+
+    def read(self, copies: list[torch.Tensor], offsets: list[int]) -> None:
+        _synchronize()  # the copies' memory is free of the work that used it before
+        for copy, offset in zip(copies, offsets, strict=True):
+            _copy(copy.data_ptr(), self._base + offset, copy.numel() * copy.element_size())
+        _call("cuCtxSynchronize")
+
+    def close(self) -> None:
+        _call("cuIpcCloseMemHandle", self._base)
+
+
+class _FileImport:
+    """The partner's view of the worker's staging file: a private copy-on-write map, so nothing it does reaches
+    the file."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._map: mmap.mmap | None = None
+
+    def open(self, handle: bytes) -> int:
+        name = handle.rstrip(b"\0").decode("ascii", "replace")
+        if not STAGING_FILE.fullmatch(name):
+            raise HandoffError(f"{name!r} names no staging file")
+        try:
+            fd = os.open(self._folder / name, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                status = os.fstat(fd)
+                if not stat.S_ISREG(status.st_mode) or not status.st_size:
+                    raise HandoffError(f"{name} is not a staging file")
+                self._map = mmap.mmap(fd, status.st_size, access=mmap.ACCESS_COPY)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise HandoffError(f"{name}: {exc}") from exc
+        return status.st_size
+
+    def read(self, copies: list[torch.Tensor], offsets: list[int]) -> None:
+        view = torch.frombuffer(self._map, dtype=torch.uint8) if self._map is not None else torch.empty(0)
+        for copy, offset in zip(copies, offsets, strict=True):
+            nbytes = copy.numel() * copy.element_size()
+            copy.copy_(view[offset : offset + nbytes].view(copy.dtype).reshape(copy.shape))
+        del view  # the map cannot close while a tensor shows it
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+
+class Adopter:
+    """The trusted partner's side: imports the worker's buffer and copies each staged output out of it."""
+
+    def __init__(self, device: str, folder: Path) -> None:
+        self._import = _DeviceImport() if device.startswith("cuda") else _FileImport(folder)
+        self._handle, self._size = b"", 0
+
+    def adopt(self, layout: Any, like: list[torch.Tensor]) -> Any:
+        """The staged output as tensors of this process (a tensor, or a list), copied before this returns.
+        Raises HandoffError for a layout it refuses or a handle that does not open."""
+        handle, structure, tensors = read_layout(layout, like)
+        if handle != self._handle:
+            self.close()
+            self._size = self._import.open(handle)
+            self._handle = handle
+        ends = [offset + dtype.itemsize * _numel(shape) for dtype, shape, offset in tensors]
+        if any(end > self._size for end in ends):
+            raise HandoffError(f"a tensor ends at byte {max(ends)} of a {self._size}-byte buffer")
+        copies = [torch.empty(shape, dtype=dtype, device=like[0].device) for dtype, shape, _ in tensors]
+        self._import.read(copies, [offset for _, _, offset in tensors])
+        return copies[0] if structure == "tensor" else copies
 
     def close(self) -> None:
         if self._handle:
             self._handle = b""
-            _call("cuIpcCloseMemHandle", self._base)
+            self._import.close()
 
 
 def _numel(shape: list[int]) -> int:

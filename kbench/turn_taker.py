@@ -12,9 +12,9 @@ processes make the same inputs for the same round, so the parent can compare the
 Runs in both workers: the trusted reference partner and the untrusted solution worker. Messages are JSON lines.
 From the parent: ``{"batch": [first, count]}`` (run those rounds; each call waits for ``{"go": k}``);
 ``{"keep": k, "slot": j}`` (keep round k's output in slot j, replacing what was there; sent right after its call:
-on CUDA the solution's worker stages it for the partner (``kbench.handoff``) and answers ``{"staged": layout}``,
-elsewhere, when it cannot be staged or when the command says ``"file": true``, it saves it at once and answers
-``{"kept": k}``); to the trusted reference
+the solution's worker stages it for the partner (``kbench.handoff``) and answers ``{"staged": layout}``; when it
+cannot be staged, or the command says ``"file": true``, it saves it at once and answers ``{"kept": k}``); to the
+trusted reference
 partner, next, ``{"keep": k, "slot": j, "adopt": layout or null}`` (keep a copy of its own output on the device,
 and copy the solution's out of the staging buffer: ``{"kept": k}``, or ``{"refused": why}``, after which the parent
 sends the solution ``{"save": k}``: save it to a file after all); ``{"setup": mode, "round": k}`` (after warm-up:
@@ -31,6 +31,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -321,7 +322,8 @@ def serve(
 ) -> Served:
     """Take turns as the parent commands until it says finish (returns) or closes the pipe (TurnsEnded)."""
     cuda = spec.device.startswith("cuda")
-    handoff = (Staging() if watched else Adopter()) if cuda else None
+    folder = Path(spec.out_dir)
+    handoff = Staging(spec.device, folder) if watched else Adopter(spec.device, folder)
     rounds = _Rounds(
         forward, problem, spec, pipe, keep, watched, discard, keep_adopted, handoff, hold=GpuHold() if cuda else None
     )

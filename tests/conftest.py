@@ -115,7 +115,8 @@ def kept_outputs_rewritten(device: str) -> tuple[JobResult, JobResult]:
     next call writes the right answer for that round into what was kept. With 40 rounds and 2 kept, the last round
     (which no later call can make right) is rarely among them: only a kept output out of the solution's reach
     catches it, and the first kept round is always one a later call tries to rewrite. Its result, and an honest
-    solution's under the same timing."""
+    solution's under the same timing. The reference partner copied each kept output out of the solution's process
+    as it was kept, so the wrong answer is what it compares: ``timed_output_mismatch``."""
     config = fast_config(run_s=30.0)
     config = config.model_copy(update={"timing": config.timing.model_copy(update={"repeats": 40, "checked_calls": 2})})
     affine = read_problem(PROBLEMS / "affine_relu.py")

@@ -175,7 +175,7 @@ def test_an_answer_remembered_under_the_inputs_address_is_wrong_on_fresh_inputs(
 
 def test_a_kept_timed_output_made_right_after_its_call_is_refused_on_the_gpu():
     result, honest = kept_outputs_rewritten("cuda")
-    assert result.verdict == "rejected" and "output_tampered" in result.flags, (result.reason, result.flags)
+    assert result.verdict == "incorrect" and "timed_output_mismatch" in result.flags, (result.reason, result.flags)
     assert result.speedup is None
     assert honest.verdict == "correct", (honest.reason, honest.flags)
 

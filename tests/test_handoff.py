@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import torch
 
-from kbench.handoff import HandoffError, ipc_handle, read_layout
+from kbench.execution import pack_outputs
+from kbench.handoff import Adopter, HandoffError, Staging, ipc_handle, read_layout
 from kbench.isolation import WorkerRun
 from kbench.partner import Partner
 from kbench.turns import Interleaved
@@ -85,11 +86,46 @@ def test_the_solutions_timed_outputs_are_read_by_the_partners_digests_where_it_a
     assert "new_timed3.kbt" not in Partner(WorkerRun(), partner.turns).timed_announced(solution)
 
 
+def test_on_the_cpu_a_staged_output_is_copied_out_of_the_workers_file_and_a_later_rewrite_does_not_reach_it(
+    tmp_path: Path,
+):
+    output = torch.arange(12, dtype=torch.float32).reshape(4, 3) * 1.5
+    staging, adopter = Staging("cpu", tmp_path), Adopter("cpu", tmp_path)
+    layout = staging.stage(pack_outputs((output, output[:, 0] > 3), on_cpu=False))
+    assert layout is not None and layout["structure"] == "sequence"
+    like = [output, output[:, 0] > 3]
+    whole, flags = adopter.adopt(layout, like)
+    staging.stage(pack_outputs((output * 0, output[:, 0] > 99), on_cpu=False))  # as a later call could
+    assert torch.equal(whole, output) and torch.equal(flags, output[:, 0] > 3)
+    again = adopter.adopt(layout, like)  # the same buffer, now rewritten: the new copy shows it, the old does not
+    assert torch.equal(again[0], output * 0) and torch.equal(whole, output)
+    past = {**layout, "tensors": [layout["tensors"][0], {**layout["tensors"][1], "offset": 1 << 20}]}
+    with pytest.raises(HandoffError, match="ends at byte"):
+        adopter.adopt(past, like)
+    adopter.close()
+
+
+@pytest.mark.parametrize("name", [b"../spec.json", b"stage-1.buf", b"stage-7.buf"])
+def test_on_the_cpu_a_handle_naming_anything_but_a_staging_file_is_refused(tmp_path: Path, name: bytes):
+    (tmp_path / "spec.json").write_text("{}")
+    (tmp_path / "stage-7.buf").symlink_to(tmp_path / "spec.json")  # a link: not followed
+    layout = {**GOOD, "handle": name.ljust(64, b"\0").hex()}
+    with pytest.raises(HandoffError):
+        Adopter("cpu", tmp_path).adopt(layout, LIKE)
+
+
+def test_a_staging_file_the_solution_made_first_makes_the_worker_save_files_instead(tmp_path: Path):
+    (tmp_path / "stage-0.buf").write_bytes(b"x")
+    with pytest.raises(HandoffError, match="no staging file"):
+        Staging("cpu", tmp_path).stage(pack_outputs(torch.ones(3), on_cpu=False))
+
+
 STAGER = """
 import json, sys, torch
+from pathlib import Path
 from kbench.handoff import Staging
 from kbench.execution import pack_outputs
-staging = Staging()
+staging = Staging("cuda", Path("."))
 output = torch.arange(12, dtype=torch.float32, device="cuda").reshape(4, 3) * 1.5
 print(json.dumps(staging.stage(pack_outputs((output, output[:, 0]), on_cpu=False))), flush=True)
 sys.stdin.readline()  # the partner has copied: overwrite the staged output, as a later call could
@@ -111,7 +147,7 @@ def test_a_staged_output_is_copied_by_the_partner_and_a_later_rewrite_does_not_r
         layout = json.loads(worker.stdout.readline())
         expected = torch.arange(12, dtype=torch.float32, device="cuda").reshape(4, 3) * 1.5
         like = [expected, expected[:, 0].contiguous()]
-        adopter = Adopter()
+        adopter = Adopter("cuda", tmp_path)
         whole, column = adopter.adopt(layout, like)
         worker.stdin.write("\n")
         worker.stdin.flush()
@@ -122,7 +158,7 @@ def test_a_staged_output_is_copied_by_the_partner_and_a_later_rewrite_does_not_r
         with pytest.raises(HandoffError, match="ends at byte"):
             adopter.adopt(past, like)
         with pytest.raises(HandoffError, match="cuIpcOpenMemHandle"):
-            Adopter().adopt({**layout, "handle": "00" * 64}, like)
+            Adopter("cuda", tmp_path).adopt({**layout, "handle": "00" * 64}, like)
         adopter.close()
         assert torch.equal(whole, expected)
     finally:

@@ -74,8 +74,8 @@ def test_outputs_rewritten_after_the_worker_reported_are_refused(runner: Runner)
 
 def test_a_kept_timed_output_made_right_after_its_call_is_refused():
     result, honest = kept_outputs_rewritten("cpu")
-    assert result.verdict == Verdict.REJECTED, (result.reason, result.flags, result.detail[-1500:])
-    assert "output_tampered" in result.flags and result.speedup is None
+    assert result.verdict == Verdict.INCORRECT, (result.reason, result.flags, result.detail[-1500:])
+    assert "timed_output_mismatch" in result.flags and result.speedup is None
     assert honest.verdict == Verdict.CORRECT, (honest.reason, honest.flags)
 
 

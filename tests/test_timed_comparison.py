@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
+from conftest import PROBLEMS, fast_config, run_fixture
 
+from kbench.catalog import read_problem
 from kbench.compare import exact_record
 from kbench.config import KbenchConfig
 from kbench.execution import pack_outputs
@@ -17,6 +20,10 @@ from kbench.isolation import WorkerRun
 from kbench.judge import _timed_check
 from kbench.output_checks import KERNELBENCH_FALLBACK
 from kbench.partner import Partner
+from kbench.reference_partner import _judged_here, _save_rounds
+from kbench.results import Verdict
+from kbench.runner import Runner
+from kbench.spec import WorkerSpec
 from kbench.timed_comparison import compare_in_place, judging_settings, read_comparison
 from kbench.turns import Interleaved
 
@@ -107,11 +114,6 @@ def test_a_comparison_the_partner_could_not_make_is_noted_and_the_files_decide()
 def test_the_partner_judges_in_place_only_when_it_holds_every_kept_rounds_solution_output(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from types import SimpleNamespace
-
-    from kbench.reference_partner import _judged_here, _save_rounds
-    from kbench.spec import WorkerSpec
-
     spec = WorkerSpec(str(tmp_path / "p.py"), "cpu", 0, 1, {}, str(tmp_path), judging=SETTINGS)
     served = SimpleNamespace(kept=ROUNDS)
     adopted = {k: OWN[k].clone() for k in ROUNDS}
@@ -137,3 +139,27 @@ def test_the_partner_judges_in_place_only_when_it_holds_every_kept_rounds_soluti
     adopted[5] = OWN[5].clone()
     timed, why = _judged_here(served, OWN, adopted, EXACT, spec)
     assert timed is None and why == "OutOfMemoryError: CUDA out of memory"
+
+
+@pytest.mark.parametrize(("fixture", "ok"), [("correct_torch", True), ("cached_after_trials", False)])
+def test_a_cpu_job_has_its_kept_rounds_judged_by_the_partner(monkeypatch: pytest.MonkeyPatch, fixture: str, ok: bool):
+    """End to end on the CPU: the solution stages each kept output, the partner copies it out and compares the
+    kept rounds itself; the parent judges by that comparison (a solution right in the trials and wrong after them
+    fails it)."""
+    seen: list[tuple[list[int], bool]] = []
+    original = Partner.timed_comparison
+
+    def spy(self: Partner) -> Any:
+        judged = original(self)
+        if judged is not None:
+            seen.append((judged[0], judged[1].ok))
+        return judged
+
+    monkeypatch.setattr(Partner, "timed_comparison", spy)
+    with Runner(fast_config(), "cpu") as runner:
+        result = run_fixture(runner, read_problem(PROBLEMS / "affine_relu.py"), fixture)
+    assert seen and all(judged_ok == ok for _, judged_ok in seen), seen
+    if ok:
+        assert result.verdict == Verdict.CORRECT, (result.reason, result.flags)
+    else:
+        assert result.verdict == Verdict.INCORRECT and "timed_output_mismatch" in result.flags, result.reason
