@@ -5,7 +5,8 @@ could write the right answer into it once they see that its round was kept. Savi
 closes that, but costs a copy to the host, a hash and a write per keep (about twenty in a second of timing, most of
 the turns' time on large outputs). Instead the worker copies the kept output into a staging buffer of its own that
 it exported once (``Staging``), and the partner, which imported that buffer, copies it into memory only it holds
-(``Adopter``) before the parent lets the solution make another call. The partner saves the final sample's copies.
+(``Adopter``) before the parent lets the solution make another call. The partner then compares the final sample
+itself (``kbench.timed_comparison``), or saves it for the parent.
 
 Everything the worker says about the buffer comes from the untrusted process, so the partner checks it: the handle
 opens, the tensors are of torch's dtypes and of the reference output's shapes (which also bounds what the partner

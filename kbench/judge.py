@@ -129,7 +129,7 @@ def _timed_check(
     out_dir: Path, partner: Partner, config: KbenchConfig, notes: list[str], announced: dict[str, tuple[str, int]]
 ) -> Comparison:
     """The timed calls the parent kept, at random, against the reference partner's outputs for the same rounds:
-    compared by the partner on the device when it holds the solution's (``kbench.timed_comparison``; its rounds
+    compared by the partner where it holds the solution's (``kbench.timed_comparison``; its rounds
     are the kept ones, ``Partner.failure``), else from the files."""
     if not partner.turns.kept:
         return Comparison(False, "no timed call was kept for checking: the timing turns did not finish")

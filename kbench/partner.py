@@ -49,9 +49,9 @@ class Partner:
         return None
 
     def timed_comparison(self) -> tuple[list[int], Comparison, list[str]] | None:
-        """The partner's own comparison of the kept timed rounds, made on the device (``kbench.timed_comparison``):
-        (rounds, comparison, notes), or None where it saved them to files instead. Raises ValueError for a
-        message that is not one."""
+        """The partner's own comparison of the kept timed rounds, made where it holds them
+        (``kbench.timed_comparison``): (rounds, comparison, notes), or None where it saved them to files instead.
+        Raises ValueError for a message that is not one."""
         timed = self._result().get("timed")
         return None if timed is None else read_comparison(timed)
 
@@ -92,7 +92,7 @@ class Partner:
             notes.append(f"timing turns ended early: {turns.error}")
         said = self._result().get("timed_error")
         if said:
-            notes.append(f"the reference partner could not compare the kept timed rounds on the device ({said})")
+            notes.append(f"the reference partner could not compare the kept timed rounds itself ({said})")
         if turns.handoff_refused:
             notes.append(
                 "the reference partner refused to copy a kept timed output out of the solution's staging buffer "

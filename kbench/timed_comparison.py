@@ -1,4 +1,4 @@
-"""The kept timed rounds compared where they are: in the trusted reference partner, on the device.
+"""The kept timed rounds compared where they are: in the trusted reference partner, on its device.
 
 Once every kept round's solution output was copied out of the solution's process (``kbench.handoff``), the partner
 holds on the device all three records each kept round is judged by: its own fp32 output, the solution's, and the

@@ -14,14 +14,15 @@ From the parent: ``{"batch": [first, count]}`` (run those rounds; each call wait
 ``{"keep": k, "slot": j}`` (keep round k's output in slot j, replacing what was there; sent right after its call:
 the solution's worker stages it for the partner (``kbench.handoff``) and answers ``{"staged": layout}``; when it
 cannot be staged, or the command says ``"file": true``, it saves it at once and answers ``{"kept": k}``); to the
-trusted reference
-partner, next, ``{"keep": k, "slot": j, "adopt": layout or null}`` (keep a copy of its own output on the device,
-and copy the solution's out of the staging buffer: ``{"kept": k}``, or ``{"refused": why}``, after which the parent
-sends the solution ``{"save": k}``: save it to a file after all); ``{"setup": mode, "round": k}`` (after warm-up:
-capture graphs or probe the profiler, on round k's inputs); ``{"events": true}`` (fall back to events);
-``{"finish": [rounds]}`` (the partner saves its copies of those rounds, its own and those it adopted, for the
-parent to compare). From the worker also: ``{"ready": true}``, ``{"done": k}``, ``{"setup": null or why not}``
-and, after each batch, ``{"samples": [...]}``.
+trusted reference partner, next, ``{"keep": k, "slot": j, "adopt": layout or null}`` (keep a copy of its own
+output on the device, and copy the solution's out of the staging buffer: ``{"kept": k}``, or ``{"refused": why}``,
+after which the parent sends the solution ``{"save": k}``: save it to a file after all);
+``{"setup": mode, "round": k}`` (after warm-up: capture graphs or probe the profiler, on round k's inputs);
+``{"events": true}`` (fall back to events);
+``{"finish": [rounds]}`` (the partner hands its copies of those rounds, its own and those it adopted, to its
+``keep`` callbacks: ``kbench.reference_partner`` compares them, or saves them for the parent). From the worker
+also: ``{"ready": true}``, ``{"done": k}``, ``{"setup": null or why not}`` and, after each batch,
+``{"samples": [...]}``.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ class _Rounds:
     watched: bool  # the solution: check its outputs and inputs around each call, hand kept outputs over at once
     discard: Callable[[int], None] = lambda index: None  # a round saved, then replaced in its slot: drop its file
     keep_adopted: Callable[[int, Any], None] = lambda index, output: None  # the partner: save an adopted output
-    handoff: Staging | Adopter | None = None  # on CUDA: the solution stages kept outputs, the partner adopts them
+    handoff: Staging | Adopter | None = None  # the solution stages kept outputs, the partner adopts them
     adopted: dict[int, tuple[int, Any]] = field(default_factory=dict)  # the partner: slot -> (round, the solution's)
     gated: bool = True
     inputs: list[Any] = field(default_factory=list)
@@ -237,7 +238,7 @@ class _Rounds:
             try:
                 layout = self.handoff.stage(execution.pack_outputs(self.outputs[0], on_cpu=False))
             except HandoffError:
-                self.handoff = None  # no IPC here: every kept output is saved to a file
+                self.handoff = None  # no staging here (no CUDA IPC, a file in the way): save every kept output
         if layout is None:
             self.keep(index, self.outputs[0])
             self.pipe.reply(kept=index)
@@ -253,7 +254,7 @@ class _Rounds:
         if layout is not None:
             try:
                 if not isinstance(self.handoff, Adopter):
-                    raise HandoffError("this partner adopts nothing: it is not on CUDA")
+                    raise HandoffError("this worker adopts nothing")
                 like = execution.pack_outputs(own, on_cpu=False)["tensors"]
                 self.adopted[slot] = (index, self.handoff.adopt(layout, like))
             except Exception as exc:  # whatever the solution staged makes fail is refused, never the partner's end
