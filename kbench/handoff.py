@@ -280,7 +280,8 @@ class _FileImport:
         if not STAGING_FILE.fullmatch(name):
             raise HandoffError(f"{name!r} names no staging file")
         try:
-            fd = os.open(self._folder / name, os.O_RDONLY | os.O_NOFOLLOW)
+            # Not following a link, and not waiting on a FIFO for a writer that never comes.
+            fd = os.open(self._folder / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             try:
                 status = os.fstat(fd)
                 if not stat.S_ISREG(status.st_mode) or not status.st_size:

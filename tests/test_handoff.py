@@ -6,6 +6,7 @@ buffer is refused."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -105,10 +106,11 @@ def test_on_the_cpu_a_staged_output_is_copied_out_of_the_workers_file_and_a_late
     adopter.close()
 
 
-@pytest.mark.parametrize("name", [b"../spec.json", b"stage-1.buf", b"stage-7.buf"])
+@pytest.mark.parametrize("name", [b"../spec.json", b"stage-1.buf", b"stage-7.buf", b"stage-8.buf"])
 def test_on_the_cpu_a_handle_naming_anything_but_a_staging_file_is_refused(tmp_path: Path, name: bytes):
     (tmp_path / "spec.json").write_text("{}")
     (tmp_path / "stage-7.buf").symlink_to(tmp_path / "spec.json")  # a link: not followed
+    os.mkfifo(tmp_path / "stage-8.buf")  # a FIFO: opening it must not wait for a writer
     layout = {**GOOD, "handle": name.ljust(64, b"\0").hex()}
     with pytest.raises(HandoffError):
         Adopter("cpu", tmp_path).adopt(layout, LIKE)
