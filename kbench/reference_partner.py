@@ -2,11 +2,12 @@
 
 It imports the problem file and nothing a solution wrote, builds the reference with the seeded weights, and takes
 turns with the job's solution worker as the parent commands: one reference call per round, on the round's fresh
-inputs. It saves the outputs of the rounds the parent keeps, the solution's outputs of those rounds that it copied
-out of the solution's staging buffer as they were kept (``kbench.handoff``), and, after the turns, the same rounds
-evaluated in float64 (the second evaluation every output is judged against; see ``reference_worker.Float64Audit``).
-It runs while the solution runs, so its files are announced with their digests like the solution's: a file
-rewritten later is refused.
+inputs. It keeps its outputs of the rounds the parent keeps, the solution's outputs of those rounds, copied out of
+the solution's staging buffer as they were kept (``kbench.handoff``), and, after the turns, the same rounds evaluated
+in float64 (the second evaluation every output is judged against; see ``reference_worker.Float64Audit``). Where it
+holds the solution's output of every kept round it compares them itself (``kbench.timed_comparison``); otherwise it
+saves them for the parent. It runs while the solution runs, so its files are announced with their digests like the
+solution's: a file rewritten later is refused.
 Usage (by the parent only): ``python -m kbench.reference_partner SPEC_JSON CHANNEL_FD GATE_FD TURN_FDS...``.
 """
 
@@ -103,9 +104,15 @@ def main(spec_path: str, fd: str, gate_fd: str, command_fd: str, reply_fd: str) 
         timed, timed_error = _judged_here(served, own, adopted, exact, spec)
         if timed is None:
             _save_rounds(spec, served, own, adopted, exact, channel)
-        result = {"rounds": served.rounds, "kept": served.kept, "audit_error": audit_error, "timed": timed}
-        result["timed_error"] = timed_error
-        channel.send(result=result)
+        channel.send(
+            result={
+                "rounds": served.rounds,
+                "kept": served.kept,
+                "audit_error": audit_error,
+                "timed": timed,
+                "timed_error": timed_error,
+            }
+        )
     except BaseException as exc:  # the parent decides what it means (the turns may simply have been ended)
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
         channel.send(error={"reason": reason, "detail": traceback.format_exc()})
