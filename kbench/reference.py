@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from kbench.audit import worst_relative_error
-from kbench.compare import UnreadableOutput, exact_record, load_outputs, load_record
+from kbench.compare import UnreadableOutput, exact_record, load_record
+from kbench.output_checks import load_announced, read_announced
 from kbench.spec import PERTURBED, TRIAL, WorkerSpec, float64_kind, output_path, state_path
 
 
@@ -56,17 +57,25 @@ class ReferenceRun:
         return worst_relative_error(self.trials, exact) if exact else None
 
 
-def load_reference(out_dir: Path, spec: WorkerSpec, result: dict[str, Any]) -> ReferenceRun:
+def load_reference(
+    out_dir: Path, spec: WorkerSpec, result: dict[str, Any], announced: dict[str, tuple[str, int]]
+) -> ReferenceRun:
+    """The reference worker's files, each only if it is still what the worker announced (``announced``)."""
+
     def load(kind: str, count: int) -> list[dict[str, Any]]:
-        return [load_outputs(output_path(out_dir, "ref", kind, i)) for i in range(count)]
+        return [load_announced(output_path(out_dir, "ref", kind, i), announced) for i in range(count)]
+
+    def load_state(role: str) -> dict[str, Any]:
+        path = state_path(out_dir, role)
+        return load_record(path, read_announced(path, announced))
 
     counts = {TRIAL: spec.trials, PERTURBED: spec.perturbation_trials}
     try:
         run = ReferenceRun(
             trials=load(TRIAL, counts[TRIAL]),
             perturbed=load(PERTURBED, counts[PERTURBED]),
-            state=load_record(state_path(out_dir, "ref")),
-            initial_state=load_record(state_path(out_dir, "ref_initial")),
+            state=load_state("ref"),
+            initial_state=load_state("ref_initial"),
         )
         if spec.audit_float64 and not result.get("audit_error"):
             # One file at a time; PyTorch fp32's own error on each output is measured at full precision first.
@@ -76,7 +85,8 @@ def load_reference(out_dir: Path, spec: WorkerSpec, result: dict[str, Any]) -> R
             for kind, fp32 in ((TRIAL, run.trials), (PERTURBED, run.perturbed)):
                 path = partial(output_path, out_dir, "ref", float64_kind(kind))
                 run.float64[kind] = [
-                    exact_record(load_outputs(path(i)), ref, narrow=kind != TRIAL) for i, ref in enumerate(fp32)
+                    exact_record(load_announced(path(i), announced), ref, narrow=kind != TRIAL)
+                    for i, ref in enumerate(fp32)
                 ]
     except (UnreadableOutput, OSError, RuntimeError) as exc:
         return ReferenceRun(error=f"reference outputs unreadable: {exc}")

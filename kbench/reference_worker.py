@@ -118,8 +118,9 @@ def _fallback_notes(what: str, timed: TimedCalls) -> list[str]:
 
 
 def main(spec_path: str, fd: str) -> None:
-    # Its files are loaded before any solution runs, where no solution can reach them: they need no digests.
-    channel = Channel(int(fd), announce_outputs=False)  # the worker starts in the "load" phase
+    # Its files are announced with their digests, like a solution's: solution code may run while they are written
+    # (a build worker imports a solution, another GPU's job runs one), and the parent loads only what was announced.
+    channel = Channel(int(fd))  # the worker starts in the "load" phase
     try:
         import torch
 

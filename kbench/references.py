@@ -197,7 +197,7 @@ class References:
         if compiling:
             compiled = _compile_baseline(worker)
             found.update(compiled, timing_notes=found.get("timing_notes", []) + compiled.get("timing_notes", []))
-        reference = load_reference(job.out_dir, job.spec, found)
+        reference = load_reference(job.out_dir, job.spec, found, worker.outputs)
         reference.phase_s = dict(worker.phase_s)
         shutil.rmtree(job.out_dir, ignore_errors=True)  # now held in memory, where no worker can reach it
         if reference.error is None:

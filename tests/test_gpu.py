@@ -178,6 +178,10 @@ def test_a_kept_timed_output_made_right_after_its_call_is_refused_on_the_gpu():
     assert result.verdict == "incorrect" and "timed_output_mismatch" in result.flags, (result.reason, result.flags)
     assert result.speedup is None
     assert honest.verdict == "correct", (honest.reason, honest.flags)
+    # The honest one's kept outputs went through the CUDA IPC handoff and the partner's own comparison: a refusal,
+    # or a comparison left to the parent's files, leaves a note.
+    fell_back = [note for note in honest.notes if "reference partner" in note]
+    assert not fell_back, fell_back
 
 
 def test_cuda_settings_changed_by_the_solution_are_recorded_and_harm_no_one():

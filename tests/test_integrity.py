@@ -214,3 +214,37 @@ def test_without_perturbed_trials_no_weight_copy_is_made_and_judging_still_works
         stale = run(runner_without, "stale_weights")
     assert honest.verdict == Verdict.CORRECT and honest.flags == []
     assert stale.verdict == Verdict.CORRECT  # what perturbation_trials: 0 gives up, as configured
+
+
+def test_a_reference_file_rewritten_before_the_parent_loads_it_is_refused(tmp_path: Path):
+    """Solution code can run while a reference worker writes its files (a build worker imports a solution; another
+    GPU's job runs one): a trial output of the reference rewritten to what a wrong solution answers would make that
+    solution right. The parent loads only what the reference worker announced."""
+    import torch
+
+    from kbench import tensor_files
+    from kbench.reference import load_reference
+    from kbench.spec import TRIAL, WorkerSpec, bytes_digest, output_path, state_path
+
+    spec = WorkerSpec(str(tmp_path / "p.py"), "cpu", 0, 2, {}, str(tmp_path), perturbation_trials=0)
+    announced = {}
+
+    def write(path: Path, record: dict) -> None:
+        content = b"".join(bytes(piece) for piece in tensor_files.encode(record))
+        path.write_bytes(content)
+        announced[path.name] = (bytes_digest(content), len(content))
+
+    for index in range(2):
+        write(output_path(tmp_path, "ref", TRIAL, index), {"structure": "tensor", "tensors": [torch.ones(4)]})
+    for role in ("ref", "ref_initial"):
+        write(state_path(tmp_path, role), {})
+    honest = load_reference(tmp_path, spec, {}, announced)
+    assert honest.error is None and torch.equal(honest.trials[1]["tensors"][0], torch.ones(4))
+
+    rewritten = output_path(tmp_path, "ref", TRIAL, 1)
+    rewritten.write_bytes(
+        b"".join(bytes(p) for p in tensor_files.encode({"structure": "tensor", "tensors": [torch.zeros(4)]}))
+    )
+    refused = load_reference(tmp_path, spec, {}, announced)
+    assert refused.error is not None and "changed after the worker wrote it" in refused.error, refused.error
+    assert not refused.trials
