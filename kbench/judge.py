@@ -156,9 +156,11 @@ def _comparisons(
     notes: list[str],
     announced: dict[str, tuple[str, int]],
     partner: Partner,
-) -> tuple[Comparison, list[dict[str, Any]], list[tuple[str, Comparison]]]:
+) -> tuple[Comparison, float | None, list[tuple[str, Comparison]]]:
     """The trials, then (when they pass) timed outputs, buffers and perturbed weights: (trials, the solution's
-    trial outputs, every check as (flag on failure, comparison))."""
+    float64 error in them, every check as (flag on failure, comparison)). The trials as the reference partner
+    compared them where it read the very files the solution's worker announced (``kbench.trial_comparison``),
+    else from the files."""
 
     def compare(kind: str, references: list[dict[str, Any]]) -> tuple[Comparison, list[dict[str, Any]]]:
         exact = reference.float64.get(kind)
@@ -166,7 +168,14 @@ def _comparisons(
             out_dir, kind, references, config.tolerance_for, announced, exact, notes, accuracy=config.accuracy
         )
 
-    trials, new_trials = compare(TRIAL, reference.trials)
+    judged = partner.trial_judgement(out_dir, announced, len(reference.trials))
+    if judged is not None:
+        trials, new_error, partner_notes = judged
+        notes.extend(note for note in partner_notes if note not in notes)
+    else:
+        trials, new_trials = compare(TRIAL, reference.trials)
+        exact = reference.float64.get(TRIAL)
+        new_error = audit.worst_relative_error(new_trials, exact) if exact else None
     checks = [("", trials)]
     if trials.ok:
         checks.append(("timed_output_mismatch", _timed_check(out_dir, partner, config, notes, announced)))
@@ -174,22 +183,20 @@ def _comparisons(
         perturbed = weights_check(compare, reference, match, checks)
         if perturbed is not None:
             checks.append(perturbed)
-    return trials, new_trials, checks
+    return trials, new_error, checks
 
 
 def _audit_flags(
-    reference: ReferenceRun, new_trials: list[dict[str, Any]], kernels: list[dict[str, Any]], config: KbenchConfig
-) -> tuple[set[str], float | None]:
-    """Precision against float64, kernel census: (flags, the solution's float64 error)."""
+    reference: ReferenceRun, new_error: float | None, kernels: list[dict[str, Any]], config: KbenchConfig
+) -> set[str]:
+    """Precision against float64 (the solution's float64 error in the trials), kernel census."""
     flags = set()
-    exact = reference.float64.get(TRIAL)
-    new_error = audit.worst_relative_error(new_trials, exact) if exact else None
     rules = config.integrity
     if audit.precision_loss(new_error, reference.float64_error, rules.precision_loss_factor, rules.precision_floor):
         flags.add("precision_loss")
     if kernels and not any(k.get("own") for k in kernels):
         flags.add("no_custom_kernel")
-    return flags, new_error
+    return flags
 
 
 def _verdict(
@@ -313,8 +320,8 @@ def judge_outputs(seen: Sighted, out_dir: Path, reference: ReferenceRun, config:
     """Compare the outputs the workers saved in ``out_dir`` with the reference's, and decide."""
     notes, timing = list(seen.notes), seen.timing
     announced = seen.worker.outputs
-    trials, new_trials, checks = _comparisons(out_dir, reference, seen.match, config, notes, announced, seen.partner)
-    audit_flags, new_error = _audit_flags(reference, new_trials, seen.kernels, config)
+    trials, new_error, checks = _comparisons(out_dir, reference, seen.match, config, notes, announced, seen.partner)
+    audit_flags = _audit_flags(reference, new_error, seen.kernels, config)
     flags = seen.flags | audit_flags
     flags.update(flag for flag, check in checks if flag and not check.ok and not check.tampered)
     if any(check.tampered for _, check in checks):

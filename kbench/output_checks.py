@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -74,20 +74,12 @@ KERNELBENCH_FALLBACK = (
 # Files read and hashed at once, ahead of the comparison. Reading and hashing let go of the GIL, so on the
 # H200 host's 16 cores four readers cut a 22-file judgement's reading from the bulk of its time to a fraction.
 READERS = 4
+T = TypeVar("T")
 
 
-def _read_ahead(
-    paths: list[Path], announced: dict[str, tuple[str, int]]
-) -> Iterator[dict[str, Any] | UnreadableOutput]:
-    """Each file's outputs (``load_announced``), or why it cannot be used, in order, while up to ``READERS``
-    following files are read and checked in threads. At most ``READERS`` + 1 files are held at once."""
-
-    def read(path: Path) -> dict[str, Any] | UnreadableOutput:
-        try:
-            return load_announced(path, announced)
-        except UnreadableOutput as exc:  # TamperedOutput too
-            return exc
-
+def read_ahead(paths: list[Path], read: Callable[[Path], T]) -> Iterator[T]:
+    """``read(path)`` of each path, in order, while up to ``READERS`` following files are read in threads. At most
+    ``READERS`` + 1 files are held at once. ``read`` returns what went wrong rather than raising it."""
     with ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="kbench-read") as pool:
         reading = deque(pool.submit(read, path) for path in paths[:READERS])
         following = iter(paths[READERS:])
@@ -97,6 +89,20 @@ def _read_ahead(
             if path is not None:
                 reading.append(pool.submit(read, path))
             yield current
+
+
+def _read_ahead(
+    paths: list[Path], announced: dict[str, tuple[str, int]]
+) -> Iterator[dict[str, Any] | UnreadableOutput]:
+    """Each file's outputs (``load_announced``), or why it cannot be used, in order, read ahead."""
+
+    def read(path: Path) -> dict[str, Any] | UnreadableOutput:
+        try:
+            return load_announced(path, announced)
+        except UnreadableOutput as exc:  # TamperedOutput too
+            return exc
+
+    return read_ahead(paths, read)
 
 
 def load_all(paths: list[Path], announced: dict[str, tuple[str, int]]) -> list[dict[str, Any]]:

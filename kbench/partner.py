@@ -15,6 +15,7 @@ from kbench.isolation import WorkerRun
 from kbench.output_checks import load_all
 from kbench.spec import TIMED, float64_kind, output_path
 from kbench.timed_comparison import read_comparison
+from kbench.trial_comparison import read_trial_judgement
 from kbench.turns import Interleaved
 
 # The solution's processes may use this share of the reference's turns on the CPU (wake-ups, the allocator's and
@@ -46,6 +47,10 @@ class Partner:
             return f"the reference partner's comparison of the kept timed rounds is unusable: {exc}"
         if judged is not None and not judged[0] == self.turns.kept == self.turns.adopted:
             return f"the reference partner compared rounds {judged[0]}, not the {self.turns.kept} the turns kept"
+        try:
+            self.trial_judgement(Path(), {}, 0)
+        except ValueError as exc:
+            return f"the reference partner's comparison of the trials is unusable: {exc}"
         return None
 
     def timed_comparison(self) -> tuple[list[int], Comparison, list[str]] | None:
@@ -54,6 +59,16 @@ class Partner:
         Raises ValueError for a message that is not one."""
         timed = self._result().get("timed")
         return None if timed is None else read_comparison(timed)
+
+    def trial_judgement(
+        self, out_dir: Path, solution_announced: dict[str, tuple[str, int]], count: int
+    ) -> tuple[Comparison, float | None, list[str]] | None:
+        """The partner's own comparison of the ``count`` trials (``kbench.trial_comparison``): (comparison, the
+        solution's float64 error, notes), or None where the parent must compare the files (the partner did not, or
+        a file it read is not the one the solution's worker announced, or changed since). Raises ValueError for a
+        message that is not one."""
+        trials = self._result().get("trials")
+        return None if trials is None else read_trial_judgement(trials, out_dir, solution_announced, count)
 
     def _result(self) -> dict[str, Any]:
         """The partner's result message, or nothing."""
@@ -93,6 +108,9 @@ class Partner:
         said = self._result().get("timed_error")
         if said:
             notes.append(f"the reference partner could not compare the kept timed rounds itself ({said})")
+        said = self._result().get("trials_error")
+        if said:
+            notes.append(f"the reference partner could not compare the trials itself ({str(said)[:300]})")
         if turns.handoff_refused:
             notes.append(
                 "the reference partner refused to copy a kept timed output out of the solution's staging buffer "

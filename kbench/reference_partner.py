@@ -63,7 +63,7 @@ def _judged_here(
     try:
         return compare_in_place(served.kept, own, adopted, exact or None, spec.judging), None
     except Exception as exc:
-        return None, f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        return None, _why(exc)
 
 
 def _save_rounds(
@@ -82,6 +82,33 @@ def _save_rounds(
             execution.save_record(exact[index], output_path(out_dir, "ref", float64_kind(TIMED), index), channel)
 
 
+def _reference_trials(model: Any, problem: Any, spec: WorkerSpec) -> tuple[Any, Any] | str:
+    """The reference's trials and their float64 evaluations (``kbench.trial_comparison``), or why there are none:
+    the parent then compares the solution's trial files itself."""
+    from kbench.trial_comparison import reference_trials
+
+    try:
+        return reference_trials(model, problem, spec)
+    except Exception as exc:
+        return _why(exc)
+
+
+def _trials_judged_here(spec: WorkerSpec, trials: tuple[Any, Any] | str) -> tuple[dict[str, Any] | None, str | None]:
+    """The solution's trial files compared here, on the device, and why not, when they were not."""
+    if isinstance(trials, str):
+        return None, trials
+    from kbench.trial_comparison import judge_trial_files
+
+    try:
+        return judge_trial_files(spec, *trials), None
+    except Exception as exc:
+        return None, _why(exc)
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
 def main(spec_path: str, fd: str, gate_fd: str, command_fd: str, reply_fd: str) -> None:
     channel = Channel(int(fd))  # the worker starts in the "load" phase
     try:
@@ -94,6 +121,7 @@ def main(spec_path: str, fd: str, gate_fd: str, command_fd: str, reply_fd: str) 
         wait_at_gate(gate_fd, channel)
         channel.phase("turns")
         model = model.to(spec.device)
+        trials = _reference_trials(model, problem, spec)  # while the solution's worker makes its own
 
         own: dict[int, Any] = {}  # kept round -> its output, on the device
         adopted: dict[int, Any] = {}  # ... -> the solution's output of it, copied out of its process
@@ -104,6 +132,8 @@ def main(spec_path: str, fd: str, gate_fd: str, command_fd: str, reply_fd: str) 
         timed, timed_error = _judged_here(served, own, adopted, exact, spec)
         if timed is None:
             _save_rounds(spec, served, own, adopted, exact, channel)
+        del own, adopted, exact  # the device memory the trials' comparison needs
+        judged, trials_error = _trials_judged_here(spec, trials)
         channel.send(
             result={
                 "rounds": served.rounds,
@@ -111,6 +141,8 @@ def main(spec_path: str, fd: str, gate_fd: str, command_fd: str, reply_fd: str) 
                 "audit_error": audit_error,
                 "timed": timed,
                 "timed_error": timed_error,
+                "trials": judged,
+                "trials_error": trials_error,
             }
         )
     except BaseException as exc:  # the parent decides what it means (the turns may simply have been ended)

@@ -18,7 +18,7 @@ import json
 import mmap
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -170,14 +170,17 @@ def decode(content: Content) -> dict[str, Any]:
 
 
 def read_bytes(path: Path, limit: int | None = None) -> Content:
-    """The file's bytes, in a buffer that ``decode``'s tensors can share; more than ``limit`` bytes is an error.
-    The buffer is an anonymous mapping, not a ``bytearray``: a bytearray is zeroed first, holding the GIL (a
-    tenth of a second per 134 MB), while the mapping's pages are filled as the read, which lets go of it,
-    reaches them."""
+    """The file's bytes, in a buffer that ``decode``'s tensors can share; more than ``limit`` bytes is an error."""
     with path.open("rb") as file:
-        size = limit if limit is not None else path.stat().st_size
-        content = mmap.mmap(-1, size) if size else bytearray()
-        read = file.readinto(content)
-        if read != size or file.read(1):
-            raise UnreadableTensors(f"{path.name} is not {size} bytes long")
+        return read_from(file, limit if limit is not None else path.stat().st_size, path.name)
+
+
+def read_from(file: BinaryIO, size: int, name: str) -> Content:
+    """An open file's ``size`` bytes, and nothing after them. The buffer is an anonymous mapping, not a
+    ``bytearray``: a bytearray is zeroed first, holding the GIL (a tenth of a second per 134 MB), while the
+    mapping's pages are filled as the read, which lets go of it, reaches them."""
+    content = mmap.mmap(-1, size) if size else bytearray()
+    read = file.readinto(content)
+    if read != size or file.read(1):
+        raise UnreadableTensors(f"{name} is not {size} bytes long")
     return content

@@ -41,20 +41,32 @@ def compare_in_place(
     records = [exact[k] for k in rounds] if exact else None
     notes: list[str] = []
     comparison, _ = compare_loaded(TIMED, references, outputs, config.tolerance_for, records, notes, config.accuracy)
-    return {"rounds": rounds, **asdict(comparison), "notes": notes}
+    return {"rounds": rounds, **outcome_message(comparison, notes)}
+
+
+def outcome_message(comparison: Comparison, notes: list[str]) -> dict[str, Any]:
+    """A comparison the partner made, and its notes, as it sends them (``read_outcome`` reads them)."""
+    return {**asdict(comparison), "notes": notes}
 
 
 def read_comparison(message: Any) -> tuple[list[int], Comparison, list[str]]:
     """The rounds, the comparison and the notes of the partner's message; ValueError when it is not one."""
-    if not isinstance(message, dict):
-        raise ValueError("not an object")
-    rounds, notes = message.get("rounds"), message.get("notes")
+    comparison, notes = read_outcome(message)
+    rounds = message.get("rounds")
     if not isinstance(rounds, list) or not all(type(k) is int for k in rounds):
         raise ValueError("no list of rounds")
+    return rounds, comparison, notes
+
+
+def read_outcome(message: Any) -> tuple[Comparison, list[str]]:
+    """The comparison and notes of a partner's message (``outcome_message``); ValueError when it is not one."""
+    if not isinstance(message, dict):
+        raise ValueError("not an object")
+    notes = message.get("notes")
     if not isinstance(notes, list) or not all(isinstance(note, str) for note in notes):
         raise ValueError("no list of notes")
     errors = [message.get("max_abs_error"), message.get("max_rel_error")]
-    if not all(e is None or (isinstance(e, int | float) and not isinstance(e, bool)) for e in errors):
+    if not all(e is None or is_number(e) for e in errors):
         raise ValueError("errors that are not numbers")
     if not isinstance(message.get("ok"), bool) or not isinstance(message.get("reason"), str):
         raise ValueError("no outcome")
@@ -65,4 +77,8 @@ def read_comparison(message: Any) -> tuple[list[int], Comparison, list[str]]:
         not_tensor=bool(message.get("not_tensor")),
         outside_fp32=str(message.get("outside_fp32") or ""),
     )
-    return rounds, comparison, notes
+    return comparison, notes
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
