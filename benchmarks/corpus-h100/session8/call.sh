@@ -9,7 +9,7 @@ timeout 200 bash scripts/gpu_check.sh tests-serial tests/test_handoff.py tests/t
 tail -5 $OUT/pytest-tests-serial.log
 echo "tests done at $(( $(date +%s) - start )) s"
 export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH TORCH_CUDA_ARCH_LIST=9.0
-timeout 60 python3 benchmarks/session8/census_probe.py > $OUT/census_probe.txt 2>&1; cat $OUT/census_probe.txt
+timeout 60 python3 benchmarks/corpus-h100/session8/census_probe.py > $OUT/census_probe.txt 2>&1; cat $OUT/census_probe.txt
 export OUT=$OUT/corpus
 mkdir -p $OUT
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit,temperature.gpu --format=csv > $OUT/clocks.txt
