@@ -4,15 +4,13 @@ so no solution process can alter what it is compared with."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kbench.audit import worst_relative_error
-from kbench.compare import UnreadableOutput, exact_record, load_record
-from kbench.output_checks import load_announced, read_announced
+from kbench.compare import UnreadableOutput, load_record
+from kbench.output_checks import load_all, read_announced
 from kbench.spec import PERTURBED, TRIAL, WorkerSpec, float64_kind, output_path, state_path
 
 
@@ -24,6 +22,9 @@ class ReferenceRun:
     # record with PyTorch fp32's own error on each output (compare.FP32_ERROR); empty when the audit was off or
     # failed. The float64 accuracy policy judges outputs against these (docs/verdicts.md, "Matching outputs").
     float64: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # PyTorch fp32's own relative error against float64 in the trials, measured by the reference worker at full
+    # precision: the yardstick for a solution's precision (None without the audit).
+    float64_error: float | None = None
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # buffers after the trials
     initial_state: dict[str, torch.Tensor] = field(default_factory=dict)  # ... and before them
     tensors: dict[str, bool] = field(default_factory=dict)  # every parameter and buffer's name -> floating
@@ -50,20 +51,18 @@ class ReferenceRun:
         """Elements of the first trial's outputs: what the solution worker poisons before each call."""
         return sum(t.numel() for t in self.trials[0]["tensors"]) if self.trials else 0
 
-    @cached_property
-    def float64_error(self) -> float | None:
-        """PyTorch fp32's own error against float64: the yardstick for a solution's precision."""
-        exact = self.float64.get(TRIAL)
-        return worst_relative_error(self.trials, exact) if exact else None
-
 
 def load_reference(
     out_dir: Path, spec: WorkerSpec, result: dict[str, Any], announced: dict[str, tuple[str, int]]
 ) -> ReferenceRun:
-    """The reference worker's files, each only if it is still what the worker announced (``announced``)."""
+    """The reference worker's files, each only if it is still what the worker announced (``announced``), read
+    ahead (``output_checks.load_all``). Its float64 evaluations come rounded to fp32 where the output is fp32, with
+    PyTorch fp32's own error on each output measured in the worker at full precision (``compare.exact_record``),
+    as are the reference's own error against them (``float64_error``); the timed calls' come from each job's
+    reference partner (``kbench.partner``)."""
 
     def load(kind: str, count: int) -> list[dict[str, Any]]:
-        return [load_announced(output_path(out_dir, "ref", kind, i), announced) for i in range(count)]
+        return load_all([output_path(out_dir, "ref", kind, i) for i in range(count)], announced)
 
     def load_state(role: str) -> dict[str, Any]:
         path = state_path(out_dir, role)
@@ -78,16 +77,9 @@ def load_reference(
             initial_state=load_state("ref_initial"),
         )
         if spec.audit_float64 and not result.get("audit_error"):
-            # One file at a time; PyTorch fp32's own error on each output is measured at full precision first.
-            # Trials stay in float64 for the audit. Perturbed outputs are only matched, never audited: held rounded
-            # to fp32, at half the memory, which moves them by at most half an fp32 ulp. (The timed calls' outputs
-            # come from each job's reference partner: kbench.partner.)
-            for kind, fp32 in ((TRIAL, run.trials), (PERTURBED, run.perturbed)):
-                path = partial(output_path, out_dir, "ref", float64_kind(kind))
-                run.float64[kind] = [
-                    exact_record(load_announced(path(i), announced), ref, narrow=kind != TRIAL)
-                    for i, ref in enumerate(fp32)
-                ]
+            run.float64 = {kind: load(float64_kind(kind), count) for kind, count in counts.items()}
+            error = result.get("float64_error")
+            run.float64_error = float(error) if isinstance(error, int | float) else None
     except (UnreadableOutput, OSError, RuntimeError) as exc:
         return ReferenceRun(error=f"reference outputs unreadable: {exc}")
     run.timing_ms = [float(s) for s in result.get("timing_ms", [])]

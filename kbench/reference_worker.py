@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kbench.channel import Channel
-from kbench.spec import PERTURBED, TRIAL, WorkerSpec, float64_kind
+from kbench.spec import PERTURBED, TRIAL, WorkerSpec, float64_kind, output_path
 
 if TYPE_CHECKING:
     from kbench.timing import TimedCalls
@@ -50,6 +50,50 @@ class Float64Audit:
             calls(lambda inputs: model64(*execution.to_float64(inputs)))
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def evaluated(
+    model: Any, problem: Any, spec: WorkerSpec, seeds: list[int], audit: Float64Audit, made_on: str | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The outputs of one call per seed, on fresh seeded inputs, as the solution's worker makes the same calls, and
+    their float64 evaluation: first, on a copy of the model as it is, then the fp32 calls, which move the model's
+    buffers as the solution's calls move its own. Records on the device; the float64 ones at full precision, with
+    PyTorch fp32's own error on each output (``compare.exact_record``), None when the audit is off or failed."""
+    import torch
+
+    from kbench import execution
+    from kbench.compare import exact_record
+
+    def calls(forward: Callable[[list[Any]], Any], into: list[dict[str, Any]]) -> None:
+        for seed in seeds:
+            inputs = execution.seeded_inputs(problem, seed, spec.device, made_on)
+            with torch.no_grad():
+                into.append(execution.pack_outputs(forward(execution.clone_inputs(inputs)), on_cpu=False))
+            execution.synchronize(spec.device)
+
+    in_float64: list[dict[str, Any]] = []
+    audit.run(model, lambda forward64: calls(forward64, in_float64))
+    outputs: list[dict[str, Any]] = []
+    calls(lambda inputs: model(*inputs), outputs)
+    if not audit.enabled or audit.error is not None:
+        return outputs, None
+    return outputs, [exact_record(e, r, narrow=False) for e, r in zip(in_float64, outputs, strict=True)]
+
+
+def _save_evaluated(
+    spec: WorkerSpec, kind: str, outputs: list[dict[str, Any]], exact: list[dict[str, Any]] | None, channel: Channel
+) -> None:
+    """The outputs, and their float64 evaluations rounded to fp32 where the output is fp32: the parent reads half
+    the bytes and measures nothing (PyTorch fp32's own error was measured here, at full precision)."""
+    from kbench import execution
+    from kbench.compare import exact_record
+
+    out_dir = Path(spec.out_dir)
+    for index, record in enumerate(outputs):
+        execution.save_record(record, output_path(out_dir, "ref", kind, index), channel)
+        if exact is not None:
+            narrowed = exact_record(exact[index], record, narrow=True)
+            execution.save_record(narrowed, output_path(out_dir, "ref", float64_kind(kind), index), channel)
 
 
 def _timings(model: Any, input_sets: list[Any], spec: WorkerSpec) -> dict[str, Any]:
@@ -125,6 +169,7 @@ def main(spec_path: str, fd: str) -> None:
         import torch
 
         from kbench import execution, weights
+        from kbench.audit import worst_relative_error
 
         spec = WorkerSpec.read(Path(spec_path))
         problem = execution.load_problem(spec)
@@ -136,15 +181,11 @@ def main(spec_path: str, fd: str) -> None:
         tensors = {name: tensor.is_floating_point() for name, tensor in weights.named_state(model)}
         initial = weights.snapshot(dict(weights.named_state(model)), weights.buffer_names(model))
         execution.save_state(initial, spec, "ref_initial", channel)
-        exact = Float64Audit(spec.audit_float64)
-
-        def calls_on(
-            seeds: list[int], kind: str, made_on: str | None = None
-        ) -> Callable[[Callable[[list[Any]], Any]], None]:
-            return lambda forward: execution.run_calls(forward, problem, spec, seeds, "ref", kind, channel, made_on)
-
-        exact.run(model, calls_on(spec.trial_seeds(), float64_kind(TRIAL)))
-        calls_on(spec.trial_seeds(), TRIAL)(lambda inputs: model(*inputs))
+        audit = Float64Audit(spec.audit_float64)
+        trials, trials64 = evaluated(model, problem, spec, spec.trial_seeds(), audit)
+        float64_error = worst_relative_error(trials, trials64) if trials64 is not None else None
+        _save_evaluated(spec, TRIAL, trials, trials64, channel)
+        del trials, trials64
         state = dict(weights.named_state(model))
         execution.save_state(weights.snapshot(state, weights.buffer_names(model)), spec, "ref", channel)
         input_sets = execution.timing_input_sets(problem, spec)
@@ -155,14 +196,14 @@ def main(spec_path: str, fd: str) -> None:
             for name, tensor in state.items():
                 if name in perturbed:
                     tensor.copy_(perturbed[name])
-        on_cpu = execution.PERTURBED_INPUTS_ON
-        exact.run(model, calls_on(spec.perturbed_trial_seeds(), float64_kind(PERTURBED), on_cpu))
-        calls_on(spec.perturbed_trial_seeds(), PERTURBED, on_cpu)(lambda inputs: model(*inputs))
+        seeds, on_cpu = spec.perturbed_trial_seeds(), execution.PERTURBED_INPUTS_ON
+        _save_evaluated(spec, PERTURBED, *evaluated(model, problem, spec, seeds, audit, on_cpu), channel)
         channel.send(
             result={
                 **timings,
                 "device_info": execution.describe_device(spec.device),
-                "audit_error": exact.error,
+                "audit_error": audit.error,
+                "float64_error": float64_error,
                 "input_bytes": execution.tensor_bytes(input_sets[0]),
                 "output_bytes": execution.tensor_bytes(last_outputs[0]),
                 "state_bytes": sum(t.numel() * t.element_size() for t in state.values()),

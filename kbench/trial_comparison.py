@@ -33,26 +33,9 @@ Records = list[dict[str, Any]]
 def reference_trials(model: Any, problem: ModuleType, spec: WorkerSpec) -> tuple[Records, Records | None]:
     """The reference's trial outputs on the device, and their float64 evaluations (None when the audit is off or
     failed), made as the reference worker makes them."""
-    import torch
+    from kbench.reference_worker import Float64Audit, evaluated
 
-    from kbench import execution
-    from kbench.compare import exact_record
-    from kbench.reference_worker import Float64Audit
-
-    def calls(forward: Any, into: Records) -> None:
-        for seed in spec.trial_seeds():
-            inputs = execution.seeded_inputs(problem, seed, spec.device)
-            with torch.no_grad():
-                into.append(execution.pack_outputs(forward(execution.clone_inputs(inputs)), on_cpu=False))
-
-    evaluated: Records = []
-    audit = Float64Audit(spec.audit_float64)
-    audit.run(model, lambda forward64: calls(forward64, evaluated))
-    outputs: Records = []
-    calls(lambda inputs: model(*inputs), outputs)
-    if not spec.audit_float64 or audit.error:
-        return outputs, None
-    return outputs, [exact_record(e, r, narrow=False) for e, r in zip(evaluated, outputs, strict=True)]
+    return evaluated(model, problem, spec, spec.trial_seeds(), Float64Audit(spec.audit_float64))
 
 
 def _most_bytes(records: Records) -> int:

@@ -60,3 +60,23 @@ def test_without_the_float64_audit_only_the_fp32_reference_counts():
         exact = run_fixture(runner, ROUNDED, "exact")
     assert exact.verdict == Verdict.INCORRECT and "outside atol" in exact.reason, exact.reason
     assert KERNELBENCH_FALLBACK in exact.notes
+
+
+def test_the_reference_worker_hands_over_its_float64_evaluations_measured_and_rounded():
+    """PyTorch fp32's own error on each output, and the reference's error against float64, are measured in the
+    reference worker at full precision; the parent holds the evaluations rounded to fp32 and measures nothing."""
+    import torch
+
+    from kbench.audit import worst_relative_error
+    from kbench.compare import FP32_ERROR
+    from kbench.spec import TRIAL
+
+    with Runner(fast_config(), "cpu") as runner:
+        reference = runner.references.get(ROUNDED, {})
+    exact = reference.float64[TRIAL]
+    assert exact and all(t.dtype == torch.float32 for record in exact for t in record["tensors"])
+    assert all(isinstance(record[FP32_ERROR], list) and record[FP32_ERROR][0] > 0 for record in exact)
+    # At full precision the reference's error is the one measured against the rounded evaluations, to within the
+    # rounding (half an fp32 ulp, relative 6e-8).
+    assert reference.float64_error is not None and reference.float64_error > 1e-5
+    assert reference.float64_error == pytest.approx(worst_relative_error(reference.trials, exact), abs=1e-7)
