@@ -4,9 +4,9 @@
 set -u
 export OUT
 start=$(date +%s)
-budget=${BUDGET:-390}
+budget=${BUDGET:-330}
 G=tests/test_gpu.py
-timeout ${TESTS_S:-90} bash scripts/gpu_check.sh tests-serial $G::test_a_kept_timed_output_made_right_after_its_call_is_refused_on_the_gpu \
+timeout ${TESTS_S:-45} bash scripts/gpu_check.sh tests-serial $G::test_a_kept_timed_output_made_right_after_its_call_is_refused_on_the_gpu \
   $G::test_cuda_solution_is_correct_faster_and_has_its_own_kernels $G::test_wrong_cuda_solution_is_incorrect \
   $G::test_unwritten_gpu_output_is_incorrect $G::test_pytorch_only_solution_is_flagged_no_custom_kernel \
   $G::test_an_answer_remembered_under_the_inputs_address_is_wrong_on_fresh_inputs >/dev/null 2>&1
