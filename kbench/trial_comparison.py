@@ -6,9 +6,9 @@ timing turns, as the reference worker makes them (the float64 evaluation on a co
 fp32 calls, which move the buffers as the solution's trials moved its own). After the turns it reads the solution
 worker's trial files, hashes the bytes it read, and compares them on the device with the parent's own code
 (``output_checks.compare_loaded``). The parent uses that comparison only where every file's digest and size are the
-ones the solution's worker announced when it wrote it: the partner then compared the bytes the parent would have
-read. Otherwise (a file rewritten, unreadable, the partner's float64 evaluation failed) the parent compares the files
-itself, as before.
+ones the solution's worker announced when it wrote it, and the file is still the one the partner read (its inode and
+ctime): the partner then compared the bytes the parent would have read. Otherwise (a file rewritten, unreadable, the
+partner's float64 evaluation failed) the parent compares the files itself, as before, and finds what changed.
 """
 
 from __future__ import annotations
