@@ -84,6 +84,10 @@ class JobResult:
     # warm-up included: what a round costs beyond its two calls (docs/timing.md).
     turns_s: float | None = None
     turn_rounds: int | None = None
+    # Each side's median time per timed turn outside its own sample (the parent's clock from "go" to "done", less
+    # the sample): {"reference": ms, "solution": ms}. A solution whose samples leave out part of its calls stands
+    # well above the reference here; recorded, not yet judged (docs/verdicts.md, "Known limits").
+    turn_overhead_ms: dict[str, float] | None = None
     # Where wall_s went: the reference, the solution worker's phases (load, build, run), judging, and for a job
     # run again (see timing.reference_drift_retries) its earlier runs (earlier_runs).
     # Seconds per stage within wall_s; "build_wait" (the scheduler waiting for the solution's build) comes before it.

@@ -33,7 +33,7 @@ from kbench.stats import median_ms
 from kbench.store import JsonStore
 from kbench.timed_comparison import judging_settings
 from kbench.timing import TimingPlan
-from kbench.turns import driven
+from kbench.turns import driven, overhead_ms
 
 if TYPE_CHECKING:
     from kbench.calibrate import Ceilings
@@ -58,6 +58,7 @@ class _Attempt:
     first_look_s: float
     turns_s: float  # the timing turns' wall time, warm-up rounds included
     turn_rounds: int
+    turn_overhead_ms: dict[str, float] | None  # kbench.turns.overhead_ms
 
 
 # Judges what a job's workers left and returns the job's result; never raises (see ``Runner.start``).
@@ -228,6 +229,7 @@ class Runner:
             time.monotonic() - worker_done,
             turns.wall_s,
             turns.rounds,
+            overhead_ms(turns),
         )
 
     def _start(self, job: Job, started: float, next_job: Job | None) -> Finish:
@@ -347,6 +349,7 @@ class Runner:
             },
             turns_s=attempt.turns_s,
             turn_rounds=attempt.turn_rounds,
+            turn_overhead_ms=attempt.turn_overhead_ms,
             run_steps_s=worker.step_s,
         )
 

@@ -19,6 +19,7 @@ import json
 import os
 import random
 import select
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -117,6 +118,10 @@ class Interleaved:
     """What the parent measured while the two took turns."""
 
     samples_ms: list[list[float]] = field(default_factory=lambda: [[], []])  # [reference, solution], per round
+    # Each timed round's turns as the parent's clock saw them, from its "go" to the worker's "done": what a side's
+    # sample leaves out of its turn (the L2 flush, the device-wide synchronise, the pipe) is its turn minus its
+    # sample, which ``overhead_ms`` compares between the sides.
+    turn_ms: list[list[float]] = field(default_factory=lambda: [[], []])
     kept: list[int] = field(default_factory=list)  # timed rounds whose outputs both saved, to be compared
     adopted: list[int] = field(default_factory=list)  # kept rounds whose solution output the partner saved
     handoff_refused: str | None = None  # why the partner first refused to copy a staged output, if it did
@@ -146,18 +151,26 @@ class _Driver:
         for side in self.sides:
             side.send(batch=[first, count])
         slot: int | None = None
+        turns: list[list[float]] = [[], []]
         for index in range(first, first + count):
             before = solution.cpu_s()
             began = time.perf_counter()
             self._turn(reference, index)
-            self.result.reference_turns_s += time.perf_counter() - began
+            ended = time.perf_counter()
+            self.result.reference_turns_s += ended - began
             self.result.background_cpu_s += max(0.0, solution.cpu_s() - before)
+            began_solution = time.perf_counter()
             self._turn(solution, index)
+            turns[0].append((ended - began) * 1e3)
+            turns[1].append((time.perf_counter() - began_solution) * 1e3)
             self.result.rounds += 1
             slot = self._slot(index) if timed else None
             if slot is not None and index < first + count - 1:
                 self._save(index, slot)
         samples = [self._samples(side, count) for side in self.sides]
+        if timed:
+            for kept, walls in zip(self.result.turn_ms, turns, strict=True):
+                kept.extend(walls)
         if slot is not None:
             self._save(first + count - 1, slot)  # the last call's output is kept once its batch has ended
         return samples
@@ -228,6 +241,21 @@ class _Driver:
                     each.expect("setup", self.stop)
                 return
         self.result.mode = mode
+
+
+def overhead_ms(turns: Interleaved) -> dict[str, float] | None:
+    """Each side's median of (its turn as the parent timed it - its own sample) over the timed rounds: the time a
+    turn spends outside the timed call. The two sides' turns differ only in their calls and in the solution
+    worker's checks of its outputs and inputs, so a solution whose reported samples leave out part of its calls
+    (a timer hooked to report less) shows an overhead well above the reference's. Recorded, not yet judged: how far
+    honest solutions' overheads stand above the reference's is to be measured first (docs/verdicts.md)."""
+    pairs = [
+        [turn - sample for turn, sample in zip(walls, samples, strict=False)]
+        for walls, samples in zip(turns.turn_ms, turns.samples_ms, strict=True)
+    ]
+    if not all(pairs):
+        return None
+    return {side: statistics.median(values) for side, values in zip(("reference", "solution"), pairs, strict=True)}
 
 
 def interleave(

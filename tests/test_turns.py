@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,7 +20,7 @@ from kbench.config import KbenchConfig, Timeouts, TimingConfig
 from kbench.results import Verdict
 from kbench.runner import Runner
 from kbench.timing import TimingPlan
-from kbench.turns import Interleaved, WorkerTurns, interleave
+from kbench.turns import Interleaved, WorkerTurns, interleave, overhead_ms
 
 WIDE = read_problem(PROBLEMS / "wide_linear.py")
 PLAN = TimingPlan(
@@ -31,11 +32,15 @@ class ScriptedWorker:
     """A thread speaking the worker's side of the turn protocol, with hooks to misbehave."""
 
     def __init__(
-        self, label: str, sample: Callable[[int], Any] = lambda k: 1.0 + k % 7 / 10, handoff: str | None = None
+        self,
+        label: str,
+        sample: Callable[[int], Any] = lambda k: 1.0 + k % 7 / 10,
+        handoff: str | None = None,
+        call_s: float = 0.0,
     ) -> None:
         command_read, self.command_write = os.pipe()
         self.reply_read, reply_write = os.pipe()
-        self.label, self.sample = label, sample
+        self.label, self.sample, self.call_s = label, sample, call_s  # call_s: how long each call takes
         # "stage" (a solution that stages each kept output), "refuse" (a partner that refuses the odd rounds')
         self.handoff = handoff
         self.rounds: list[int] = []
@@ -93,6 +98,7 @@ class ScriptedWorker:
                         if step["go"] is None:
                             return  # the driver ended the turns
                         self.rounds.append(step["go"])
+                        time.sleep(self.call_s)
                         reply(done=k)
                     reply(samples=[self.sample(k) for k in range(first, first + count)])
                 elif "keep" in command or "save" in command:
@@ -122,6 +128,27 @@ def test_the_driver_alternates_rounds_keeps_a_random_sample_and_tells_both_which
     # Each kept round went into one of four slots, replacing the one before: the slots hold the final sample.
     assert sorted(reference.slots.values()) == sorted(solution.slots.values()) == result.kept
     assert set(solution.slots) == {0, 1, 2, 3}
+
+
+def test_a_solution_that_reports_less_than_its_calls_took_stands_out_in_its_turns_overhead():
+    """The parent times every turn itself: a solution whose samples leave out part of its calls (a hooked timer)
+    spends that part outside its samples, which the reference does not. Recorded per job (``turn_overhead_ms``)."""
+    calls_ms = 6.0
+
+    def overheads(reported_ms: float) -> dict[str, float]:
+        # Samples that vary a little, so the median's error never meets the plan's target of 0: 20 timed rounds.
+        reference = ScriptedWorker("reference", sample=lambda k: calls_ms + k % 3 / 100, call_s=calls_ms / 1e3)
+        solution = ScriptedWorker("solution", sample=lambda k: reported_ms + k % 3 / 100, call_s=calls_ms / 1e3)
+        result = drive(reference, solution)
+        reference.join(), solution.join()
+        assert result.error is None and len(result.turn_ms[1]) == len(result.samples_ms[1]) == 20, result.error
+        found = overhead_ms(result)
+        assert found is not None
+        return found
+
+    honest, hooked = overheads(calls_ms), overheads(calls_ms / 4)
+    assert abs(honest["solution"] - honest["reference"]) < 2.0, honest
+    assert hooked["solution"] - hooked["reference"] > 3.0, hooked  # 4.5 ms of each call left out
 
 
 @pytest.mark.parametrize("partner", [None, "refuse"])
@@ -207,6 +234,8 @@ def test_an_honest_solution_is_correct_at_about_the_references_speed(runner: Run
     assert result.ref_ms is not None and result.new_ms is not None
     calls_s = result.turn_rounds * (result.ref_ms + result.new_ms) / 1000
     assert result.turns_s is not None and calls_s < result.turns_s <= result.wall_s
+    # ... and each side's time per turn outside its samples: a turn holds its sample, so never below zero here.
+    assert result.turn_overhead_ms is not None and min(result.turn_overhead_ms.values()) >= 0, result.turn_overhead_ms
 
 
 @pytest.mark.slow
