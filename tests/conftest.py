@@ -133,3 +133,12 @@ def as_if_timed_on_a_quiet_host(store: JsonStore) -> None:
     for key, entry in store.entries().items():
         quiet = {**entry["measured"], "cpu_wait": 0.0, "load": 0.0}
         store.put(key, Baseline(**{**entry, "measured": quiet}))
+
+
+def trust_every_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let no short check of a cached reference time refuse it. On a loaded host (a CI machine of two cores) the
+    first timing can be slowed far more than the check, which then rightly convicts the cached time; tests of
+    batching and reuse need the entry kept. The check has tests of its own (test_baselines.py)."""
+    import kbench.baselines
+
+    monkeypatch.setattr(kbench.baselines, "check_refusal", lambda *_args: None)

@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import PROBLEMS, as_if_timed_on_a_quiet_host, fast_config, run_fixture
+from conftest import PROBLEMS, as_if_timed_on_a_quiet_host, fast_config, run_fixture, trust_every_check
 
 from kbench import runner as runner_module
 from kbench.catalog import read_problem
@@ -288,7 +288,7 @@ def test_patching_a_function_the_reference_uses_is_rejected():
 
 
 @pytest.mark.slow
-def test_compile_baseline_is_measured_once_then_taken_from_the_cache(tmp_path):
+def test_compile_baseline_is_measured_once_then_taken_from_the_cache(tmp_path, monkeypatch):
     from kbench.config import BaselineConfig
     from kbench.store import JsonStore
 
@@ -300,6 +300,7 @@ def test_compile_baseline_is_measured_once_then_taken_from_the_cache(tmp_path):
     assert measured.compile_ms is not None and measured.compile_ms > 0, measured.notes
     assert measured.speedup_vs_compile == pytest.approx(measured.compile_ms / measured.new_ms)
     as_if_timed_on_a_quiet_host(cache)
+    trust_every_check(monkeypatch)
     with Runner(config, "cpu", baseline_cache=cache, device_name="test-cpu") as second:
         reused = run_fixture(second, problem, "correct_torch")
     assert reused.ref_ms_alone == measured.ref_ms_alone and reused.compile_ms == measured.compile_ms

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROBLEMS, SOLUTIONS, as_if_timed_on_a_quiet_host, fast_config
+from conftest import PROBLEMS, SOLUTIONS, as_if_timed_on_a_quiet_host, fast_config, trust_every_check
 
 from kbench.baselines import Baseline
 from kbench.catalog import read_problem
@@ -152,6 +152,8 @@ def test_cached_references_run_together_and_one_that_fails_there_runs_again_alon
         assert cold.references.prepare([(problem, {}) for problem in problems]) == 0  # all done already
     assert all(ref.error is None and not ref.baseline_cached for ref in first)
     assert len(json.loads((tmp_path / "baselines.json").read_text())) == 2
+    as_if_timed_on_a_quiet_host(store)
+    trust_every_check(monkeypatch)
 
     (tmp_path / "fail-next-load").touch()
     import kbench.references
@@ -218,6 +220,7 @@ def test_a_failure_of_kbench_while_preparing_references_leaves_them_to_their_job
     with Runner(fast_config(), "cpu", baseline_cache=store) as cold:
         assert cold.references.get(problem, {}).error is None  # fills the baseline cache
     as_if_timed_on_a_quiet_host(store)
+    trust_every_check(monkeypatch)
     from kbench.references import References
 
     real = References._finish
