@@ -94,11 +94,12 @@ def fp32_error(ref: torch.Tensor, exact: torch.Tensor) -> float | None:
 
 def exact_record(exact: dict[str, Any], ref: dict[str, Any], narrow: bool) -> dict[str, Any]:
     """A float64 evaluation's record as the parent keeps it: with PyTorch fp32's own error on each output
-    (``FP32_ERROR``, measured at full precision) and, when ``narrow``, each floating tensor rounded to fp32 (a
-    float64 output stays float64). Rounding halves the memory and moves a value by at most half an fp32 ulp
-    (relative 6e-8), far inside every tolerance and every fp32 error E that matters."""
+    (``FP32_ERROR``, measured at full precision; a record that carries them already keeps them) and, when
+    ``narrow``, each floating tensor rounded to fp32 (a float64 output stays float64). Rounding halves the memory
+    and moves a value by at most half an fp32 ulp (relative 6e-8), far inside every tolerance and every fp32 error E
+    that matters."""
     pairs = list(zip(exact["tensors"], ref["tensors"], strict=False))
-    errors = [fp32_error(r, e) if _floating_pair(e, r) else None for e, r in pairs]
+    errors = exact.get(FP32_ERROR) or [fp32_error(r, e) if _floating_pair(e, r) else None for e, r in pairs]
 
     def kept(e: Any, r: Any) -> Any:
         return e.to(torch.promote_types(r.dtype, torch.float32)) if narrow and _floating_pair(e, r) else e

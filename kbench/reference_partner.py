@@ -83,12 +83,12 @@ def _save_rounds(
 
 
 def _reference_trials(model: Any, problem: Any, spec: WorkerSpec) -> tuple[Any, Any] | str:
-    """The reference's trials and their float64 evaluations (``kbench.trial_comparison``), or why there are none:
-    the parent then compares the solution's trial files itself."""
-    from kbench.trial_comparison import reference_trials
+    """The reference's trials and their float64 evaluations, made as the reference worker makes them, for
+    ``kbench.trial_comparison``; or why there are none: the parent then compares the solution's trial files."""
+    from kbench.reference_worker import Float64Audit, evaluated
 
     try:
-        return reference_trials(model, problem, spec)
+        return evaluated(model, problem, spec, spec.trial_seeds(), Float64Audit(spec.audit_float64))
     except Exception as exc:
         return _why(exc)
 

@@ -91,7 +91,7 @@ def _save_evaluated(
     out_dir = Path(spec.out_dir)
     for index, record in enumerate(outputs):
         execution.save_record(record, output_path(out_dir, "ref", kind, index), channel)
-        if exact is not None:
+        if exact is not None:  # its fp32 error, measured in ``evaluated``, is kept
             narrowed = exact_record(exact[index], record, narrow=True)
             execution.save_record(narrowed, output_path(out_dir, "ref", float64_kind(kind), index), channel)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from kbench import tensor_files
@@ -28,14 +27,6 @@ from kbench.spec import TRIAL, WorkerSpec, bytes_digest, output_path
 from kbench.timed_comparison import is_number, outcome_message, read_outcome
 
 Records = list[dict[str, Any]]
-
-
-def reference_trials(model: Any, problem: ModuleType, spec: WorkerSpec) -> tuple[Records, Records | None]:
-    """The reference's trial outputs on the device, and their float64 evaluations (None when the audit is off or
-    failed), made as the reference worker makes them."""
-    from kbench.reference_worker import Float64Audit, evaluated
-
-    return evaluated(model, problem, spec, spec.trial_seeds(), Float64Audit(spec.audit_float64))
 
 
 def _most_bytes(records: Records) -> int:
