@@ -84,6 +84,13 @@ def _put(store: JsonStore, problem: Problem, entry: dict[str, Any], **changes: A
     return key
 
 
+def _honest(entry: dict[str, Any]) -> dict[str, Any]:
+    """``entry`` with each sample at the sleep's floor: no call can take less, so no check can find the entry too
+    slow. The measured samples may have been slowed by a busy host (a CI machine of two cores), and a check on a
+    quieter one would then rightly convict them."""
+    return {**entry, "eager_ms": [SLEEP_S * 1e3] * len(entry["eager_ms"])}
+
+
 def _count_reference_workers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Reference workers started, per batch."""
     batches: list[int] = []
@@ -138,13 +145,14 @@ def test_references_checked_side_by_side_leave_only_the_outlier_to_be_timed_agai
     measured, tmp_path, monkeypatch
 ):
     _, entry = measured
+    entry = _honest(entry)
     honest, outlier = _sleepy(tmp_path, "honest"), _sleepy(tmp_path, "outlier")
     store = JsonStore(tmp_path / "baselines.json")
     honest_key = _put(store, honest, entry)
     outlier_key = _put(store, outlier, entry, eager_ms=[50 * sample for sample in entry["eager_ms"]])
     batches = _count_reference_workers(monkeypatch)
     with Runner(_config(), "cpu", baseline_cache=store) as warm:
-        assert warm.references.prepare([(honest, {}), (outlier, {})]) == 2
+        assert warm.references.prepare([(honest, {}), (outlier, {})]).count == 2
         assert batches == [2], "both checked side by side"
         assert warm.references.ready(outlier, {}) is None, "a refused entry's reference is left for its job"
         kept, again = warm.references.get(honest, {}), warm.references.get(outlier, {})
@@ -182,7 +190,7 @@ def test_an_entry_measured_badly_or_not_known_to_be_measured_well_is_not_used(
         key = _put(store, problem, entry, **changes)
     batches = _count_reference_workers(monkeypatch)
     with Runner(_config(), "cpu", baseline_cache=store) as warm:
-        assert warm.references.prepare([(problem, {})]) == 0, "a refused entry is not even checked"
+        assert warm.references.prepare([(problem, {})]).count == 0, "a refused entry is not even checked"
         reference = warm.references.get(problem, {})
     assert [n for n in batches if n] == [1], "one worker: the reference timed alone, unchecked entry unused"
     assert reference.error is None and not reference.baseline_cached
@@ -194,6 +202,7 @@ def test_an_entry_measured_badly_or_not_known_to_be_measured_well_is_not_used(
 
 def test_an_honest_entry_is_used_after_its_check_without_timing_the_reference_again(measured, tmp_path, monkeypatch):
     problem, entry = measured
+    entry = _honest(entry)
     store = JsonStore(tmp_path / "baselines.json")
     key = _put(store, problem, entry)
     stored = store.entries()[key]
