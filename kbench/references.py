@@ -15,6 +15,7 @@ import dataclasses
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,17 @@ class _ReferenceJob:
     baseline_key: str | None  # where a timing it measures is cached; None: it is kept out of the cache
     cached: Baseline | None  # the baseline cache's timings; None: the worker times the reference itself
     command: WorkerCommand
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What ``References.prepare`` did: how many references it ran side by side, how long that took by the
+    parent's clock, and their workers' phases summed (load, run). A run's throughput counts this time: the jobs
+    that find their references ready do not."""
+
+    count: int = 0
+    wall_s: float = 0.0
+    phase_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _reference_key(problem: Problem, overrides: dict[str, Any]) -> str:
@@ -92,14 +104,15 @@ class References:
         reference = self._done.get(_reference_key(problem, overrides))
         return reference if reference is not None and reference.error is None else None
 
-    def prepare(self, wanted: list[tuple[Problem, dict[str, Any]]]) -> int:
+    def prepare(self, wanted: list[tuple[Problem, dict[str, Any]]]) -> Prepared:
         """Run side by side, ``baselines.parallel`` at a time, the references whose timings are in the baseline
         cache (they time only a short check of them, which running beside others can slow but never speed up), so
         that jobs find them done. One that fails here is left for its job to run alone: running beside the others
         (short of memory, say) must not be what fails it; so is one whose check refused its cached time. A
-        reference that times runs alone, when its job asks for it. Returns how many ran here."""
+        reference that times runs alone, when its job asks for it."""
         # This is only a head start: where anything here fails (a full disk, say), the job runs its reference
         # alone and reports what went wrong there.
+        began = time.monotonic()
         pending: dict[str, _ReferenceJob] = {}
         try:
             for problem, overrides in wanted:
@@ -109,13 +122,16 @@ class References:
                     pending[key] = self._job(problem, overrides, cached)
             workers = run_workers([job.command for job in pending.values()], at_once=self.config.baselines.parallel)
         except Exception:
-            return 0
+            return Prepared(wall_s=time.monotonic() - began)
+        phase_s: dict[str, float] = {}
         for (key, job), worker in zip(pending.items(), workers, strict=True):
+            for phase, seconds in worker.phase_s.items():
+                phase_s[phase] = phase_s.get(phase, 0.0) + seconds
             with contextlib.suppress(Exception):
                 reference = self._finish(job, worker)  # None: the check refused the cached time, see get
                 if reference is not None and reference.error is None:
                     self._done[key] = reference
-        return len(pending)
+        return Prepared(len(pending), time.monotonic() - began, phase_s)
 
     def timed_again(self, problem: Problem, overrides: dict[str, Any]) -> ReferenceRun:
         """The reference alone, timed now in a fresh trusted worker (eager only, no float64 audit, no perturbed

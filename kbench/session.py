@@ -19,6 +19,7 @@ from kbench.catalog import Problem
 from kbench.config import KbenchConfig, check_timing_mode
 from kbench.devices import Device
 from kbench.reference import ReferenceRun
+from kbench.references import Prepared
 from kbench.results import JobResult
 from kbench.runner import Job, Runner, effective_overrides, judged_without_worker
 from kbench.runs import RunDir
@@ -252,6 +253,7 @@ def execute(
     builds = build_pool.start_builds(paths, device, config.timeouts, at_once, on_build)
     judged_early = _Settler(unusable, builds, device, config.trials)
     results: list[JobResult] = []
+    prepared: list[Prepared] = []  # the references checked side by side before the first job
 
     def finished(result: JobResult) -> None:
         if recorder is not None:
@@ -264,7 +266,8 @@ def execute(
         a one-device run always did. With several, each lane runs its references as its jobs come."""
         if len(lanes) == 1 and pending:
             runner.start_first(pending[0][0])
-            runner.references.prepare([(job.problem, job.overrides) for chunk in pending for job in chunk])
+            wanted = [(job.problem, job.overrides) for chunk in pending for job in chunk]
+            prepared.append(runner.references.prepare(wanted))
 
     device_info: dict[str, Any] = {}  # from the last reference that ran, on any lane
     plan = scheduler.Scheduler(
@@ -287,7 +290,9 @@ def execute(
         raise
     references = _reference_checks(session.reference_only, config, lanes[0])
     report = builds.report()
-    rates = throughput.summary(results, time.monotonic() - began, report.summed_s(), report.wall_s)
+    rates = throughput.summary(
+        results, time.monotonic() - began, report.summed_s(), report.wall_s, prepared[0] if prepared else None
+    )
     rates["builds"] = {**report.counts(), "workers": report.workers, "steps_s": report.steps_s()}
     rates["devices"] = [lane.label for lane in lanes]
     outcome = SessionOutcome(results, references, device_info, rates)

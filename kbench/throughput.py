@@ -4,14 +4,19 @@ Stages: build, reference, queue (a solution worker starting and waiting at its g
 building and running), judge. ``summed_s`` adds each stage over all jobs (build: the build pool's workers).
 ``critical_s`` is what the run waited for: on the busiest device (lane), its jobs' stages one after another, as
 build the time it waited for builds that had not ended (builds run beside the jobs), and as judge, where jobs
-were judged beside the next (``pipeline.judge_beside``), the time the lane waited for their judgements.
+were judged beside the next (``pipeline.judge_beside``), the time the lane waited for their judgements. The
+references a one-device run checks side by side before its first job (``References.prepare``) count as reference
+time, summed and on the critical path: no job's own stages hold them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kbench.results import JobResult
+
+if TYPE_CHECKING:
+    from kbench.references import Prepared
 
 # JobResult.stage_s keys -> the stage they count towards
 _STAGES = {
@@ -57,14 +62,21 @@ def _stages(result: JobResult) -> dict[str, float]:
     return stages
 
 
-def summary(results: list[JobResult], wall_s: float, build_summed_s: float, build_wall_s: float) -> dict[str, Any]:
+def summary(
+    results: list[JobResult],
+    wall_s: float,
+    build_summed_s: float,
+    build_wall_s: float,
+    prepared: Prepared | None = None,
+) -> dict[str, Any]:
     summed = dict.fromkeys(STAGES, 0.0)
     for result in results:
         for stage, seconds in _stages(result).items():
             summed[stage] += seconds
     summed["build"] = build_summed_s  # the pool's work, not the lanes' waiting for it
     run_steps: dict[str, float] = {}
-    reference_phases: dict[str, float] = {}  # the references the jobs ran, phase by phase (load, run, compile)
+    # the references the jobs ran, and those run before them, phase by phase (load, run, compile)
+    reference_phases: dict[str, float] = dict(prepared.phase_s) if prepared else {}
     for result in results:
         for step, seconds in result.run_steps_s.items():
             run_steps[step] = run_steps.get(step, 0.0) + seconds
@@ -77,6 +89,9 @@ def summary(results: list[JobResult], wall_s: float, build_summed_s: float, buil
         lanes.setdefault(result.gpu or result.device, []).append(result)
     busiest = max((_lane_stages(lane) for lane in lanes.values()), key=lambda s: sum(s.values()), default=None)
     critical = busiest or dict.fromkeys(STAGES, 0.0)
+    if prepared is not None:  # before any job: every lane waited for them
+        summed["reference"] += prepared.wall_s
+        critical["reference"] += prepared.wall_s
     return {
         "jobs": len(results),
         "wall_s": round(wall_s, 3),
@@ -87,6 +102,7 @@ def summary(results: list[JobResult], wall_s: float, build_summed_s: float, buil
         "run_steps_summed_s": {k: round(v, 3) for k, v in run_steps.items()},
         "reference_phases_summed_s": {k: round(v, 3) for k, v in reference_phases.items()},
         "critical_s": {k: round(v, 3) for k, v in critical.items()},
+        "references_prepared": {"count": prepared.count, "wall_s": round(prepared.wall_s, 3)} if prepared else None,
         "dominant": max(critical, key=lambda k: critical[k]) if any(critical.values()) else None,
     }
 

@@ -303,6 +303,24 @@ def test_throughput_over_several_devices_follows_the_busiest_one():
     assert rates["summed_s"]["run"] == 18.0 and rates["summed_s"]["build"] == 30.0
 
 
+def test_references_checked_before_the_first_job_count_as_reference_time_on_the_critical_path():
+    from kbench.references import Prepared
+
+    result = _result(_jobs(1, 1)[0])
+    result.gpu, result.wall_s = "cuda:0 Fake GPU @ a", 4.0
+    result.stage_s = {"reference": 0.001, "solution_run": 3.5}
+    prepared = Prepared(count=5, wall_s=28.0, phase_s={"load": 12.0, "run": 40.0})
+    rates = throughput.summary([result], wall_s=33.0, build_summed_s=0.0, build_wall_s=0.0, prepared=prepared)
+    # The wall (33 s) is accounted for: the 28 s before the job and the job's own 4 s, most of it reference time.
+    assert rates["critical_s"]["reference"] == pytest.approx(28.001) and rates["dominant"] == "reference"
+    assert sum(rates["critical_s"].values()) == pytest.approx(32.0, abs=0.01)
+    assert rates["summed_s"]["reference"] == pytest.approx(28.001)
+    assert rates["reference_phases_summed_s"] == {"load": 12.0, "run": 40.0}
+    assert rates["references_prepared"] == {"count": 5, "wall_s": 28.0}
+    without = throughput.summary([result], wall_s=33.0, build_summed_s=0.0, build_wall_s=0.0)
+    assert without["critical_s"]["reference"] == 0.001 and without["references_prepared"] is None
+
+
 def test_gpus_on_the_cpu_is_a_usage_error_before_anything_runs(tmp_path: Path):
     from typer.testing import CliRunner
 
@@ -376,5 +394,8 @@ def test_real_jobs_judged_beside_the_next_keep_their_verdicts(tmp_path: Path, ma
     assert len(ran_reference) <= 1
     for stages in ran_reference:
         assert 0 < stages["reference_load"] + stages["reference_run"] <= stages["reference"], stages
-    phases = run["throughput"]["reference_phases_summed_s"]
-    assert set(phases) == ({"load", "run"} if ran_reference else set()), phases
+    # Else it ran before them, checked side by side, and the run's throughput counts it there.
+    phases, prepared = run["throughput"]["reference_phases_summed_s"], run["throughput"]["references_prepared"]
+    assert set(phases) == {"load", "run"}, phases
+    if not ran_reference:
+        assert prepared["count"] == 1 and 0 < prepared["wall_s"] <= run["throughput"]["critical_s"]["reference"]

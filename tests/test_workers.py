@@ -149,7 +149,7 @@ def test_cached_references_run_together_and_one_that_fails_there_runs_again_alon
     store = JsonStore(tmp_path / "baselines.json")
     with Runner(fast_config(), "cpu", baseline_cache=store) as cold:
         first = [cold.references.get(problem, {}) for problem in problems]  # times each, alone: fills the cache
-        assert cold.references.prepare([(problem, {}) for problem in problems]) == 0  # all done already
+        assert cold.references.prepare([(problem, {}) for problem in problems]).count == 0  # all done already
     assert all(ref.error is None and not ref.baseline_cached for ref in first)
     assert len(json.loads((tmp_path / "baselines.json").read_text())) == 2
     as_if_timed_on_a_quiet_host(store)
@@ -167,7 +167,7 @@ def test_cached_references_run_together_and_one_that_fails_there_runs_again_alon
 
     monkeypatch.setattr(kbench.references, "run_workers", counting)
     with Runner(fast_config(), "cpu", baseline_cache=store) as warm:
-        assert warm.references.prepare([(problem, {}) for problem in problems]) == 2
+        assert warm.references.prepare([(problem, {}) for problem in problems]).count == 2
         assert batches == [2]
         steady, flaky = (warm.references.get(problem, {}) for problem in problems)
     assert batches == [2, 1], "only the reference that failed beside the other runs again, alone"
@@ -234,7 +234,7 @@ def test_a_failure_of_kbench_while_preparing_references_leaves_them_to_their_job
 
     monkeypatch.setattr(References, "_finish", failing_once)
     with Runner(fast_config(), "cpu", baseline_cache=store) as warm:
-        assert warm.references.prepare([(problem, {})]) == 1  # no exception escapes
+        assert warm.references.prepare([(problem, {})]).count == 1  # no exception escapes
         reference = warm.references.get(problem, {})
     assert reference.error is None and reference.baseline_cached and len(calls) == 2
 
@@ -315,7 +315,7 @@ def test_a_warm_run_starts_its_first_solution_worker_before_the_references_run(t
         warm.start_first(job)
         early, _partner = warm._starter.waiting()  # started before any reference of this run
         assert warm.references.ready(problem, {}) is None
-        assert warm.references.prepare([(problem, {})]) == 1
+        assert warm.references.prepare([(problem, {})]).count == 1
         assert not log.exists(), "the solution was imported before its gate opened"
         result = warm.run(job)
     assert result.verdict == Verdict.CORRECT, result.reason
