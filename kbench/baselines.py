@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kbench import __version__
+from kbench.device_kind import on_gpu
 from kbench.stats import median_ms, median_rse
 from kbench.timing import TimingPlan
 
@@ -246,7 +247,7 @@ def _scheduled_s() -> tuple[float, float] | None:
 def _nvml_state(device: str) -> dict[str, Any]:
     """GPU 0's clocks, temperature, power and slowdown reasons from NVML; empty on the CPU or without NVML. Only
     recorded, for whoever reads the cache: the check, not this, decides whether an entry is used."""
-    if not device.startswith("cuda"):
+    if not on_gpu(device):
         return {}
     from kbench.metadata import nvml_session
     from kbench.monitor import SLOWDOWN_REASONS

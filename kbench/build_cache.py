@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
+from kbench.device_kind import on_gpu
 from kbench.metadata import gpu_capability
 
 
 def target_arch(device: str) -> str:
-    if not device.startswith("cuda"):
+    if not on_gpu(device):
         return "cpu"
     if os.environ.get("TORCH_CUDA_ARCH_LIST"):
         return os.environ["TORCH_CUDA_ARCH_LIST"]

@@ -27,6 +27,7 @@ from typing import Any
 from kbench import build_cache
 from kbench.caches import default_cache_root
 from kbench.config import Timeouts
+from kbench.device_kind import on_gpu
 from kbench.isolation import WorkerCommand, WorkerRun, run_workers
 from kbench.solution_starts import worker_env
 
@@ -63,7 +64,7 @@ class BuildOutcome:
     def failure(self, device: str) -> tuple[str, str, str] | None:
         """(verdict, reason, detail) when the build settles the job's verdict, else None. A load error settles
         it only on the CPU: with no GPU visible, an import that touches CUDA fails here and may work in the job."""
-        if self.status in ("compile_error", "timeout") or (self.status == "load_error" and device == "cpu"):
+        if self.status in ("compile_error", "timeout") or (self.status == "load_error" and not on_gpu(device)):
             return self.status, self.reason, self.detail
         return None
 
@@ -237,7 +238,7 @@ def build_env(device: str, at_once: int) -> dict[str, str]:
     the user's ``TORCH_CUDA_ARCH_LIST``, else what torch would choose for the job's GPU (its capability, +PTX),
     so the job's own import finds the same compiler commands and does not rebuild."""
     env = worker_env(None, device)
-    if device.startswith("cuda") and not env.get("TORCH_CUDA_ARCH_LIST"):
+    if on_gpu(device) and not env.get("TORCH_CUDA_ARCH_LIST"):
         major, minor = build_cache.target_arch(device).split(".")
         env["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}+PTX"
     env["CUDA_VISIBLE_DEVICES"] = ""

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from kbench.device_kind import on_gpu
 from kbench.stats import median_ms
 from kbench.timing import TimingPlan, time_models
 
@@ -53,7 +54,7 @@ def _workloads(device: str, kind: str, scale: float) -> list[_Workload]:
     found = [_Workload("copy", lambda s: target.copy_(s), [source], 2.0 * source.numel() * 4)]
     n = max(64, int(GEMM_SIZE[kind] * scale))
     precisions = {"fp32": (torch.float32, False)}
-    if kind == "cuda":
+    if on_gpu(kind):
         precisions |= {"tf32": (torch.float32, True), "bf16": (torch.bfloat16, False)}
     for name, (dtype, tf32) in precisions.items():
         a, b = (torch.rand(n, n, device=device, dtype=dtype) for _ in range(2))
@@ -74,7 +75,7 @@ def _median(workload: _Workload, device: str, plan: TimingPlan) -> tuple[float |
 
 
 def measure(device: str, device_name: str, plan: TimingPlan, scale: float = 1.0) -> Ceilings:
-    kind = "cuda" if device.startswith("cuda") else "cpu"
+    kind = "cuda" if on_gpu(device) else "cpu"
     workloads = _workloads(device, kind, scale)
     measured: dict[tuple[str, str], tuple[float | None, str | None]] = {}
 
@@ -92,7 +93,7 @@ def measure(device: str, device_name: str, plan: TimingPlan, scale: float = 1.0)
         notes += [f"{workload.name}: timed with events: {fallback}"] if fallback else []
     ceilings = Ceilings(device_name, copy_gbs=rates.pop("copy") / 1e9, notes=notes)
     ceilings.gemm_tflops = {name: rate / 1e12 for name, rate in rates.items()}
-    if kind == "cuda":
+    if on_gpu(kind):
         for workload in (w for w in workloads if w.name in AGREEMENT_WORKLOADS):
             (events_ms, _), (kernel_ms, fallback) = timed(workload, "events"), timed(workload, "kernel")
             if events_ms and kernel_ms and not fallback:

@@ -37,6 +37,7 @@ from kbench.cli_options import (
     SolutionsDirOpt,
     TimingModeOpt,
 )
+from kbench.device_kind import on_gpu
 from kbench.runs import RunDir, RunNotFound, find_run, new_run
 
 if TYPE_CHECKING:  # annotations only; the commands import these when they run
@@ -461,7 +462,7 @@ def calibrate(
     console.print(f"[bold]{ceilings.device_name}[/]: copy {ceilings.copy_gbs:.1f} GB/s (read + write)")
     for precision, rate in ceilings.gemm_tflops.items():
         console.print(f"  {precision} matrix product: {rate:.2f} TFLOP/s")
-    if not dev.startswith("cuda"):
+    if not on_gpu(dev):
         console.print("  events vs kernel timing: not available on the CPU (kernel timing needs CUDA)")
     for name, difference in ceilings.kernel_agreement.items():
         console.print(f"  events vs kernel timing, {name}: medians differ by {difference:.2%}")

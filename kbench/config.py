@@ -12,6 +12,8 @@ from typing import Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kbench.device_kind import on_gpu
+
 DType = Literal["float64", "float32", "float16", "bfloat16"]
 # events: CUDA events around each call (perf_counter on the CPU); graph: CUDA-graph replays timed with events;
 # kernel: the device time of the kernels each call launched, from torch.profiler (see docs/timing.md).
@@ -117,7 +119,7 @@ class BaselineConfig(_Strict):
     parallel: int = Field(default=4, ge=1)  # references with cached timings (a short check only) run this many at once
 
     def compile_on(self, device: str) -> bool:
-        return self.compile == "on" or (self.compile == "auto" and device.startswith("cuda"))
+        return self.compile == "on" or (self.compile == "auto" and on_gpu(device))
 
 
 class PipelineConfig(_Strict):
@@ -137,7 +139,7 @@ class PipelineConfig(_Strict):
 
 
 def _on(setting: str, device: str) -> bool:
-    return setting == "on" or (setting == "auto" and device.startswith("cuda"))
+    return setting == "on" or (setting == "auto" and on_gpu(device))
 
 
 class KbenchConfig(_Strict):
@@ -209,7 +211,7 @@ def check_timing_mode(config: KbenchConfig, device: str) -> None:
     """Graph and kernel timing need CUDA: asking for them on the CPU is a configuration error, raised before any
     job runs, never a silent switch to another timer."""
     mode = config.timing.mode
-    if mode in NEEDS_CUDA and not device.startswith("cuda"):
+    if mode in NEEDS_CUDA and not on_gpu(device):
         raise ConfigError(
             f"timing mode '{mode}' needs CUDA ({NEEDS_CUDA[mode]}); on the {device} use timing mode 'events'"
         )

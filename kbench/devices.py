@@ -13,6 +13,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from kbench.device_kind import on_gpu
 from kbench.metadata import nvml_session
 
 
@@ -33,7 +34,7 @@ class Device:
 
     @property
     def is_gpu(self) -> bool:
-        return self.kind == "cuda"
+        return on_gpu(self.kind)
 
     @property
     def label(self) -> str:
@@ -104,7 +105,7 @@ def devices_for(kind: str, gpus: str | None = None, available: list[Device] | No
     """The devices a run of ``kind`` uses. On the CPU there is one: two jobs timed on the same cores at once
     would slow each other. On CUDA, the GPUs chosen; a host whose GPUs NVML cannot list gets one GPU that the
     workers find as CUDA sees it."""
-    if kind != "cuda":
+    if not on_gpu(kind):
         if gpus is not None:
             raise DeviceError("--gpus is for --device cuda")
         return [CPU]

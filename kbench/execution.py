@@ -16,6 +16,7 @@ import torch
 
 from kbench import tensor_files
 from kbench.channel import Channel
+from kbench.device_kind import on_gpu
 from kbench.spec import TIMED, WorkerSpec, output_path, state_path
 
 # Bound before any solution is imported, so replacing torch.manual_seed cannot change kbench's inputs.
@@ -83,7 +84,7 @@ def start_cpu_threads() -> None:
 
 
 def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
+    if on_gpu(device):
         torch.cuda.synchronize()
 
 
@@ -166,7 +167,7 @@ def tensor_bytes(values: Any) -> int:
 
 def describe_device(device: str) -> dict[str, Any]:
     info: dict[str, Any] = {"device": device, "torch": torch.__version__, "torch_cuda": torch.version.cuda}
-    if device.startswith("cuda"):
+    if on_gpu(device):
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         info.update(
             gpu_name=props.name,

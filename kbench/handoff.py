@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from kbench.device_kind import on_gpu
+
 ALIGN = 256  # each staged tensor starts at a multiple of this, as cudaMalloc's own allocations do
 MAX_TENSORS = 64  # an output of more is saved to a file: the layout travels in one reply line
 HANDLE_BYTES = 64  # sizeof(CUipcMemHandle)
@@ -168,7 +170,7 @@ class Staging:
     process, so it only ever makes work for the partner, which checks everything."""
 
     def __init__(self, device: str, folder: Path) -> None:
-        self._buffer = _DeviceBuffer() if device.startswith("cuda") else _FileBuffer(folder)
+        self._buffer = _DeviceBuffer() if on_gpu(device) else _FileBuffer(folder)
         self._size, self._handle = 0, ""
 
     def stage(self, packed: dict[str, Any]) -> dict[str, Any] | None:
@@ -310,7 +312,7 @@ class Adopter:
     """The trusted partner's side: imports the worker's buffer and copies each staged output out of it."""
 
     def __init__(self, device: str, folder: Path) -> None:
-        self._import = _DeviceImport() if device.startswith("cuda") else _FileImport(folder)
+        self._import = _DeviceImport() if on_gpu(device) else _FileImport(folder)
         self._handle, self._size = b"", 0
 
     def adopt(self, layout: Any, like: list[torch.Tensor]) -> Any:

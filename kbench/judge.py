@@ -21,6 +21,7 @@ from kbench.compare import (
     UnreadableOutput,
 )
 from kbench.config import KbenchConfig
+from kbench.device_kind import on_gpu
 from kbench.isolation import WorkerRun
 from kbench.output_checks import compare_kind, worker_strings
 from kbench.partner import Partner
@@ -295,7 +296,7 @@ def first_look(
         )
     flags |= partner.flags()
     notes.extend(partner.notes())
-    on_cuda = str(reference.device_info.get("device", "")).startswith("cuda")
+    on_cuda = on_gpu(str(reference.device_info.get("device", "")))
     # A reference alone timed in another mode (one of them fell back to events) is no yardstick for the
     # reference beside the solution: its drift is then not judged.
     timed = partner.timing_payload()

@@ -17,6 +17,7 @@ import torch
 
 from kbench import __version__
 from kbench.catalog import PACKAGE_DIR
+from kbench.device_kind import on_gpu
 
 
 def _git_commit() -> dict[str, Any]:
@@ -135,6 +136,6 @@ def collect(device: str, config: dict[str, Any], command: list[str]) -> dict[str
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "cpu": cpu_model(),
-        "gpus": gpu_state() if device.startswith("cuda") else [],
+        "gpus": gpu_state() if on_gpu(device) else [],
         "config": config,
     }

@@ -29,6 +29,7 @@ from typing import Any
 
 from kbench import catalog, devices, metadata, session, throughput
 from kbench.config import KbenchConfig
+from kbench.device_kind import on_gpu
 from kbench.results import JobResult, Verdict
 from kbench.runner import Job
 from kbench.spec import file_digest
@@ -110,14 +111,14 @@ def task_options(device: str) -> dict[str, Any]:
     """What one job's task asks Ray for. A CUDA job takes a whole GPU, so no two timed jobs share one (Ray
     points the task's CUDA_VISIBLE_DEVICES at it, and kbench's workers inherit that); a CPU job takes its node's
     one ``kbench_cpu`` (see CPU_RESOURCE)."""
-    if device.startswith("cuda"):
+    if on_gpu(device):
         return {"num_gpus": 1}
     return {"num_cpus": 1, "resources": {CPU_RESOURCE: 1}}
 
 
 def slots(device: str) -> int:
     """How many of this session's jobs the live nodes can run at once now."""
-    key = "GPU" if device.startswith("cuda") else CPU_RESOURCE
+    key = "GPU" if on_gpu(device) else CPU_RESOURCE
     return int(import_ray().cluster_resources().get(key, 0))
 
 
@@ -125,7 +126,7 @@ def check_capacity(device: str, address: str) -> None:
     """Refuse a cluster that could never start a job, which Ray would otherwise wait on for ever."""
     if slots(device) > 0:
         return
-    if device.startswith("cuda"):
+    if on_gpu(device):
         raise RayClusterError(f"the Ray cluster at '{address}' has no GPU for --device cuda")
     raise RayClusterError(
         f"no node of the Ray cluster at '{address}' offers the '{CPU_RESOURCE}' resource CPU jobs take (one per "
@@ -183,7 +184,7 @@ def _task_gpu(device: str) -> list[devices.Device] | None:
     """The GPU Ray gave this task, as kbench names it (NVML's index and UUID, so the job's workers and its
     device monitor use that GPU and not the node's first): the one CUDA_VISIBLE_DEVICES, set by Ray, lets
     through. None on the CPU."""
-    return devices.devices_for("cuda")[:1] if device.startswith("cuda") else None
+    return devices.devices_for("cuda")[:1] if on_gpu(device) else None
 
 
 def _plan_on_node(work: dict[str, Any], scratch: Path) -> session.SessionPlan:
@@ -227,7 +228,7 @@ def execute_on_ray(
     ``on_start`` is called as a job is handed to Ray, which happens only while a node has room for it, so it
     starts then. A lost task is passed to ``on_lost`` and left out of the run, for ``--resume``. A CUDA job runs
     as ``cuda`` on whichever GPU Ray gave its task."""
-    device = "cuda" if device.startswith("cuda") else device
+    device = "cuda" if on_gpu(device) else device
     began = time.monotonic()
     connected = connect(address)
     try:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from kbench import display, session
+from kbench.device_kind import on_gpu
 from kbench.scheduler import Progress
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ def describe_plan(planned: session.SessionPlan, device: str) -> list[str]:
     for job in planned.jobs:
         problem = job.problem
         sizes = ", ".join(f"{k}={v}" for k, v in job.overrides.items()) or "the file's own sizes"
-        full = device == "cpu" and not problem.small_sizes and not job.overrides
+        full = not on_gpu(device) and not problem.small_sizes and not job.overrides
         note = " (full size: no KBENCH_SMALL_SIZES; this may take minutes)" if full else ""
         lines.append(f"  {problem.name} / {job.solution.name} at {sizes}{note}")
     for problem, sizes in planned.reference_only:

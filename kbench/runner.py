@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from kbench import audit
 from kbench.catalog import Problem, Solution
 from kbench.config import KbenchConfig, check_timing_mode
+from kbench.device_kind import on_gpu
 from kbench.devices import Device
 from kbench.isolation import WorkerRun, run_workers
 from kbench.judge import Judgement, Sighted, first_look, judge_outputs, only_reference_slowed
@@ -67,7 +68,7 @@ Finish = Callable[[], JobResult]
 
 def effective_overrides(problem: Problem, device: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """On the CPU a problem runs at its declared small sizes; ``--set`` wins over both."""
-    base = dict(problem.small_sizes) if device == "cpu" else {}
+    base = dict(problem.small_sizes) if not on_gpu(device) else {}
     return {**base, **overrides}
 
 

@@ -17,6 +17,7 @@ from kbench.caches import default_cache_root
 from kbench.calibrate import Ceilings, measure
 from kbench.catalog import Problem
 from kbench.config import KbenchConfig, check_timing_mode
+from kbench.device_kind import on_gpu
 from kbench.devices import Device
 from kbench.reference import ReferenceRun
 from kbench.references import Prepared
@@ -186,7 +187,7 @@ CALIBRATION_FILE = "calibration.json"
 
 def device_name(device: str) -> str:
     """The name caches key on: the GPU's, or the CPU model."""
-    gpus = metadata.gpu_state() if device.startswith("cuda") else []
+    gpus = metadata.gpu_state() if on_gpu(device) else []
     return str(gpus[0]["name"]) if gpus else metadata.cpu_model()
 
 
@@ -216,7 +217,7 @@ def _runner(config: KbenchConfig, device: Device | str) -> Runner:
 def _bandwidth(config: KbenchConfig, device: str) -> float | None:
     if config.integrity.peak_bandwidth_gbs is not None:
         return config.integrity.peak_bandwidth_gbs * 1e9
-    return metadata.peak_memory_bandwidth() if device.startswith("cuda") else None
+    return metadata.peak_memory_bandwidth() if on_gpu(device) else None
 
 
 def _no_model_new(path: Path) -> str | None:
@@ -248,7 +249,7 @@ def execute(
     lanes = devices or [Device(device)]
     unusable = {job.solution.path: why for job in session.jobs if (why := _no_model_new(job.solution.path))}
     paths = [job.solution.path for job in session.jobs if job.solution.path not in unusable]
-    reserve = 2 * len(lanes) if device != "cpu" else 0  # each lane's two workers keep a core each
+    reserve = 2 * len(lanes) if on_gpu(device) else 0  # each lane's two workers keep a core each
     at_once = build_jobs or max(1, build_pool.default_jobs() - reserve)
     builds = build_pool.start_builds(paths, device, config.timeouts, at_once, on_build)
     judged_early = _Settler(unusable, builds, device, config.trials)

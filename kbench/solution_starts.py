@@ -20,6 +20,7 @@ from typing import Any
 from kbench import caches
 from kbench.catalog import PACKAGE_DIR
 from kbench.config import KbenchConfig
+from kbench.device_kind import on_gpu
 from kbench.devices import Device
 from kbench.isolation import StartedWorker, WorkerCommand, start_worker
 from kbench.spec import WorkerSpec
@@ -34,7 +35,7 @@ def worker_env(cache_root: Path | None, device: str = "cuda", placement: Device 
     env = dict(os.environ)
     if placement is not None:
         env.update(placement.worker_env())
-    if device == "cpu":
+    if not on_gpu(device):
         # The reference and the solution take turns on the same cores: OpenMP threads that spin after their own
         # call would take cores from the other's, and would count as the solution working in the background.
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")

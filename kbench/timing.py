@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from kbench.device_kind import on_gpu
 from kbench.fingerprints import fingerprint, plain_tensors, same
 from kbench.stats import median_rse
 from kbench.timing_modes import (
@@ -99,7 +100,7 @@ def time_models(
     forwards in a fallback reason."""
     if plan.mode not in ("events", *_SETUP):
         raise ValueError(f"unknown timing mode '{plan.mode}'")
-    if plan.mode != "events" and not device.startswith("cuda"):
+    if plan.mode != "events" and not on_gpu(device):
         raise ValueError(f"timing mode '{plan.mode}' needs CUDA")  # refused before anything runs
     count = len(input_sets[0])
     outputs: list[Any] = [None] * count
@@ -121,8 +122,8 @@ def time_models(
         bind(f, sets, label, watched=i == len(forwards) - 1)
         for i, (f, sets, label) in enumerate(zip(forwards, input_sets, names, strict=True))
     ]
-    samples, fallback = _time_rounds(timed, count, device.startswith("cuda"), plan)
-    if not device.startswith("cuda"):
+    samples, fallback = _time_rounds(timed, count, on_gpu(device), plan)
+    if not on_gpu(device):
         time.sleep(0.02)  # as in CallWatch: a thread still writing the last outputs shows within this window
     late = [fingerprint(plain_tensors(output)) for output in outputs]
     deferred = any(

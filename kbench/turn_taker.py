@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from kbench import execution
+from kbench.device_kind import on_gpu
 from kbench.fingerprints import fingerprint, plain_tensors, same
 from kbench.handoff import Adopter, HandoffError, Staging
 from kbench.spec import WorkerSpec
@@ -191,7 +192,7 @@ class _Rounds:
         if self.hold is not None and self.gated:
             self.hold.launched()
         early = fingerprint(plain_tensors(self.outputs[0])) if self.watched else []
-        if self.spec.device.startswith("cuda"):
+        if on_gpu(self.spec.device):
             _synchronize()
         if self.watched:
             late = self._output_print = fingerprint(plain_tensors(self.outputs[0]))
@@ -307,7 +308,7 @@ def _setup(rounds: _Rounds, mode: str, index: int, flush: torch.Tensor | None) -
         raise ModeUnavailable(f"{mode} timing cannot be set up here: {type(exc).__name__}: {exc}") from exc
     finally:
         rounds.gated = True
-        if rounds.spec.device.startswith("cuda"):
+        if on_gpu(rounds.spec.device):
             _synchronize()
 
 
@@ -322,7 +323,7 @@ def serve(
     keep_adopted: Callable[[int, Any], None] = lambda index, output: None,
 ) -> Served:
     """Take turns as the parent commands until it says finish (returns) or closes the pipe (TurnsEnded)."""
-    cuda = spec.device.startswith("cuda")
+    cuda = on_gpu(spec.device)
     folder = Path(spec.out_dir)
     handoff = Staging(spec.device, folder) if watched else Adopter(spec.device, folder)
     rounds = _Rounds(

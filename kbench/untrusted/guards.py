@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from kbench.device_kind import on_gpu
 from kbench.fingerprints import fingerprint, plain_tensors, same
 
 # Functions kbench times with. Replacing any of them is timer tampering.
@@ -254,13 +255,13 @@ class CallWatch:
             output = forward(*inputs)
         outputs = plain_tensors(output)
         early = fingerprint(outputs)
-        if self.device.startswith("cuda"):
+        if on_gpu(self.device):
             torch.cuda.synchronize()
         else:
             time.sleep(0.02)  # a background thread still writing the output shows within this window
         late = fingerprint(outputs)
         if not all(same(a, b) for a, b in zip(early, late, strict=True)):
-            self.flags.add("side_stream" if self.device.startswith("cuda") else "thread")
+            self.flags.add("side_stream" if on_gpu(self.device) else "thread")
         alive = set(threading.enumerate())
         if len(alive) > len(python_threads):
             self.flags.add("thread")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kbench.channel import Channel, wait_at_gate
+from kbench.device_kind import on_gpu
 from kbench.spec import PERTURBED, TIMED, TRIAL, WorkerSpec, output_path
 
 
@@ -125,7 +126,7 @@ def _run(
         served = _take_turns(spec, problem, candidate, turn_fds, channel)
         channel.step("turns")
         if served.deferred:
-            watch.flags.add("side_stream" if spec.device.startswith("cuda") else "thread")
+            watch.flags.add("side_stream" if on_gpu(spec.device) else "thread")
         if served.inputs_mutated:
             watch.flags.add("input_mutated")
         if state.targets:  # the perturbed weights reach ModelNew only through its matched tensors
@@ -134,7 +135,7 @@ def _run(
             execution.run_calls(checked, problem, spec, seeds, "new", PERTURBED, channel, execution.PERTURBED_INPUTS_ON)
         channel.step("perturbed")
         kernels = []
-        if spec.kernel_census and spec.device.startswith("cuda"):
+        if spec.kernel_census and on_gpu(spec.device):
             source = Path(spec.solution_path or "").read_text(encoding="utf-8")
             inputs = execution.seeded_inputs(problem, spec.trial_seeds()[0], spec.device, served.inputs_on)
             kernels = census.kernel_census(candidate, inputs, source)
