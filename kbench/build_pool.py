@@ -107,8 +107,10 @@ class Builds:
         timeouts: Timeouts,
         workers: int,
         on_start: Callable[[int, int], None],
+        confined: bool = False,
     ) -> None:
         self.began, self.workers = time.monotonic(), workers
+        self._mode = "confined" if confined else "free"  # each build worker confines itself (kbench.sandbox)
         self._known = known
         self._paths = to_build
         self._started = 0
@@ -170,7 +172,7 @@ class Builds:
         ext_dir.mkdir(parents=True, exist_ok=True)
         command = WorkerCommand(
             BUILD_WORKER,
-            [path],
+            [self._mode, path],
             self._scratch / f"build-{index}.log",
             self._limits,
             env={**self._env, "TORCH_EXTENSIONS_DIR": str(ext_dir)},
@@ -201,9 +203,11 @@ def start_builds(
     timeouts: Timeouts,
     at_once: int | None = None,
     on_start: Callable[[int, int], None] = lambda started, total: None,
+    confined: bool = False,
 ) -> Builds:
     """Start building each distinct solution source not built yet, ``at_once`` (default: the cores) at a time,
-    in the background. ``on_start(started, total)`` is called as each build worker starts."""
+    in the background, each build worker confined to its build folder where ``confined``. ``on_start(started,
+    total)`` is called as each build worker starts."""
     root = default_cache_root()
     known: dict[str, BuildOutcome] = {}
     to_build: dict[Path, list[str]] = {}  # build folder -> the solutions with that source
@@ -219,7 +223,7 @@ def start_builds(
             known[str(path)] = BuildOutcome("cache_hit", str(ext_dir))
         else:
             to_build.setdefault(ext_dir, []).append(str(path))
-    return Builds(known, to_build, device, timeouts, max(1, at_once or default_jobs()), on_start)
+    return Builds(known, to_build, device, timeouts, max(1, at_once or default_jobs()), on_start, confined)
 
 
 def build_all(
@@ -228,9 +232,10 @@ def build_all(
     timeouts: Timeouts,
     at_once: int | None = None,
     on_start: Callable[[int, int], None] = lambda started, total: None,
+    confined: bool = False,
 ) -> BuildReport:
     """``start_builds``, then wait for every build."""
-    return start_builds(solution_paths, device, timeouts, at_once, on_start).report()
+    return start_builds(solution_paths, device, timeouts, at_once, on_start, confined).report()
 
 
 def build_env(device: str, at_once: int) -> dict[str, str]:

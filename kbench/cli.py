@@ -137,13 +137,15 @@ def settings(
 ) -> tuple[KbenchConfig, str]:
     """The run's configuration and device, checked together: a timing mode the device cannot use is an error
     before anything runs. A device for other hosts (a Ray cluster's) is not looked for here."""
-    from kbench.config import check_timing_mode, load_config
+    from kbench.config import check_timing_mode, confines_workers, load_config
 
     cfg = load_config(config, timing_mode)
     dev = resolve_device(device) if on_this_host else device
     if dev not in catalog.DEVICES:
         raise fail(f"--device must be cuda, cpu or auto, not '{device}'")
     check_timing_mode(cfg, dev)
+    if on_this_host:
+        confines_workers(cfg, dev)  # a sandbox asked for that this kernel cannot give: an error before anything runs
     return cfg, dev
 
 

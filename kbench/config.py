@@ -110,6 +110,10 @@ class IntegrityConfig(_Strict):
     precision_floor: float = Field(default=1e-6, ge=0.0)  # relative errors below this count as exact
     kernel_census: bool = True  # profile one CUDA forward call and list its kernels
     peak_bandwidth_gbs: float | None = Field(default=None, gt=0)  # for the physics floor; default: from NVML
+    # Confine the untrusted workers' writes with Linux Landlock (kbench.sandbox). auto: where the kernel has
+    # Landlock, on the CPU; on CUDA only once the confinement has been verified on a GPU host (set "on" to confine
+    # there now). on: refuse to run without it.
+    sandbox: Literal["auto", "on", "off"] = "auto"
 
 
 class BaselineConfig(_Strict):
@@ -215,3 +219,21 @@ def check_timing_mode(config: KbenchConfig, device: str) -> None:
         raise ConfigError(
             f"timing mode '{mode}' needs CUDA ({NEEDS_CUDA[mode]}); on the {device} use timing mode 'events'"
         )
+
+
+def confines_workers(config: KbenchConfig, device: str) -> bool:
+    """Whether this run confines its untrusted workers (``integrity.sandbox``). ``on`` where the kernel has no
+    Landlock is a configuration error, raised before anything runs."""
+    from kbench.sandbox import landlock_abi
+
+    setting = config.integrity.sandbox
+    if setting == "off":
+        return False
+    if landlock_abi() < 1:
+        if setting == "on":
+            raise ConfigError(
+                "integrity.sandbox is 'on', but this kernel has no Landlock (Linux 5.13 or later, with Landlock "
+                "enabled): set it to 'auto' or 'off', or run kbench on such a kernel"
+            )
+        return False
+    return setting == "on" or not on_gpu(device)

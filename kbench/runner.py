@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from kbench import audit
 from kbench.catalog import Problem, Solution
-from kbench.config import KbenchConfig, check_timing_mode
+from kbench.config import KbenchConfig, check_timing_mode, confines_workers
 from kbench.device_kind import on_gpu
 from kbench.devices import Device
 from kbench.isolation import WorkerRun, run_workers
@@ -88,6 +88,7 @@ class Runner:
         self.placement = device if isinstance(device, Device) else Device(device)
         self.device = self.placement.kind  # what workers are told: inside them their one GPU is "cuda"
         check_timing_mode(config, self.device)  # a mode this device cannot time is refused before any job runs
+        self.confined = confines_workers(config, self.device)
         self.config = config
         self.cache_root = cache_root
         self.bandwidth_bytes_per_s = bandwidth_bytes_per_s
@@ -187,7 +188,9 @@ class Runner:
         return self._spec(problem, overrides, out_dir, None)
 
     def _solution_spec(self, job: Job, out_dir: Path, poison_numel: int) -> WorkerSpec:
-        return self._spec(job.problem, job.overrides, out_dir, job.solution.path, poison_numel)
+        spec = self._spec(job.problem, job.overrides, out_dir, job.solution.path, poison_numel)
+        spec.confined = self.confined
+        return spec
 
     def _start_early(self, job: Job) -> None:
         """Start ``job``'s solution worker now if its reference is ready (running a reference now would

@@ -16,7 +16,7 @@ from kbench import build_pool, catalog, metadata, scheduler, throughput
 from kbench.caches import default_cache_root
 from kbench.calibrate import Ceilings, measure
 from kbench.catalog import Problem
-from kbench.config import KbenchConfig, check_timing_mode
+from kbench.config import KbenchConfig, check_timing_mode, confines_workers
 from kbench.device_kind import on_gpu
 from kbench.devices import Device
 from kbench.reference import ReferenceRun
@@ -97,6 +97,8 @@ class Recorder:
         self.run_dir = run_dir
         self.metadata = metadata.collect(device, config.model_dump(), command)
         self.metadata["selection"] = vars(selection)
+        # Whether the untrusted workers were confined (kbench.sandbox), as this host decided it.
+        self.metadata["sandbox"] = {"setting": config.integrity.sandbox, "confined": confines_workers(config, device)}
         self._write_metadata()
 
     @classmethod
@@ -251,7 +253,8 @@ def execute(
     paths = [job.solution.path for job in session.jobs if job.solution.path not in unusable]
     reserve = 2 * len(lanes) if on_gpu(device) else 0  # each lane's two workers keep a core each
     at_once = build_jobs or max(1, build_pool.default_jobs() - reserve)
-    builds = build_pool.start_builds(paths, device, config.timeouts, at_once, on_build)
+    confined = confines_workers(config, device)
+    builds = build_pool.start_builds(paths, device, config.timeouts, at_once, on_build, confined)
     judged_early = _Settler(unusable, builds, device, config.trials)
     results: list[JobResult] = []
     prepared: list[Prepared] = []  # the references checked side by side before the first job

@@ -39,6 +39,7 @@ class WorkerSpec:
     time_reference: bool = True  # False when the parent has this reference's timings cached
     compile_mode: str | None = None  # also time torch.compile(Model, mode=...) (reference worker)
     judging: dict[str, Any] = field(default_factory=dict)  # tolerances and accuracy (kbench.timed_comparison)
+    confined: bool = False  # the solution worker confines itself before any solution code runs (kbench.sandbox)
 
     def weights_seed(self) -> int:
         return self.seed

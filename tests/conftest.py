@@ -142,3 +142,10 @@ def trust_every_check(monkeypatch: pytest.MonkeyPatch) -> None:
     import kbench.baselines
 
     monkeypatch.setattr(kbench.baselines, "check_refusal", lambda *_args: None)
+
+
+def unconfined(config: KbenchConfig) -> KbenchConfig:
+    """``config`` with the solution workers left unconfined, for tests whose fixtures report to the test through a
+    file outside their job's folder, which a confined worker cannot write (the sandbox has tests of its own:
+    test_sandbox.py)."""
+    return config.model_copy(update={"integrity": config.integrity.model_copy(update={"sandbox": "off"})})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import PROBLEMS, SOLUTIONS, fast_config, kept_outputs_rewritten, run_fixture
+from conftest import PROBLEMS, SOLUTIONS, fast_config, kept_outputs_rewritten, run_fixture, unconfined
 
 from kbench import audit
 from kbench.catalog import Problem, read_problem, read_solution
@@ -93,10 +93,11 @@ def test_re_announced_phases_do_not_extend_the_timeout():
 
 
 @pytest.mark.slow
-def test_a_process_left_behind_is_killed_with_the_worker(runner: Runner, tmp_path, monkeypatch):
-    pidfile = tmp_path / "daemon.pid"
+def test_a_process_left_behind_is_killed_with_the_worker(tmp_path, monkeypatch):
+    pidfile = tmp_path / "daemon.pid"  # the daemon's pid, written by the fixture: its worker is left unconfined
     monkeypatch.setenv("KBENCH_TEST_DAEMON_PIDFILE", str(pidfile))
-    result = run(runner, "leaves_daemon")
+    with Runner(unconfined(fast_config(run_s=30.0)), "cpu") as own:
+        result = run(own, "leaves_daemon")
     assert result.verdict == Verdict.CORRECT, (result.reason, result.flags)
     pid = int(pidfile.read_text())
     assert not Path(f"/proc/{pid}").exists(), "the daemon outlived its job"

@@ -19,7 +19,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from conftest import PROBLEMS, SOLUTIONS, fast_config  # noqa: E402
+from conftest import PROBLEMS, SOLUTIONS, fast_config, unconfined  # noqa: E402
 
 from kbench import catalog, ray_cluster, session  # noqa: E402
 from kbench.results import Verdict  # noqa: E402
@@ -91,7 +91,7 @@ def _hangs_after_touching(marker: Path) -> str:
 def test_a_run_on_ray_records_verdicts_and_leaves_a_lost_job_to_resume(one_node: None, tmp_path: Path):
     registry = _catalog(tmp_path)
     problems = registry.list_problems()
-    config = fast_config()
+    config = unconfined(fast_config())  # its fixtures mark their progress in files
     planned = session.plan(problems, "cpu", {}, registry)
     selection = session.Selection(
         [str(p.path) for p in problems], {}, str(registry.problems_dir), str(registry.solutions_dir)
@@ -146,7 +146,7 @@ def test_a_node_that_dies_mid_job_loses_only_unrecorded_jobs_that_resume_runs(
     cluster, node = two_nodes
     registry = _catalog(tmp_path, {"a_hangs": _hangs_after_touching(tmp_path / "in_forward"), "b_correct": None})
     problems = [registry.resolve_problem("affine_relu")]
-    config = fast_config(run_s=300.0)
+    config = unconfined(fast_config(run_s=300.0))  # its fixtures mark their progress in files
     planned = session.plan(problems, "cpu", {}, registry)
     run_dir = new_run(tmp_path / "results")
     selection = session.Selection([str(problems[0].path)], {}, str(registry.problems_dir), str(registry.solutions_dir))
@@ -205,7 +205,7 @@ def test_bench_ray_through_the_cli_records_the_run_and_says_how_to_resume_the_lo
 
     registry = _catalog(tmp_path)
     config = tmp_path / "fast.yaml"
-    config.write_text(yaml.safe_dump(fast_config().model_dump()))
+    config.write_text(yaml.safe_dump(unconfined(fast_config()).model_dump()))  # fixtures mark progress in files
     folders = ["--problems-dir", str(registry.problems_dir), "--solutions-dir", str(registry.solutions_dir)]
     results = tmp_path / "results"
     cli = CliRunner(env={"COLUMNS": "200"})

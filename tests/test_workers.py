@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROBLEMS, SOLUTIONS, as_if_timed_on_a_quiet_host, fast_config, trust_every_check
+from conftest import PROBLEMS, SOLUTIONS, as_if_timed_on_a_quiet_host, fast_config, trust_every_check, unconfined
 
 from kbench.baselines import Baseline
 from kbench.catalog import read_problem
@@ -252,7 +252,7 @@ def test_the_next_solution_worker_starts_early_and_imports_the_solution_only_aft
     problem = read_problem(PROBLEMS / "affine_relu.py")
     first = Job(problem, read_solution(SOLUTIONS / "affine_relu" / "correct_torch.py"))
     second = Job(problem, read_solution(SOLUTIONS / "affine_relu" / "records_import.py"))
-    config = fast_config().model_copy(update={"pipeline": PipelineConfig(prefetch="on")})
+    config = unconfined(fast_config()).model_copy(update={"pipeline": PipelineConfig(prefetch="on")})  # it logs imports
     with Runner(config, "cpu") as runner:
         runner.references.get(problem, {})  # ready: the next job's worker may start while the first job runs
         one = runner.run(first, next_job=second)
@@ -276,7 +276,7 @@ def test_a_worker_started_early_for_a_job_that_does_not_come_is_stopped(tmp_path
     problem = read_problem(PROBLEMS / "affine_relu.py")
     correct = Job(problem, read_solution(SOLUTIONS / "affine_relu" / "correct_torch.py"))
     never = Job(problem, read_solution(SOLUTIONS / "affine_relu" / "records_import.py"))
-    config = fast_config().model_copy(update={"pipeline": PipelineConfig(prefetch="on")})
+    config = unconfined(fast_config()).model_copy(update={"pipeline": PipelineConfig(prefetch="on")})  # it logs imports
     with Runner(config, "cpu") as runner:
         runner.references.get(problem, {})
         runner.run(correct, next_job=never)
@@ -302,7 +302,7 @@ def test_a_warm_run_starts_its_first_solution_worker_before_the_references_run(t
     monkeypatch.setenv("KBENCH_TEST_IMPORT_LOG", str(log))
     problem = read_problem(PROBLEMS / "affine_relu.py")
     job = Job(problem, read_solution(SOLUTIONS / "affine_relu" / "records_import.py"))
-    config = fast_config().model_copy(update={"pipeline": PipelineConfig(prefetch="on")})
+    config = unconfined(fast_config()).model_copy(update={"pipeline": PipelineConfig(prefetch="on")})  # it logs imports
     store = JsonStore(tmp_path / "baselines.json")
     with Runner(config, "cpu", baseline_cache=store) as cold:
         cold.start_first(job)

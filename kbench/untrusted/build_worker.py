@@ -4,13 +4,17 @@ It runs solution code, so it is isolated like the solution worker (``kbench.isol
 whether the import worked, and how long it took, from its channel. It runs with no GPU visible: compiling needs
 none, and a build pool of many of these must never share the device with a job being timed. The parent points
 ``TORCH_EXTENSIONS_DIR`` at the solution's build-cache folder, the one its solution worker will use, so that the
-job's own import later finds the extension built.
-Usage (by the parent only): ``python -m kbench.untrusted.build_worker SOLUTION CHANNEL_FD``.
+job's own import later finds the extension built. With ``confined``, it writes nowhere but that folder (and
+device files) from before the import on: see ``kbench.sandbox``.
+Usage (by the parent only): ``python -m kbench.untrusted.build_worker confined|free SOLUTION CHANNEL_FD``.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -19,11 +23,24 @@ from kbench.channel import Channel
 from kbench.untrusted.worker import _describe, _is_build_failure
 
 
-def main(solution_path: str, fd: str) -> None:
+def _confine(ext_dir: Path) -> Path:
+    """Confine this process to its build folder; the compilers' temporary files go to a folder of their own in
+    it, which the caller removes."""
+    from kbench import sandbox
+
+    scratch = Path(tempfile.mkdtemp(prefix="tmp-", dir=ext_dir))
+    sandbox.confine_worker([ext_dir], scratch, ext_dir)
+    return scratch
+
+
+def main(mode: str, solution_path: str, fd: str) -> None:
     channel = Channel(int(fd), announce_outputs=False)  # the worker starts in the "load" phase
+    scratch = None
     try:
         from kbench import execution  # torch's import: kbench's own time, not the build's
 
+        if mode == "confined":
+            scratch = _confine(Path(os.environ["TORCH_EXTENSIONS_DIR"]))
         channel.phase("build")
         started = time.perf_counter()
         execution.load_module(Path(solution_path), "kbench_solution")
@@ -32,7 +49,10 @@ def main(solution_path: str, fd: str) -> None:
         verdict = "compile_error" if _is_build_failure(exc) else "load_error"
         channel.send(error={"verdict": verdict, "reason": _describe(exc), "detail": traceback.format_exc()})
         sys.exit(1)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

@@ -44,14 +44,31 @@ def _describe(exc: BaseException) -> str:
     return text.splitlines()[0][:500] if text else type(exc).__name__
 
 
-def _build(spec: WorkerSpec, channel: Channel) -> Any:
-    from kbench import build_cache, caches, execution
+def _extension_dir(spec: WorkerSpec) -> Path:
+    """The solution's build folder (``TORCH_EXTENSIONS_DIR``), made now: a confined worker could not make it."""
+    from kbench import build_cache, caches
 
     source = Path(spec.solution_path or "").read_text(encoding="utf-8")
     root = Path(spec.extensions_root) if spec.extensions_root else caches.default_cache_root()
     ext_dir = build_cache.extension_dir(root, source, spec.device)
     ext_dir.mkdir(parents=True, exist_ok=True)
     os.environ["TORCH_EXTENSIONS_DIR"] = str(ext_dir)
+    return ext_dir
+
+
+def _confine(spec: WorkerSpec, ext_dir: Path) -> None:
+    """From here on this process, and all it starts, writes only to its job's folder and its build folder (and
+    device files): see ``kbench.sandbox``. Its libraries' temporary files and caches are pointed there first."""
+    from kbench import sandbox
+
+    scratch = Path(spec.out_dir) / "tmp"
+    scratch.mkdir(exist_ok=True)
+    sandbox.confine_worker([Path(spec.out_dir), ext_dir], scratch, ext_dir)
+
+
+def _build(spec: WorkerSpec, ext_dir: Path, channel: Channel) -> Any:
+    from kbench import build_cache, execution
+
     cache_hit = build_cache.has_built_extension(ext_dir)
     started = time.perf_counter()
     try:
@@ -165,6 +182,11 @@ def main(spec_path: str, fd: str, gate_fd: str, *turn_fds: str) -> None:
         from kbench.untrusted.guards import Guards
 
         spec = WorkerSpec.read(Path(spec_path))
+        # Where the build folder's name needs the GPU's capability and NVML cannot tell, torch opens a CUDA
+        # context for it: before the gate only when the worker must confine itself there.
+        ext_dir = _extension_dir(spec) if spec.confined else None
+        if ext_dir is not None:
+            _confine(spec, ext_dir)
         problem = execution.load_problem(spec)
         guards = Guards()  # before the solution is imported: what it replaces shows later
         # The reference's seeded weights, made on the CPU before any solution code runs (moved to the device
@@ -173,7 +195,7 @@ def main(spec_path: str, fd: str, gate_fd: str, *turn_fds: str) -> None:
         execution.start_cpu_threads()  # before the thread census's baseline, like the hashing threads
         wait_at_gate(gate_fd, channel)
         channel.phase("build")
-        model_new = _build(spec, channel)
+        model_new = _build(spec, ext_dir or _extension_dir(spec), channel)
         channel.phase("run")
         _run(spec, problem, reference, model_new, guards, channel, turn_fds)
     except _Failure as failure:
