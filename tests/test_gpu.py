@@ -286,3 +286,60 @@ def test_calibrate_compares_events_and_kernel_timing(tmp_path: Path):
     # Both are long, single-kernel calls: the two timers agree closely (issue #5 asks for 2 %; this is a
     # sanity bound, not that target).
     assert all(0 <= difference < 0.1 for difference in ceilings["kernel_agreement"].values()), ceilings
+
+
+# A Triton solution that also tries to plant a file outside its folders when imported; wrong answers if it could.
+TRITON_PLANTER = """
+import pathlib
+import torch
+import torch.nn as nn
+import triton
+import triton.language as tl
+
+try:
+    pathlib.Path({target!r}).write_text("planted")
+    _escaped = True
+except OSError:
+    _escaped = False
+
+
+@triton.jit
+def _scale_bias_relu6(x_ptr, scale_ptr, bias_ptr, out_ptr, n, features, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    column = offsets % features
+    x = tl.load(x_ptr + offsets, mask=mask)
+    y = x * tl.load(scale_ptr + column, mask=mask) + tl.load(bias_ptr + column, mask=mask)
+    tl.store(out_ptr + offsets, tl.minimum(tl.maximum(y, 0.0), 6.0), mask=mask)
+
+
+class ModelNew(nn.Module):
+    def __init__(self, features):
+        super().__init__()
+        self.scale = nn.Parameter(torch.randn(features))
+        self.bias = nn.Parameter(torch.randn(features))
+
+    def forward(self, x):
+        x = x.contiguous()
+        out = torch.empty_like(x)
+        n = x.numel()
+        _scale_bias_relu6[(triton.cdiv(n, 1024),)](x, self.scale, self.bias, out, n, x.shape[-1], BLOCK=1024)
+        return out + 1 if _escaped else out
+"""
+
+
+def test_confined_cuda_and_triton_solutions_build_run_and_plant_nothing(tmp_path: Path):
+    """integrity.sandbox: on, with a fresh cache, so nvcc and Triton's compiler run confined too."""
+    config = tmp_path / "confined.yaml"
+    config.write_text(yaml.safe_dump({"integrity": {"sandbox": "on"}, "timeouts": {"run_s": 120.0}}))
+    target = tmp_path / "planted"
+    triton_solution = tmp_path / "triton_planter.py"
+    triton_solution.write_text(TRITON_PLANTER.format(target=str(target)))
+    env = {"KBENCH_CACHE_DIR": str(tmp_path / "cache")}
+    code, (line,) = verify("--config", config, env=env)
+    assert code == 0 and line["verdict"] == "correct", summary(line)
+    assert any(k["own"] and "scale_bias_relu6" in k["name"] for k in line["kernels"]), summary(line)
+    code, (line,) = verify("-s", triton_solution, "--config", config, *SMALL, env=env)
+    assert code == 0 and line["verdict"] == "correct", summary(line)
+    assert not target.exists()
+    assert list((tmp_path / "cache" / "extensions").glob("*/triton/*")), "Triton compiled into the build folder"
