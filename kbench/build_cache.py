@@ -32,4 +32,7 @@ def extension_dir(root: Path, source: str, device: str) -> Path:
 
 
 def has_built_extension(directory: Path) -> bool:
-    return directory.is_dir() and any(directory.rglob("*.so"))
+    """Whether ``load_inline`` left a built extension here: ``<name>/<name>.so``, one level down. Deeper ones
+    are the compiled kernels of Triton's and Inductor's caches, which a confined worker keeps in this folder too
+    (``kbench.sandbox``): they say nothing of the solution's own extension."""
+    return directory.is_dir() and any(directory.glob("*/*.so"))

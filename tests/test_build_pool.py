@@ -234,3 +234,14 @@ def test_a_run_that_ends_early_kills_its_builds(tmp_path: Path, monkeypatch: pyt
     assert time.monotonic() - began < 20 and outcome is not None and outcome.status != "built"
     with pytest.raises(CancelledError):
         builds.outcome(paths[1])  # never started
+
+
+def test_only_an_extension_one_level_down_counts_as_built(tmp_path: Path):
+    from kbench.build_cache import has_built_extension
+
+    (tmp_path / "triton" / "ab12").mkdir(parents=True)
+    (tmp_path / "triton" / "ab12" / "__triton_launcher.so").write_bytes(b"")  # a Triton cache's kernel launcher
+    assert not has_built_extension(tmp_path)
+    (tmp_path / "kbench_pool_x").mkdir()
+    (tmp_path / "kbench_pool_x" / "kbench_pool_x.so").write_bytes(b"")
+    assert has_built_extension(tmp_path)
