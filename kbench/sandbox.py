@@ -8,7 +8,7 @@ process outside its own confinement: the parent, the reference partner, other jo
 
 Landlock is unprivileged (Linux 5.13 and later), and a confinement can never be lifted by the process it holds.
 Reads, execution and device ioctls are left alone: a worker imports torch from anywhere and drives its GPU.
-Trusted side; the untrusted workers call ``confine`` before any solution code runs.
+Trusted side; the untrusted workers call ``confine_worker`` before any solution code runs.
 """
 
 from __future__ import annotations
