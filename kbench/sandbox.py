@@ -7,7 +7,9 @@ only beneath the folders it is given, and cannot ptrace, open ``/proc/<pid>/fd``
 process outside its own confinement: the parent, the reference partner, other jobs' workers.
 
 Landlock is unprivileged (Linux 5.13 and later), and a confinement can never be lifted by the process it holds.
-Reads, execution and device ioctls are left alone: a worker imports torch from anywhere and drives its GPU.
+Reads, execution and device ioctls are left alone: a worker imports torch from anywhere and drives its GPU. It
+may also write its own ``/proc/<pid>`` files: CUDA names the threads it starts through
+``/proc/self/task/<tid>/comm``, and its start fails (error 304) where it cannot.
 Trusted side; the untrusted workers call ``confine_worker`` before any solution code runs.
 """
 
@@ -34,6 +36,10 @@ _SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
 
 # Beneath /dev: GPU device files are opened for writing, and /dev/shm is where shared memory lives.
 DEVICE_FILES = Path("/dev")
+# The confined process's own /proc/<pid> folder, held open for its life. Landlock's rule names the folder's inode,
+# and procfs makes a new one when an unused folder is dropped from the dentry cache and looked up again; an open
+# descriptor keeps the folder in the cache, so the rule keeps matching.
+_own_process_folder: int | None = None
 
 
 class SandboxError(Exception):
@@ -95,17 +101,28 @@ def confine(writable: list[Path]) -> int:
             folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(folder, os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY)
             try:
-                rule = _PathBeneathAttr(rights, fd)
-                _check(
-                    libc.syscall(_ADD_RULE, ruleset, _RULE_PATH_BENEATH, ctypes.byref(rule), 0), f"a rule for {folder}"
-                )
+                _add_rule(libc, ruleset, fd, rights, str(folder))
             finally:
                 os.close(fd)
+        _allow_own_process_folder(libc, ruleset)
         _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
         _check(libc.syscall(_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
     finally:
         os.close(ruleset)
     return abi
+
+
+def _add_rule(libc: ctypes.CDLL, ruleset: int, fd: int, rights: int, what: str) -> None:
+    rule = _PathBeneathAttr(rights, fd)
+    _check(libc.syscall(_ADD_RULE, ruleset, _RULE_PATH_BENEATH, ctypes.byref(rule), 0), f"a rule for {what}")
+
+
+def _allow_own_process_folder(libc: ctypes.CDLL, ruleset: int) -> None:
+    """Writes to this process's own ``/proc/<pid>`` files (its threads' names); nothing of another process's."""
+    global _own_process_folder
+    if _own_process_folder is None:
+        _own_process_folder = os.open("/proc/self", os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY)
+    _add_rule(libc, ruleset, _own_process_folder, _WRITE_FILE, "this process's /proc folder")
 
 
 def confine_worker(writable: list[Path], scratch: Path, cache: Path) -> int:

@@ -23,7 +23,7 @@ needs_landlock = pytest.mark.skipif(landlock_abi() < 1, reason="this kernel has 
 
 # Run in a child of the test (its parent): confined, it tries what a solution would, and prints what got through.
 _ATTEMPTS = """
-import os, sys
+import os, sys, threading
 from pathlib import Path
 from kbench import sandbox
 allowed, outside = Path(sys.argv[1]), Path(sys.argv[2])
@@ -36,6 +36,8 @@ for name, attempt in [
     ("parent_pipe", lambda: os.close(os.open(f"/proc/{os.getppid()}/fd/{sys.argv[4]}", os.O_WRONLY))),
     ("signal", lambda: os.kill(os.getppid(), 0)),
     ("child", lambda: (os.system(f"echo planted > {outside}.child 2>/dev/null"), Path(f"{outside}.child").stat())),
+    ("own_thread_name", _name_a_thread),
+    ("parent_proc", lambda: os.close(os.open(f"/proc/{os.getppid()}/oom_score_adj", os.O_WRONLY))),
 ]:
     try:
         attempt()
@@ -43,6 +45,21 @@ for name, attempt in [
     except OSError:
         pass
 print(abi, " ".join(got) or "-")
+"""
+# What CUDA does when it names a thread it started (glibc's pthread_setname_np for another thread), and its start
+# fails where it cannot (error 304); then the same write to the parent's /proc folder.
+_PROC_WRITES = """
+def _name_a_thread():
+    named = threading.Event()
+    thread = threading.Thread(target=named.wait)
+    thread.start()
+    try:
+        comm = os.open(f"/proc/self/task/{thread.native_id}/comm", os.O_RDWR)
+        os.write(comm, b"named")
+        os.close(comm)
+    finally:
+        named.set()
+        thread.join()
 """
 
 
@@ -56,7 +73,7 @@ def test_a_confined_process_writes_only_beneath_its_folders_and_cannot_reach_its
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     paths = [str(outside), str(kept), str(write_end)]
     done = subprocess.run(
-        [sys.executable, "-c", _ATTEMPTS, str(allowed), *paths],
+        [sys.executable, "-c", _PROC_WRITES + _ATTEMPTS, str(allowed), *paths],
         capture_output=True,
         text=True,
         env=env,
@@ -66,12 +83,12 @@ def test_a_confined_process_writes_only_beneath_its_folders_and_cannot_reach_its
     assert (allowed / "inside.txt").read_text() == "kept"
     assert not outside.exists() and not (tmp_path / "planted.txt.child").exists()
     assert kept.read_text() == "the trusted side's"
-    expected_through = "-" if int(abi) >= 6 else "signal"  # signals are scoped from ABI 6 on
-    assert got.strip() == expected_through, done.stdout
+    expected_through = ["own_thread_name"] if int(abi) >= 6 else ["signal", "own_thread_name"]  # signals: ABI 6
+    assert got.split() == expected_through, done.stdout
     # Unconfined, the same attempts get through: the check above can fail.
     unconfined = _ATTEMPTS.replace("abi = sandbox.confine([allowed])", "abi = 0; allowed.mkdir()")
     free = subprocess.run(
-        [sys.executable, "-c", unconfined, str(tmp_path / "free"), *paths],
+        [sys.executable, "-c", _PROC_WRITES + unconfined, str(tmp_path / "free"), *paths],
         capture_output=True,
         text=True,
         env=env,
@@ -79,7 +96,8 @@ def test_a_confined_process_writes_only_beneath_its_folders_and_cannot_reach_its
     )
     os.close(read_end)
     os.close(write_end)
-    assert free.stdout.split(maxsplit=1)[1].split() == ["outside", "remove", "parent_pipe", "signal", "child"]
+    all_through = ["outside", "remove", "parent_pipe", "signal", "child", "own_thread_name", "parent_proc"]
+    assert free.stdout.split(maxsplit=1)[1].split() == all_through
 
 
 def _config(setting: str) -> KbenchConfig:
