@@ -121,6 +121,15 @@ def test_a_thread_the_solution_leaves_running_is_named(runner: Runner):
     assert any("after its first checked call" in note and "solution-helper" in note for note in result.notes)
 
 
+@pytest.mark.parametrize("fixture", ["pool_on_first_call", pytest.param("compiled", marks=SLOW)])
+def test_a_pool_started_in_the_first_call_is_the_solutions_own(runner: Runner, fixture: str):
+    """Thread pools start in the first call (torch.compile's while Inductor compiles, with a fresh Inductor cache:
+    the run's build folder, or a fresh one of the test's); a thread started in a later call is flagged (above)."""
+    result = run(runner, fixture)
+    assert result.verdict == Verdict.CORRECT, (result.reason, result.flags, result.notes)
+    assert "thread" not in result.flags, result.flags  # static_thread, the scan's second opinion, may stand
+
+
 def test_a_forged_malformed_result_is_judged_not_fatal(runner: Runner):
     result = run(runner, "forges_malformed_result")
     assert result.verdict == Verdict.REJECTED, (result.reason, result.flags, result.detail[-800:])

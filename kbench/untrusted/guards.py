@@ -262,19 +262,27 @@ class CallWatch:
         late = fingerprint(outputs)
         if not all(same(a, b) for a, b in zip(early, late, strict=True)):
             self.flags.add("side_stream" if on_gpu(self.device) else "thread")
+        self._check_threads(python_threads)
+        self._check_inputs(inputs, pristine)
+        self._check_aliasing(outputs, inputs)
+        return output
+
+    def _check_threads(self, python_threads: set[threading.Thread]) -> None:
+        """Thread pools start on the first call (torch's, Triton's, Inductor's while it compiles): threads started
+        there count as the solution's own from before, as those it starts when imported do, and only threads added
+        by a later call are flagged. What any thread does to the outputs shows in the fingerprints; its CPU time
+        beside the reference, as ``background_work``."""
+        threads = _native_threads()
+        if self._thread_baseline is None:
+            self._thread_baseline = threads
+            return
         alive = set(threading.enumerate())
         if len(alive) > len(python_threads):
             self.flags.add("thread")
             self.new_threads.update(thread.name for thread in alive - python_threads)
-        threads = _native_threads()
-        if self._thread_baseline is None:
-            self._thread_baseline = threads  # thread pools start on the first call; count growth after it
-        elif len(threads) > len(self._thread_baseline):
+        if len(threads) > len(self._thread_baseline):
             self.flags.add("thread")
             self.new_threads.update(name for tid, name in threads.items() if tid not in self._thread_baseline)
-        self._check_inputs(inputs, pristine)
-        self._check_aliasing(outputs, inputs)
-        return output
 
     def check_inputs_unchanged(self, input_sets: list[list[Any]], pristine: list[list[Any]]) -> None:
         """After timing: the solution's own input sets must be as they were made."""
