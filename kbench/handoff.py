@@ -22,7 +22,6 @@ trusted side would then take from the solution. On the CPU it is a file in the j
 from __future__ import annotations
 
 import ctypes
-import functools
 import mmap
 import os
 import re
@@ -32,14 +31,14 @@ from typing import Any
 
 import torch
 
+from kbench import cuda_driver
+from kbench.cuda_driver import HANDLE_BYTES, DevicePointer, IpcHandle
 from kbench.device_kind import on_gpu
 
 ALIGN = 256  # each staged tensor starts at a multiple of this, as cudaMalloc's own allocations do
 MAX_TENSORS = 64  # an output of more is saved to a file: the layout travels in one reply line
-HANDLE_BYTES = 64  # sizeof(CUipcMemHandle)
 CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1
 STAGING_FILE = re.compile(r"stage-[0-9]{1,6}\.buf")
-_DevicePointer = ctypes.c_uint64
 # Bound when kbench is imported, before any solution is (see timing.py).
 _synchronize = torch.cuda.synchronize
 
@@ -48,45 +47,17 @@ class HandoffError(Exception):
     """The handoff cannot be used here (no driver, no IPC), or the partner refuses what the worker staged."""
 
 
-class _IpcHandle(ctypes.Structure):
-    _fields_ = [("reserved", ctypes.c_char * HANDLE_BYTES)]
-
-
-def ipc_handle(raw: bytes) -> _IpcHandle:
-    """The driver's handle from its 64 bytes. Not ``_IpcHandle(raw)``: that copies a c_char array only up to its
+def ipc_handle(raw: bytes) -> IpcHandle:
+    """The driver's handle from its 64 bytes. Not ``IpcHandle(raw)``: that copies a c_char array only up to its
     first NUL byte, and the driver refused the handle so made (CUDA_ERROR_INVALID_VALUE, on an H100)."""
-    return _IpcHandle.from_buffer_copy(raw)
-
-
-@functools.cache
-def _driver() -> ctypes.CDLL:
-    try:
-        lib = ctypes.CDLL("libcuda.so.1")
-    except OSError as exc:
-        raise HandoffError(f"no CUDA driver library: {exc}") from exc
-    pointer, size = ctypes.POINTER(_DevicePointer), ctypes.POINTER(ctypes.c_size_t)
-    signatures: dict[str, list[Any]] = {
-        "cuMemAlloc_v2": [pointer, ctypes.c_size_t],
-        "cuIpcGetMemHandle": [ctypes.POINTER(_IpcHandle), _DevicePointer],
-        "cuIpcOpenMemHandle_v2": [pointer, _IpcHandle, ctypes.c_uint],
-        "cuIpcCloseMemHandle": [_DevicePointer],
-        "cuMemGetAddressRange_v2": [pointer, size, _DevicePointer],
-        "cuMemcpyDtoD_v2": [_DevicePointer, _DevicePointer, ctypes.c_size_t],
-        "cuCtxSynchronize": [],
-        "cuGetErrorName": [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)],
-    }
-    for name, argtypes in signatures.items():
-        function = getattr(lib, name)
-        function.argtypes, function.restype = argtypes, ctypes.c_int
-    return lib
+    return IpcHandle.from_buffer_copy(raw)
 
 
 def _call(name: str, *args: Any) -> None:
-    status = getattr(_driver(), name)(*args)
-    if status != 0:
-        text = ctypes.c_char_p()
-        _driver().cuGetErrorName(status, ctypes.byref(text))
-        raise HandoffError(f"{name} failed: {(text.value or b'').decode() or status}")
+    try:
+        cuda_driver.call(name, *args)
+    except cuda_driver.DriverError as exc:
+        raise HandoffError(str(exc)) from exc
 
 
 def _copy(destination: int, source: int, nbytes: int) -> None:
@@ -112,7 +83,7 @@ class _DeviceBuffer:
         self._outgrown: list[int] = []
 
     def allocate(self, size: int) -> bytes:
-        pointer, handle = _DevicePointer(), _IpcHandle()
+        pointer, handle = DevicePointer(), IpcHandle()
         _call("cuMemAlloc_v2", ctypes.byref(pointer), size)
         _call("cuIpcGetMemHandle", ctypes.byref(handle), pointer)
         if self._pointer:
@@ -248,7 +219,7 @@ class _DeviceImport:
 
     def open(self, handle: bytes) -> int:
         """Map the buffer; the bytes a staged tensor may read from its start."""
-        pointer, base, size = _DevicePointer(), _DevicePointer(), ctypes.c_size_t()
+        pointer, base, size = DevicePointer(), DevicePointer(), ctypes.c_size_t()
         _call("cuIpcOpenMemHandle_v2", ctypes.byref(pointer), ipc_handle(handle), CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS)
         try:
             _call("cuMemGetAddressRange_v2", ctypes.byref(base), ctypes.byref(size), pointer)

@@ -97,7 +97,17 @@ def _turns_ended_under(worker: WorkerRun) -> bool:
 
 
 def _failure(worker: WorkerRun, facts: dict[str, Any]) -> Judgement | None:
-    """The verdict when the worker did not deliver a clean result, else None."""
+    """The verdict when the worker did not deliver a clean result, else None. A worker that failed in its load
+    phase failed before any solution code ran (the solution is imported in the build phase): kbench's own start,
+    or the host (a GPU that CUDA cannot start), not the solution's doing, so the result says so."""
+    failed = _worker_failure(worker, facts)
+    if failed is not None and set(worker.phase_s) <= {"load"}:
+        failed.flags = sorted({*failed.flags, "harness_error"})
+        failed.reason = f"kbench's worker failed before any solution code ran: {failed.reason}"
+    return failed
+
+
+def _worker_failure(worker: WorkerRun, facts: dict[str, Any]) -> Judgement | None:
     if worker.timed_out_phase is not None:
         where = f"the {worker.timed_out_phase} phase"
         if worker.timed_out_step is not None:

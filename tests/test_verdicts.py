@@ -6,8 +6,10 @@ import pytest
 from conftest import PROBLEMS, SOLUTIONS, fast_config, run_fixture
 
 from kbench.catalog import read_problem, read_solution
+from kbench.config import IntegrityConfig
 from kbench.results import JobResult, Verdict
 from kbench.runner import Job, Runner
+from kbench.sandbox import landlock_abi
 
 PROBLEM = read_problem(PROBLEMS / "affine_relu.py")
 # One case of each kind runs in the quick `pytest`; the rest are `slow` (make test and CI run them).
@@ -127,3 +129,24 @@ def test_a_failure_inside_kbench_is_reported_and_the_run_goes_on(runner: Runner,
     result = run(runner, "correct_torch")
     assert result.verdict == Verdict.RUNTIME_ERROR and result.flags == ["harness_error"]
     assert "ZeroDivisionError: kbench bug" in result.detail
+
+
+@pytest.mark.skipif(landlock_abi() < 1, reason="this kernel has no Landlock")
+def test_a_worker_that_fails_before_the_solution_loads_is_a_harness_error_not_the_solutions(tmp_path):
+    """The solution's build folder cannot be made (its cache's `extensions` is a file): a confined worker makes
+    it before the gate, so it fails before any solution code runs, and the result blames kbench's side; an
+    unconfined one makes it as it builds, so the same failure is the build's."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "extensions").write_text("not a folder")
+    solution = read_solution(SOLUTIONS / "affine_relu" / "correct_torch.py")
+    results = {}
+    for setting in ("on", "off"):
+        config = fast_config().model_copy(update={"integrity": IntegrityConfig(sandbox=setting)})
+        with Runner(config, "cpu", cache_root=cache) as runner:
+            results[setting] = runner.run(Job(PROBLEM, solution))
+    before = results["on"]
+    assert before.verdict == Verdict.RUNTIME_ERROR and "harness_error" in before.flags, (before.reason, before.flags)
+    assert before.reason.startswith("kbench's worker failed before any solution code ran"), before.reason
+    after = results["off"]
+    assert after.verdict != Verdict.CORRECT and "harness_error" not in after.flags, (after.reason, after.flags)

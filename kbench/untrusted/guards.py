@@ -75,6 +75,7 @@ PATCH_PATHS = (
 # below Python; the ones that decide a verdict (outputs, timing turns) are made by the parent.
 KBENCH_MODULES = (
     "kbench.channel",
+    "kbench.cuda_driver",
     "kbench.execution",
     "kbench.fingerprints",
     "kbench.handoff",

@@ -66,6 +66,23 @@ def _confine(spec: WorkerSpec, ext_dir: Path) -> None:
     sandbox.confine_worker([Path(spec.out_dir), ext_dir], scratch, ext_dir)
 
 
+def _start_device(spec: WorkerSpec) -> None:
+    """Start the CUDA driver past the gate (no timing runs beside it then) and before the solution is imported:
+    where it cannot start, that is the host's failure or kbench's, and the parent tells it from the solution's by
+    the phase it came in. The driver alone: torch's own CUDA state still starts when the solution first uses it."""
+    if not on_gpu(spec.device):
+        return
+    from kbench import cuda_driver
+
+    try:
+        count = cuda_driver.device_count()
+    except cuda_driver.DriverError as exc:
+        hint = " (the worker is confined: `integrity.sandbox: off` shows whether that is what stops it)"
+        raise RuntimeError(f"CUDA cannot start in this worker{hint if spec.confined else ''}: {exc}") from exc
+    if count < 1:
+        raise RuntimeError("CUDA started, but this worker sees no GPU (CUDA_VISIBLE_DEVICES)")
+
+
 def _build(spec: WorkerSpec, ext_dir: Path, channel: Channel) -> Any:
     from kbench import build_cache, execution
 
@@ -194,6 +211,7 @@ def main(spec_path: str, fd: str, gate_fd: str, *turn_fds: str) -> None:
         reference = execution.seeded_model(problem, problem.Model, spec.weights_seed(), "cpu")
         execution.start_cpu_threads()  # before the thread census's baseline, like the hashing threads
         wait_at_gate(gate_fd, channel)
+        _start_device(spec)
         channel.phase("build")
         model_new = _build(spec, ext_dir or _extension_dir(spec), channel)
         channel.phase("run")
