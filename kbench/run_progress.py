@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from kbench import display, session
+from kbench.config import confines_workers
 from kbench.device_kind import on_gpu
 from kbench.scheduler import Progress
 
@@ -35,6 +36,14 @@ def describe_plan(planned: session.SessionPlan, device: str) -> list[str]:
     return lines
 
 
+def confinement(config: KbenchConfig, device: str) -> str:
+    """Whether the untrusted workers are confined: what a solution could reach is worth a line before it runs."""
+    setting = config.integrity.sandbox
+    if confines_workers(config, device):
+        return f"workers confined with Landlock (integrity.sandbox: {setting}): they write only to their own folders"
+    return f"workers not confined (integrity.sandbox: {setting}): a solution can write wherever this user can"
+
+
 def run_here(
     planned: session.SessionPlan,
     device: str,
@@ -49,6 +58,7 @@ def run_here(
         progress_console.print(line, markup=False, highlight=False, soft_wrap=True)
     if len(lanes) > 1 or lanes[0].index is not None:
         progress_console.print(f"on {', '.join(lane.described or lane.label for lane in lanes)}", highlight=False)
+    progress_console.print(confinement(config, device), markup=False, highlight=False)
     finished, starts, started = 0, 0, time.monotonic()
     total = len(planned.jobs)
     standing = Progress(total)

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from kbench import __version__, caches, catalog, cli, run_progress, session
 from kbench.cli import app
+from kbench.config import IntegrityConfig, KbenchConfig
 
 runner = CliRunner(env={"COLUMNS": "200"})
 ENV = {**os.environ, "COLUMNS": "200"}
@@ -237,3 +238,13 @@ def test_cache_shows_and_clears_what_it_holds(tmp_path: Path):
 def test_cache_clear_of_an_unknown_kind_is_a_usage_error(tmp_path: Path):
     done = kbench("cache", "--clear", "everything", env={**ENV, "KBENCH_CACHE_DIR": str(tmp_path)})
     assert done.returncode == 2 and "--clear takes" in done.stderr
+
+
+def test_the_run_says_whether_its_workers_are_confined(monkeypatch: pytest.MonkeyPatch):
+    import kbench.sandbox
+
+    monkeypatch.setattr(kbench.sandbox, "landlock_abi", lambda: 7)
+    confined = KbenchConfig().model_copy(update={"integrity": IntegrityConfig(sandbox="auto")})
+    assert run_progress.confinement(confined, "cpu").startswith("workers confined with Landlock")
+    free = KbenchConfig().model_copy(update={"integrity": IntegrityConfig(sandbox="off")})
+    assert run_progress.confinement(free, "cpu").startswith("workers not confined (integrity.sandbox: off)")
