@@ -26,6 +26,7 @@ from typing import Any
 import psutil
 
 from kbench.channel import STACKS_SIGNAL
+from kbench.scheduling import Scheduling
 
 LOG_TAIL_CHARS = 20_000
 # A worker's messages are small; beyond these a solution is flooding the pipe, and the rest is dropped.
@@ -250,6 +251,8 @@ class StartedWorker:
         finally:
             for fd in child_fds:
                 os.close(fd)
+        # As it started, before any solution code can run beside it: a change later is another process's doing.
+        self.scheduling = Scheduling.of(self.proc.pid)
         if command.on_start is not None:
             command.on_start(self.proc.pid)
         self.phase, self.phase_began = phases[0], started

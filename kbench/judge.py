@@ -55,6 +55,7 @@ INTEGRITY_FLAGS = WORKER_FLAGS - {"settings_changed"} | {
     "implausible_speed",
     "reference_slowed",
     "background_work",
+    "reference_tampered",
     "unchecked_weights",
 }
 # A measured time this far under the physics floor cannot be explained by measurement error.

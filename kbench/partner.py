@@ -93,6 +93,8 @@ class Partner:
         busy, turns = self.turns.background_cpu_s, self.turns.reference_turns_s
         if busy > BACKGROUND_MIN_S and busy > BACKGROUND_SHARE * turns:
             flags.add("background_work")
+        if self.turns.reference_rescheduled:
+            flags.add("reference_tampered")
         return flags
 
     def notes(self) -> list[str]:
@@ -102,6 +104,12 @@ class Partner:
             notes.append(
                 f"the solution's processes used {turns.background_cpu_s:.3g} s of CPU during the reference's turns "
                 f"({turns.reference_turns_s:.3g} s)"
+            )
+        if turns.reference_rescheduled:
+            notes.append(
+                "the reference partner's main thread was rescheduled during the timing turns ("
+                + "; ".join(turns.reference_rescheduled)
+                + "): kbench never does that, another process of this user did"
             )
         if turns.error and turns.failed == "solution":
             notes.append(f"timing turns ended early: {turns.error}")

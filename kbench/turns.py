@@ -30,6 +30,7 @@ from typing import Any
 import psutil
 
 from kbench.isolation import StartedWorker
+from kbench.scheduling import Scheduling, openmp_binds_threads
 from kbench.timing import TimingPlan, collect, warm_up
 
 MAX_REPLY_BYTES = 1 << 20  # a batch's samples; anything longer is a solution flooding the pipe
@@ -54,6 +55,7 @@ class WorkerTurns:
     pid: int
     alive: Callable[[], bool]  # whether the worker process still runs
     end: Callable[[], None]  # close the command pipe: a worker waiting for a command leaves
+    scheduling: Scheduling | None = None  # its main thread's, as it started (kbench.scheduling)
     _buffer: bytes = b""
     _processes: list[psutil.Process] = field(default_factory=list)
 
@@ -101,6 +103,13 @@ class WorkerTurns:
         except psutil.Error:
             self._processes = []
 
+    def rescheduled(self) -> list[str]:
+        """How its main thread's scheduling changed since it started, in words (none where it cannot be read)."""
+        now = Scheduling.of(self.pid)
+        if self.scheduling is None or now is None:
+            return []
+        return self.scheduling.changes(now, affinity=not openmp_binds_threads())
+
     def cpu_s(self) -> float:
         """CPU seconds used so far by the processes last found (a process gone since counts no more)."""
         total = 0.0
@@ -131,6 +140,7 @@ class Interleaved:
     failed: str | None = None  # which side broke them: "reference" or "solution"
     background_cpu_s: float = 0.0  # CPU time the solution's processes used during the reference's turns
     reference_turns_s: float = 0.0  # wall time of those turns
+    reference_rescheduled: list[str] = field(default_factory=list)  # how the partner's scheduling changed, first seen
     rounds: int = 0  # rounds run, warm-up included
     wall_s: float = 0.0
 
@@ -159,6 +169,8 @@ class _Driver:
             ended = time.perf_counter()
             self.result.reference_turns_s += ended - began
             self.result.background_cpu_s += max(0.0, solution.cpu_s() - before)
+            if not self.result.reference_rescheduled:  # after each of its turns, which a change would have slowed
+                self.result.reference_rescheduled = reference.rescheduled()
             began_solution = time.perf_counter()
             self._turn(solution, index)
             turns[0].append((ended - began) * 1e3)
@@ -301,6 +313,7 @@ def worker_turns(worker: StartedWorker, label: str) -> WorkerTurns:
         worker.pid,
         lambda: worker.proc.poll() is None,
         worker.end_turns,
+        worker.scheduling,
     )
 
 

@@ -40,6 +40,7 @@ def run(runner: Runner, name: str, problem: Problem = AFFINE) -> JobResult:
         ("patches_timer", Verdict.REJECTED, "timer_tampering"),
         pytest.param("patches_comparison", Verdict.INCORRECT, "monkey_patch", marks=SLOW),
         ("forges_channel", Verdict.REJECTED, "channel_tampering"),
+        ("reschedules_reference", Verdict.REJECTED, "reference_tampered"),
         pytest.param("floods_channel", Verdict.REJECTED, "channel_tampering", marks=SLOW),
         pytest.param("tensor_subclass", Verdict.REJECTED, "output_not_tensor", marks=SLOW),
     ],

@@ -275,3 +275,22 @@ print(sys.pycache_prefix, real() == before)
     prefix, unchanged = out.split()
     assert prefix == str(tmp_path / "pycache") and unchanged == "True", out
     assert list((tmp_path / "pycache").rglob("stats*.pyc")), "the command line's bytecode was not kept"
+
+
+def test_a_reference_bound_by_openmp_is_held_to_its_priority_and_policy_only(monkeypatch: pytest.MonkeyPatch):
+    from kbench.scheduling import Scheduling, openmp_binds_threads
+
+    started = Scheduling(frozenset({0, 1}), 0, os.SCHED_OTHER)
+    pinned = Scheduling(frozenset({0}), 0, os.SCHED_OTHER)
+    assert started.changes(pinned) == ["CPU affinity {0,1} -> {0}"]
+    assert started.changes(pinned, affinity=False) == []
+    idle = Scheduling(frozenset({0, 1}), 19, os.SCHED_IDLE)
+    assert started.changes(idle, affinity=False) == ["nice 0 -> 19", "policy SCHED_OTHER -> SCHED_IDLE"]
+    for name in ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY", "KMP_AFFINITY"):
+        monkeypatch.delenv(name, raising=False)
+    assert not openmp_binds_threads()
+    monkeypatch.setenv("OMP_PROC_BIND", "false")
+    assert not openmp_binds_threads()
+    monkeypatch.setenv("OMP_PROC_BIND", "close")
+    assert openmp_binds_threads()
+    assert Scheduling.of(os.getpid()) is not None
