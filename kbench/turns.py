@@ -103,12 +103,13 @@ class WorkerTurns:
         except psutil.Error:
             self._processes = []
 
-    def rescheduled(self) -> list[str]:
-        """How its main thread's scheduling changed since it started, in words (none where it cannot be read)."""
+    def rescheduled(self, affinity: bool) -> list[str]:
+        """How its main thread's scheduling changed since it started, in words (none where it cannot be read); its
+        affinity only where ``affinity``."""
         now = Scheduling.of(self.pid)
         if self.scheduling is None or now is None:
             return []
-        return self.scheduling.changes(now, affinity=not openmp_binds_threads())
+        return self.scheduling.changes(now, affinity)
 
     def cpu_s(self) -> float:
         """CPU seconds used so far by the processes last found (a process gone since counts no more)."""
@@ -154,6 +155,7 @@ class _Driver:
         self._rng = random.Random(int.from_bytes(os.urandom(8), "little"))  # unguessable by the solution
         self._timed_rounds = 0  # timed rounds seen so far, for the reservoir
         self._adopted: dict[int, bool] = {}  # slot -> whether the partner holds the solution's output in it
+        self._affinity_held = not openmp_binds_threads()  # read once: it is checked after every reference turn
 
     def batch(self, first: int, count: int, timed: bool) -> list[list[float]]:
         reference, solution = self.sides
@@ -170,7 +172,7 @@ class _Driver:
             self.result.reference_turns_s += ended - began
             self.result.background_cpu_s += max(0.0, solution.cpu_s() - before)
             if not self.result.reference_rescheduled:  # after each of its turns, which a change would have slowed
-                self.result.reference_rescheduled = reference.rescheduled()
+                self.result.reference_rescheduled = reference.rescheduled(self._affinity_held)
             began_solution = time.perf_counter()
             self._turn(solution, index)
             turns[0].append((ended - began) * 1e3)
