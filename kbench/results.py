@@ -130,13 +130,16 @@ class ResultsFile:
             os.fsync(fh.fileno())
 
     def read(self) -> list[JobResult]:
+        """Each job's latest result, in the order the jobs first finished: a job that ``--resume`` ran again
+        (kbench had failed it, ``harness_error``) is reported by its new line; the file keeps both."""
         if not self.path.exists():
             return []
-        results = []
+        latest: dict[tuple[str, str], JobResult] = {}
         for line in self.path.read_text(encoding="utf-8").splitlines():
             # A run killed mid-write can leave a torn last line; every complete line is still a result.
             try:
-                results.append(JobResult.from_dict(json.loads(line)))
+                result = JobResult.from_dict(json.loads(line))
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue
-        return results
+            latest[(result.problem, result.solution)] = result
+        return list(latest.values())

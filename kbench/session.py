@@ -157,7 +157,8 @@ class Resumption:
 
 
 def plan_resume(run_dir: RunDir) -> Resumption:
-    """The jobs of a recorded run that have no result yet, with the run's own device and configuration."""
+    """The jobs of a recorded run that have no result yet, or whose result says kbench itself failed them
+    (``harness_error``: the solution was never judged), with the run's own device and configuration."""
     meta = run_dir.read_metadata()
     try:
         selection = Selection(**meta["selection"])
@@ -168,7 +169,7 @@ def plan_resume(run_dir: RunDir) -> Resumption:
     registry = selection.registry()
     problems = [catalog.read_problem(Path(path)) for path in selection.problems]
     full = plan(problems, device, selection.overrides, registry)
-    finished = {(r.problem, r.solution) for r in run_dir.results.read()}
+    finished = {(r.problem, r.solution) for r in run_dir.results.read() if "harness_error" not in r.flags}
     remaining = [job for job in full.jobs if (job.problem.name, job.solution.name) not in finished]
     return Resumption(SessionPlan(remaining, full.reference_only), config, device, len(full.jobs) - len(remaining))
 

@@ -322,3 +322,41 @@ def test_a_full_disk_stops_the_run_with_a_clear_error_and_keeps_finished_results
     assert f"kbench bench --resume {run_dir.name}" in message
     kept = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
     assert [r["solution"] for r in kept] == ["correct_renamed"]
+
+
+@pytest.mark.slow
+def test_resume_runs_again_a_job_that_kbench_itself_failed_and_reports_its_new_result(
+    tmp_path: Path, make_catalog, config_file: Path
+):
+    problems_dir, solutions_dir = make_catalog("affine_relu", ["correct_renamed", "correct_torch"])
+    results_dir = tmp_path / "results"
+    bench = ["--problems-dir", problems_dir, "--solutions-dir", solutions_dir, "--results-dir", results_dir]
+    code, out = invoke("bench", "--all", "--device", "cpu", *bench, "--config", config_file)
+    assert code == 0, out
+    (run_dir,) = results_dir.iterdir()
+    results = run_dir / "results.jsonl"
+    first, second = (json.loads(line) for line in results.read_text().splitlines())
+    # As if kbench's parent had failed the second job: the solution was never judged, so it must run again.
+    second.update(verdict="runtime_error", flags=["harness_error"], speedup=None, reason="kbench failed")
+    results.write_text(json.dumps(first) + "\n" + json.dumps(second) + "\n")
+    code, out = invoke("bench", "--resume", run_dir.name, "--results-dir", results_dir)
+    assert code == 0, out
+    assert "1 jobs done, 1 to run" in out
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["solution"], r["verdict"]) for r in lines] == [
+        ("correct_renamed", "correct"),
+        ("correct_torch", "runtime_error"),  # the file keeps the failed attempt
+        ("correct_torch", "correct"),
+    ]
+    table = tmp_path / "table.json"
+    code, out = invoke("report", "--results-dir", results_dir, "--json", table)
+    assert code == 0, out
+    rows = json.loads(table.read_text())
+    rows = rows["results"] if isinstance(rows, dict) else rows
+    assert sorted((r["solution"], r["verdict"]) for r in rows) == [
+        ("correct_renamed", "correct"),
+        ("correct_torch", "correct"),
+    ]
+    # A job the solution itself failed is a verdict, and stays one.
+    code, out = invoke("bench", "--resume", run_dir.name, "--results-dir", results_dir)
+    assert code == 0 and "2 jobs done, 0 to run" in out, out
