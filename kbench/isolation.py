@@ -170,25 +170,31 @@ _LIVE: set[int] = set()
 _SPAWNING = threading.Lock()
 
 
+def strays(before: set[int]) -> list[psutil.Process]:
+    """Descendants that escaped a worker's process group (a double fork with setsid, say): as a subreaper, this
+    process inherits them, and every child that was not here ``before`` the worker, and is no live worker, is
+    one. With jobs on several devices, one job's strays are found by every job under way beside it."""
+    found = []
+    with _SPAWNING:
+        for pid in _children() - before - _LIVE:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                found.append(psutil.Process(pid))
+    return found
+
+
 def _kill_orphans(before: set[int]) -> int:
-    """Kill descendants that escaped the worker's process group (a double fork with setsid, say): as a
-    subreaper, this process inherits them, and every child that was not here before the job, and is no
-    live worker, is one."""
+    """Kill the ``strays`` left when the workers have exited."""
     killed = 0
     for _ in range(10):  # a killed orphan's own children are reparented here in turn
-        strays = []
-        with _SPAWNING:
-            for pid in _children() - before - _LIVE:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    strays.append(psutil.Process(pid))
-        if not strays:
+        strays_left = strays(before)
+        if not strays_left:
             break
-        for stray in strays:
+        for stray in strays_left:
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                 stray.kill()  # psutil checks the pid still names the same process (no kill of a reused pid)
         # Our children: waiting reaps them, so none is left a zombie that the next pass would count again.
-        psutil.wait_procs(strays, timeout=5)
-        killed += len(strays)
+        psutil.wait_procs(strays_left, timeout=5)
+        killed += len(strays_left)
     return killed
 
 
@@ -230,6 +236,8 @@ class StartedWorker:
         phases = list(self.timeouts)
         self.protocol = _Protocol(phases[1:], self.run)
         extra_args = [str(fd) for fd in child_fds[1:]]
+        # This process's children before the worker: any that come later and are no worker are its strays.
+        self.children_before = _children() if sys.platform.startswith("linux") else set()
         try:
             with _SPAWNING, command.log_path.open("wb") as log:
                 self.proc = subprocess.Popen(

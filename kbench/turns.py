@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from kbench.isolation import StartedWorker
+from kbench.isolation import StartedWorker, strays
 from kbench.scheduling import Scheduling, openmp_binds_threads
 from kbench.timing import TimingPlan, collect, warm_up
 
@@ -56,6 +56,7 @@ class WorkerTurns:
     alive: Callable[[], bool]  # whether the worker process still runs
     end: Callable[[], None]  # close the command pipe: a worker waiting for a command leaves
     scheduling: Scheduling | None = None  # its main thread's, as it started (kbench.scheduling)
+    strays: Callable[[], list[psutil.Process]] = list  # processes that escaped its process tree (isolation.strays)
     _buffer: bytes = b""
     _processes: list[psutil.Process] = field(default_factory=list)
 
@@ -95,13 +96,23 @@ class WorkerTurns:
         return key, message[key]
 
     def find_processes(self) -> None:
-        """The worker and its child processes, found again once a batch: finding children reads every process's
+        """The worker, its child processes, and those that escaped its tree (a double fork with a new session, which
+        the parent inherits as a subreaper), found again once a batch: finding children reads every process's
         record in /proc, too slow to do around every call on a busy host."""
+        found = []
+        for root in self._roots():
+            try:
+                found += [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+        self._processes = found
+
+    def _roots(self) -> list[psutil.Process]:
         try:
-            process = psutil.Process(self.pid)
-            self._processes = [process, *process.children(recursive=True)]
+            worker = [psutil.Process(self.pid)]
         except psutil.Error:
-            self._processes = []
+            worker = []
+        return worker + self.strays()
 
     def rescheduled(self, affinity: bool) -> list[str]:
         """How its main thread's scheduling changed since it started, in words (none where it cannot be read); its
@@ -112,14 +123,15 @@ class WorkerTurns:
         return self.scheduling.changes(now, affinity)
 
     def cpu_s(self) -> float:
-        """CPU seconds used so far by the processes last found (a process gone since counts no more)."""
+        """CPU seconds used so far by the processes last found and by the children they waited for (a child
+        started and ended within a turn counts too; a process gone since counts no more)."""
         total = 0.0
         for member in self._processes:
             try:
                 times = member.cpu_times()
             except psutil.Error:
                 continue
-            total += times.user + times.system
+            total += times.user + times.system + times.children_user + times.children_system
         return total
 
 
@@ -316,6 +328,7 @@ def worker_turns(worker: StartedWorker, label: str) -> WorkerTurns:
         lambda: worker.proc.poll() is None,
         worker.end_turns,
         worker.scheduling,
+        lambda: strays(worker.children_before),
     )
 
 

@@ -266,3 +266,11 @@ def test_a_core_kept_busy_while_the_reference_takes_its_turn_is_rejected(runner:
     result = run_fixture(runner, WIDE, "spins_beside")
     assert result.verdict == Verdict.REJECTED, (result.reason, result.flags, result.notes)
     assert "background_work" in result.flags and result.speedup is None
+
+
+@pytest.mark.slow
+def test_a_core_kept_busy_by_a_process_that_left_the_workers_tree_is_rejected(runner: Runner):
+    result = run_fixture(runner, WIDE, "spins_escaped")
+    assert result.verdict == Verdict.REJECTED, (result.reason, result.flags, result.notes)
+    assert "background_work" in result.flags and result.speedup is None
+    assert any("killed 1 process(es)" in note for note in result.notes), result.notes
