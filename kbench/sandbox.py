@@ -104,7 +104,7 @@ def confine(writable: list[Path]) -> int:
                 _add_rule(libc, ruleset, fd, rights, str(folder))
             finally:
                 os.close(fd)
-        _allow_own_process_folder(libc, ruleset)
+        _allow_own_process_folder(libc, ruleset, abi)
         _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
         _check(libc.syscall(_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
     finally:
@@ -117,12 +117,14 @@ def _add_rule(libc: ctypes.CDLL, ruleset: int, fd: int, rights: int, what: str) 
     _check(libc.syscall(_ADD_RULE, ruleset, _RULE_PATH_BENEATH, ctypes.byref(rule), 0), f"a rule for {what}")
 
 
-def _allow_own_process_folder(libc: ctypes.CDLL, ruleset: int) -> None:
-    """Writes to this process's own ``/proc/<pid>`` files (its threads' names); nothing of another process's."""
+def _allow_own_process_folder(libc: ctypes.CDLL, ruleset: int, abi: int) -> None:
+    """Writes to this process's own ``/proc/<pid>`` files (its threads' names); nothing of another process's. Opened
+    for writing as ``fopen(path, "w")`` does, too: with ``O_TRUNC``, which Landlock (ABI 3) holds apart."""
     global _own_process_folder
     if _own_process_folder is None:
         _own_process_folder = os.open("/proc/self", os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY)
-    _add_rule(libc, ruleset, _own_process_folder, _WRITE_FILE, "this process's /proc folder")
+    rights = _WRITE_FILE | (_TRUNCATE if abi >= 3 else 0)
+    _add_rule(libc, ruleset, _own_process_folder, rights, "this process's /proc folder")
 
 
 def confine_worker(writable: list[Path], scratch: Path, cache: Path) -> int:

@@ -46,8 +46,9 @@ for name, attempt in [
         pass
 print(abi, " ".join(got) or "-")
 """
-# What CUDA does when it names a thread it started (glibc's pthread_setname_np for another thread), and its start
-# fails where it cannot (error 304); then the same write to the parent's /proc folder.
+# What CUDA does when it names a thread it started, and its start fails where it cannot (error 304): glibc's
+# pthread_setname_np for another thread opens the name O_RDWR, fopen(path, "w") opens it with O_TRUNC; then a
+# write to the parent's /proc folder.
 _PROC_WRITES = """
 def _name_a_thread():
     named = threading.Event()
@@ -57,6 +58,8 @@ def _name_a_thread():
         comm = os.open(f"/proc/self/task/{thread.native_id}/comm", os.O_RDWR)
         os.write(comm, b"named")
         os.close(comm)
+        with open(f"/proc/self/task/{thread.native_id}/comm", "w") as comm:
+            comm.write("renamed")
     finally:
         named.set()
         thread.join()
