@@ -301,6 +301,9 @@ def _setup(rounds: _Rounds, mode: str, index: int, flush: torch.Tensor | None) -
         if mode == "graph":
             return _time_batch, rounds.capture(index, timed)
         probe_kernels([timed], index, flush)
+        # The handoff copies through the CUDA driver API, whose device work the profiler links to no API call, so
+        # the batch that copied would be refused (kernel_totals_ms); kept outputs go to files in this mode.
+        rounds.handoff = None
         return kernel_batch, timed
     except ModeUnavailable:
         raise

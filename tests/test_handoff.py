@@ -10,12 +10,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 
 from kbench.execution import pack_outputs
+from kbench.fingerprints import fingerprint, plain_tensors
 from kbench.handoff import Adopter, HandoffError, Staging, ipc_handle, read_layout
 from kbench.isolation import WorkerRun
 from kbench.partner import Partner
@@ -166,3 +168,38 @@ def test_a_staged_output_is_copied_by_the_partner_and_a_later_rewrite_does_not_r
     finally:
         worker.kill()
         worker.wait()
+
+
+class _Pipe:
+    def __init__(self) -> None:
+        self.replies: list[dict[str, Any]] = []
+
+    def reply(self, **message: Any) -> None:
+        self.replies.append(message)
+
+
+def test_kernel_timing_keeps_outputs_in_files_the_profiler_can_account_for(tmp_path: Path, monkeypatch):
+    # The handoff's copies are CUDA driver calls, which the profiler links to no API call: a kernel-mode batch
+    # that staged an output would be refused. Once kernel timing is set up, a kept output is saved instead.
+    from kbench import turn_taker
+
+    monkeypatch.setattr(turn_taker, "probe_kernels", lambda timed, index, flush: None)
+    pipe, saved = _Pipe(), []
+    spec = SimpleNamespace(device="cpu", timing={"checked_calls": 2})
+    rounds = turn_taker._Rounds(
+        forward=lambda x: x + 1,
+        problem=SimpleNamespace(),
+        spec=spec,  # type: ignore[arg-type]
+        pipe=pipe,  # type: ignore[arg-type]
+        keep=lambda index, output: saved.append(index),
+        watched=True,
+        handoff=Staging("cpu", tmp_path),
+    )
+    rounds.outputs, rounds.round = [torch.ones(3)], 0
+    rounds._output_print = fingerprint(plain_tensors(rounds.outputs[0]))
+    rounds.on_keep({"keep": 0, "slot": 0})
+    assert "staged" in pipe.replies[-1] and saved == []  # events timing: staged for the partner
+    turn_taker._setup(rounds, "kernel", 1, None)
+    rounds.round = 1
+    rounds.on_keep({"keep": 1, "slot": 1})
+    assert pipe.replies[-1] == {"kept": 1} and saved == [1]
