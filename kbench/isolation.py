@@ -154,6 +154,14 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def become_subreaper() -> None:
+    """Make this process inherit its descendants that are left without a parent (Linux): a double fork with a new
+    session leaves a process that is no longer in its starter's process group, but is still found here."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
 def _children() -> set[int]:
     """Processes whose parent is this one (orphans are reparented here once we are a subreaper): the direct
     children only, as psutil lists them."""
@@ -409,9 +417,7 @@ def run_workers(
     worker's process group are killed once every worker has exited, so none of the others is taken for one;
     each run reports how many there were, for all the workers together.
     """
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
+    become_subreaper()
     children_before = _children() if sys.platform.startswith("linux") else set()
     followers: list[StartedWorker] = list(started or [])
     active: list[StartedWorker] = list(followers)

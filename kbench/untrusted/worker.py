@@ -18,6 +18,7 @@ from typing import Any
 
 from kbench.channel import Channel, wait_at_gate
 from kbench.device_kind import on_gpu
+from kbench.isolation import become_subreaper
 from kbench.spec import PERTURBED, TIMED, TRIAL, WorkerSpec, output_path
 
 
@@ -199,6 +200,10 @@ def main(spec_path: str, fd: str, gate_fd: str, *turn_fds: str) -> None:
         from kbench.untrusted.guards import Guards
 
         spec = WorkerSpec.read(Path(spec_path))
+        # What the solution starts and leaves behind in a new session (a double fork) stays in this worker's tree,
+        # where the parent counts its CPU time beside the reference's turns for this job alone. A solution that
+        # undoes this leaves such processes to the parent, which counts them for every job under way.
+        become_subreaper()
         # Where the build folder's name needs the GPU's capability and NVML cannot tell, torch opens a CUDA
         # context for it: before the gate only when the worker must confine itself there.
         ext_dir = _extension_dir(spec) if spec.confined else None
