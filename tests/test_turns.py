@@ -269,10 +269,13 @@ def test_a_core_kept_busy_while_the_reference_takes_its_turn_is_rejected(runner:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fixture", ["spins_escaped", "spins_escaped_unadopted"])
-def test_a_core_kept_busy_by_a_process_that_left_the_workers_group_is_rejected(runner: Runner, fixture: str):
-    # Inherited by the worker (a subreaper), or by kbench's parent where the solution undid that.
-    result = run_fixture(runner, WIDE, fixture)
+@pytest.mark.parametrize("undo_subreaper", [False, True], ids=["inherited_by_the_worker", "inherited_by_the_parent"])
+def test_a_core_kept_busy_by_a_process_that_left_the_workers_group_is_rejected(
+    runner: Runner, undo_subreaper: bool, monkeypatch: pytest.MonkeyPatch
+):
+    if undo_subreaper:
+        monkeypatch.setenv("KBENCH_TEST_UNDO_SUBREAPER", "1")  # the worker inherits the environment
+    result = run_fixture(runner, WIDE, "spins_escaped")
     assert result.verdict == Verdict.REJECTED, (result.reason, result.flags, result.notes)
     assert "background_work" in result.flags and result.speedup is None
     assert any("killed 1 process(es)" in note for note in result.notes), result.notes
