@@ -126,7 +126,6 @@ class Builds:
         for index, (ext_dir, paths) in enumerate(to_build.items()):  # in the jobs' order: the first jobs' first
             future = self._pool.submit(self._build, index, ext_dir, paths[0])
             self._futures.update(dict.fromkeys(paths, future))
-        self._ended: float | None = None if to_build else self.began
 
     def outcome(self, solution_path: Path | str) -> BuildOutcome | None:
         """The solution's build outcome, once its build has ended; None for a solution the pool never saw."""
@@ -152,9 +151,18 @@ class Builds:
         outcomes = {**self._known, **{path: future.result() for path, future in self._futures.items()}}
         self._pool.shutdown()
         shutil.rmtree(self._scratch, ignore_errors=True)
-        if self._ended is None:
-            self._ended = max((o.began or 0.0) + o.worker_s for o in outcomes.values())
-        return BuildReport(outcomes, max(0.0, self._ended - self.began), self.workers)
+        return self._report(outcomes)
+
+    def report_so_far(self) -> BuildReport:
+        """The builds that have ended, for a run that stops early (Ctrl-C): those under way are left out."""
+        ended = {
+            path: future.result() for path, future in self._futures.items() if future.done() and not future.cancelled()
+        }
+        return self._report({**self._known, **ended})
+
+    def _report(self, outcomes: dict[str, BuildOutcome]) -> BuildReport:
+        ended = max(((o.began or 0.0) + o.worker_s for o in outcomes.values()), default=self.began)
+        return BuildReport(outcomes, max(0.0, ended - self.began), self.workers)
 
     def _build(self, index: int, ext_dir: Path, path: str) -> BuildOutcome:
         began: list[float] = []

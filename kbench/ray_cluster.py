@@ -248,7 +248,12 @@ def execute_on_ray(
             collected.lost.append(LostJob(task.problem.name, task.job.solution.name if task.job else "", reason))
             on_lost(collected.lost[-1])
 
-        _drive(tasks, config, device, on_start, finished, lost)
+        try:
+            _drive(tasks, config, device, on_start, finished, lost)
+        except KeyboardInterrupt:  # a stopped run still says how fast it went until then
+            if recorder is not None:
+                recorder.interrupted(_rates(collected, time.monotonic() - began))
+            raise
     finally:
         if connected:
             import_ray().shutdown()
@@ -376,6 +381,14 @@ def _harness_crash(job: Job, host: str, detail: str, device: str) -> JobResult:
     )
 
 
+def _rates(collected: _Collected, wall_s: float) -> dict[str, Any]:
+    # Jobs ran side by side: critical_s sums each job's stages and is not one path through the run, and the
+    # builds happened inside the jobs' tasks (their pool's time summed on both sides).
+    rates = throughput.summary(collected.results, wall_s, collected.build_s, collected.build_s)
+    rates["ray"] = {"nodes": len(collected.nodes), "lost": len(collected.lost)}
+    return rates
+
+
 def _conclude(collected: _Collected, address: str, wall_s: float, recorder: session.Recorder | None) -> RayOutcome:
     """The outcome, and the run's metadata finished: which nodes ran what, what was lost."""
     here = metadata.source_digest()
@@ -385,10 +398,7 @@ def _conclude(collected: _Collected, address: str, wall_s: float, recorder: sess
         for host, facts in sorted(collected.nodes.items())
         if facts["source_digest"] not in (None, here)
     ]
-    # Jobs ran side by side: critical_s sums each job's stages and is not one path through the run, and the
-    # builds happened inside the jobs' tasks (their pool's time summed on both sides).
-    rates = throughput.summary(collected.results, wall_s, collected.build_s, collected.build_s)
-    rates["ray"] = {"nodes": len(collected.nodes), "lost": len(collected.lost)}
+    rates = _rates(collected, wall_s)
     outcome = RayOutcome(
         collected.results, collected.references, collected.device_info, rates,
         collected.lost, collected.nodes, warnings,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable, Iterator
@@ -129,12 +130,26 @@ class Recorder:
                 f"`kbench bench --resume {self.run_dir.run_id}` runs the rest."
             ) from None
 
+    def interrupted(self, rates: dict[str, Any]) -> None:
+        """A run stopped before its end: the throughput of what it finished, marked so. Writing it must not hide
+        the interrupt, so a failure to write is left for the next write to report."""
+        self._keep_throughput({**rates, "interrupted": True})
+        with contextlib.suppress(RecordError):
+            self._write_metadata()
+
+    def _keep_throughput(self, rates: dict[str, Any]) -> None:
+        """This session's throughput as ``throughput``; a resumed run's earlier sessions' move to
+        ``earlier_throughput``, oldest first, so that a run finished in pieces keeps every piece's figures."""
+        if "throughput" in self.metadata:
+            self.metadata.setdefault("earlier_throughput", []).append(self.metadata["throughput"])
+        self.metadata["throughput"] = rates
+
     def finish(
         self, device_info: dict[str, Any], references: list[ReferenceCheck], rates: dict[str, Any] | None = None
     ) -> None:
         self.metadata["device_info"] = device_info
         if rates is not None:
-            self.metadata["throughput"] = rates  # this session's; a resumed run's earlier ones are not in it
+            self._keep_throughput(rates)
         self.metadata["reference_only"] = [vars(check) for check in references]
         self.metadata["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         self._write_metadata()
@@ -287,22 +302,30 @@ def execute(
     progress = progress or scheduler.Progress(len(session.jobs))
     progress.builds_done, progress.builds_total = builds.done, builds.total()
     on_prepare()
+
+    def rates(report: build_pool.BuildReport) -> dict[str, Any]:
+        summary = throughput.summary(
+            results, time.monotonic() - began, report.summed_s(), report.wall_s, prepared[0] if prepared else None
+        )
+        summary["builds"] = {**report.counts(), "workers": report.workers, "steps_s": report.steps_s()}
+        summary["devices"] = [lane.label for lane in lanes]
+        return summary
+
     try:
         with _judging_threads(build_pool.default_jobs() - reserve, config.pipeline.judge_beside_on(device)):
             plan.run(session.jobs, progress)
-    except BaseException:  # a result that cannot be written, Ctrl-C: no build goes on behind the run's back
+    except KeyboardInterrupt:  # a stopped run (Ctrl-C, a time limit) still says how fast it went until then
+        if recorder is not None:
+            recorder.interrupted(rates(builds.report_so_far()))
+        builds.cancel()
+        raise
+    except BaseException:  # a result that cannot be written: no build goes on behind the run's back
         builds.cancel()
         raise
     references = _reference_checks(session.reference_only, config, lanes[0])
-    report = builds.report()
-    rates = throughput.summary(
-        results, time.monotonic() - began, report.summed_s(), report.wall_s, prepared[0] if prepared else None
-    )
-    rates["builds"] = {**report.counts(), "workers": report.workers, "steps_s": report.steps_s()}
-    rates["devices"] = [lane.label for lane in lanes]
-    outcome = SessionOutcome(results, references, device_info, rates)
+    outcome = SessionOutcome(results, references, device_info, rates(builds.report()))
     if recorder is not None:
-        recorder.finish(outcome.device_info, references, rates)
+        recorder.finish(outcome.device_info, references, outcome.throughput)
     return outcome
 
 

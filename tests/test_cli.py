@@ -198,14 +198,15 @@ def test_bench_gate_passes_and_fails_on_speedup(tmp_path: Path, make_catalog, co
     assert code == 1 and "below 1e+06x" in out
 
 
-@pytest.mark.slow
-def test_a_killed_run_keeps_every_finished_job_and_resumes(tmp_path: Path):
+def _start_a_run_that_hangs_on_its_second_job(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path, Path]:
+    """A `kbench bench` process whose first job is correct and whose second hangs, once the first is recorded:
+    (the process, its results.jsonl, the hanging solution, its log)."""
     problems_dir, solutions_dir = tmp_path / "problems", tmp_path / "solutions" / "affine_relu"
     problems_dir.mkdir()
     solutions_dir.mkdir(parents=True)
     (problems_dir / "affine_relu.py").write_text((PROBLEMS / "affine_relu.py").read_text())
     (solutions_dir / "a_correct.py").write_text((SOLUTIONS / "affine_relu" / "correct_torch.py").read_text())
-    slow = solutions_dir / "b_slow.py"  # hangs while the run is killed, then is fixed before resuming
+    slow = solutions_dir / "b_slow.py"  # hangs while the run is stopped, then is fixed before resuming
     slow.write_text((SOLUTIONS / "affine_relu" / "hang.py").read_text())
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(fast_config(run_s=300.0).model_dump()))
@@ -235,17 +236,22 @@ def test_a_killed_run_keeps_every_finished_job_and_resumes(tmp_path: Path):
     )
     sink.close()
     deadline = time.monotonic() + 120
-    results = None
     while time.monotonic() < deadline:
         found = list(results_dir.glob("*/results.jsonl"))
         if found and found[0].read_text().count("\n") >= 1:
-            results = found[0]
-            break
+            time.sleep(2.0)  # the hanging job is under way now
+            return parent, found[0], slow, log
         time.sleep(0.2)
-    time.sleep(2.0)  # the hanging job is under way now
+    parent.kill()
+    raise AssertionError("the first job never finished")
+
+
+@pytest.mark.slow
+def test_a_killed_run_keeps_every_finished_job_and_resumes(tmp_path: Path):
+    parent, results, slow, log = _start_a_run_that_hangs_on_its_second_job(tmp_path)
+    results_dir = results.parent.parent
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    assert results is not None, "the first job never finished"
     lines = results.read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["verdict"] == "correct"
     # The log of the killed run says how far it got: the finished job, and the one cut off as started only.
@@ -266,6 +272,27 @@ def test_a_killed_run_keeps_every_finished_job_and_resumes(tmp_path: Path):
     assert [(r["solution"], r["verdict"]) for r in finished] == [("a_correct", "correct"), ("b_slow", "correct")]
     meta = json.loads((results.parent / "metadata.json").read_text())
     assert len(meta["resumed"]) == 1 and meta["config"]["timeouts"]["run_s"] == 300.0
+    assert "earlier_throughput" not in meta, "a killed run records no throughput of its own"
+
+
+@pytest.mark.slow
+def test_a_stopped_run_records_its_throughput_so_far_and_resume_keeps_it_beside_its_own(tmp_path: Path):
+    """Ctrl-C (or `timeout --signal=INT`) ends a run early: its metadata says how many jobs it finished, in how
+    long, marked interrupted; the run that finishes it adds its own figures and keeps those."""
+    parent, results, slow, _ = _start_a_run_that_hangs_on_its_second_job(tmp_path)
+    parent.send_signal(signal.SIGINT)
+    assert parent.wait(timeout=60) == 130
+    meta = json.loads((results.parent / "metadata.json").read_text())
+    stopped = meta["throughput"]
+    assert stopped["interrupted"] is True and stopped["jobs"] == 1 and "finished_at" not in meta
+    assert stopped["wall_s"] > 2.0 and stopped["summed_s"]["run"] > 0.0 and stopped["devices"] == ["cpu"]
+
+    slow.write_text((SOLUTIONS / "affine_relu" / "correct_torch.py").read_text())
+    code, out = invoke("bench", "--resume", results.parent.name, "--results-dir", results.parent.parent)
+    assert code == 0, out
+    meta = json.loads((results.parent / "metadata.json").read_text())
+    assert meta["earlier_throughput"] == [stopped]
+    assert meta["throughput"]["jobs"] == 1 and "interrupted" not in meta["throughput"]
 
 
 def test_resume_refuses_a_selection_and_unknown_runs(tmp_path: Path):
