@@ -8,8 +8,9 @@
 # Each piece stops itself after $LIMIT seconds (default 540) and kbench keeps every finished result; `resume`
 # finishes the run with `kbench bench --resume`. Everything lives under $BENCH (default /tmp/kbench-corpus: kept
 # while the machine stays up), and a copy of the runs, logs and wall times goes to $OUT/corpus-runs.tgz.
-# Jobs per hour: a run's jobs (results.jsonl) over its pieces' wall times in walls.txt; a piece cut off writes no
-# `throughput` of its own in metadata.json. DEVICE (cuda) and GENERATE_ARGS (e.g. "--problems 6 --solutions 20")
+# Jobs per hour: a run's jobs (results.jsonl) over its pieces' wall times in walls.txt; a piece cut off records
+# kbench's `throughput` of what it finished, `interrupted: true`, in metadata.json (earlier pieces' go to
+# `earlier_throughput` as a resume records its own). DEVICE (cuda) and GENERATE_ARGS (e.g. "--problems 6 --solutions 20")
 # make a small run for trying the script out. PROFILE=1 runs kbench under `py-spy record --subprocesses` (when
 # py-spy is installed) into $BENCH/$PHASE-<start>.pyspy.txt; `profile_summary.py` reads it. Sampling slows the
 # run a little, so a profiled run's jobs per hour are not the benchmark's figures.
