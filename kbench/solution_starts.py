@@ -39,6 +39,11 @@ def worker_env(cache_root: Path | None, device: str = "cuda", placement: Device 
         # The reference and the solution take turns on the same cores: OpenMP threads that spin after their own
         # call would take cores from the other's, and would count as the solution working in the background.
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Inductor compiles in the worker's own process: with more compile threads it starts a pool of compile
+    # processes (on CUDA, at a solution's first compiled call) that go on starting up and idling into the other
+    # side's timing turns, where the solution's count as background work (an honest torch.compile solution was
+    # rejected so on an H100) and the reference's take cores from the solution's.
+    env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
     # Workers run in a scratch folder; make sure they import this very kbench.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONUNBUFFERED", "1")

@@ -253,6 +253,28 @@ def test_workers_keep_bytecode_in_kbench_cache_when_the_install_cannot(tmp_path,
     assert solution_starts.worker_env(tmp_path)["PYTHONPYCACHEPREFIX"] == "/elsewhere"  # the user's choice wins
 
 
+def test_workers_compile_inductor_kernels_in_their_own_process(tmp_path, monkeypatch):
+    """Inductor's pool of compile processes goes on starting up and idling after a solution's first compiled
+    call, into the reference's turns, where its CPU counts as the solution's background work. Workers compile in
+    their own process whatever the user's shell says (8 here, as a many-core host would decide by itself)."""
+    import subprocess
+    import sys
+
+    from kbench import solution_starts
+
+    probe = (
+        "from torch._inductor.async_compile import AsyncCompile, get_compile_threads; "
+        "threads = get_compile_threads(); print(threads, AsyncCompile.use_process_pool() if threads == 1 else 'pool')"
+    )
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "8")
+    outside = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert outside.stdout.split() == ["8", "pool"], outside.stderr[-2000:]
+    for device in ("cuda", "cpu"):
+        env = solution_starts.worker_env(tmp_path, device)
+        inside = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+        assert inside.stdout.split() == ["1", "False"], (device, inside.stdout, inside.stderr[-2000:])
+
+
 def test_the_command_line_keeps_its_bytecode_in_kbench_cache_when_the_install_cannot(tmp_path):
     """The console script settles the bytecode location before it imports torch; the check for bytecode
     beside torch's sources still looks there, not under the prefix this process now uses."""
