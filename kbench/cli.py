@@ -145,7 +145,7 @@ def settings(
         raise fail(f"--device must be cuda, cpu or auto, not '{device}'")
     check_timing_mode(cfg, dev)
     if on_this_host:
-        confines_workers(cfg, dev)  # a sandbox asked for that this kernel cannot give: an error before anything runs
+        confines_workers(cfg)  # a sandbox asked for that this kernel cannot give: an error before anything runs
     return cfg, dev
 
 

@@ -111,8 +111,7 @@ class IntegrityConfig(_Strict):
     kernel_census: bool = True  # profile one CUDA forward call and list its kernels
     peak_bandwidth_gbs: float | None = Field(default=None, gt=0)  # for the physics floor; default: from NVML
     # Confine the untrusted workers' writes with Linux Landlock (kbench.sandbox). auto: where the kernel has
-    # Landlock, on the CPU; on CUDA only once the confinement has been verified on a GPU host (set "on" to confine
-    # there now). on: refuse to run without it.
+    # Landlock (CPU and CUDA). on: refuse to run without it. off: for a throwaway machine or container.
     sandbox: Literal["auto", "on", "off"] = "auto"
 
 
@@ -221,9 +220,10 @@ def check_timing_mode(config: KbenchConfig, device: str) -> None:
         )
 
 
-def confines_workers(config: KbenchConfig, device: str) -> bool:
-    """Whether this run confines its untrusted workers (``integrity.sandbox``). ``on`` where the kernel has no
-    Landlock is a configuration error, raised before anything runs."""
+def confines_workers(config: KbenchConfig) -> bool:
+    """Whether this run confines its untrusted workers (``integrity.sandbox``): ``auto`` wherever the kernel has
+    Landlock, on the CPU and on CUDA alike. ``on`` where it has none is a configuration error, raised before
+    anything runs."""
     from kbench.sandbox import landlock_abi
 
     setting = config.integrity.sandbox
@@ -236,4 +236,4 @@ def confines_workers(config: KbenchConfig, device: str) -> bool:
                 "enabled): set it to 'auto' or 'off', or run kbench on such a kernel"
             )
         return False
-    return setting == "on" or not on_gpu(device)
+    return True

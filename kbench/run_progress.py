@@ -36,10 +36,10 @@ def describe_plan(planned: session.SessionPlan, device: str) -> list[str]:
     return lines
 
 
-def confinement(config: KbenchConfig, device: str) -> str:
+def confinement(config: KbenchConfig) -> str:
     """Whether the untrusted workers are confined: what a solution could reach is worth a line before it runs."""
     setting = config.integrity.sandbox
-    if confines_workers(config, device):
+    if confines_workers(config):
         return f"workers confined with Landlock (integrity.sandbox: {setting}): they write only to their own folders"
     return f"workers not confined (integrity.sandbox: {setting}): a solution can write wherever this user can"
 
@@ -58,7 +58,7 @@ def run_here(
         progress_console.print(line, markup=False, highlight=False, soft_wrap=True)
     if len(lanes) > 1 or lanes[0].index is not None:
         progress_console.print(f"on {', '.join(lane.described or lane.label for lane in lanes)}", highlight=False)
-    progress_console.print(confinement(config, device), markup=False, highlight=False)
+    progress_console.print(confinement(config), markup=False, highlight=False)
     finished, starts, started = 0, 0, time.monotonic()
     total = len(planned.jobs)
     standing = Progress(total)

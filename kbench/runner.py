@@ -88,7 +88,7 @@ class Runner:
         self.placement = device if isinstance(device, Device) else Device(device)
         self.device = self.placement.kind  # what workers are told: inside them their one GPU is "cuda"
         check_timing_mode(config, self.device)  # a mode this device cannot time is refused before any job runs
-        self.confined = confines_workers(config, self.device)
+        self.confined = confines_workers(config)
         self.config = config
         self.cache_root = cache_root
         self.bandwidth_bytes_per_s = bandwidth_bytes_per_s

@@ -99,7 +99,7 @@ class Recorder:
         self.metadata = metadata.collect(device, config.model_dump(), command)
         self.metadata["selection"] = vars(selection)
         # Whether the untrusted workers were confined (kbench.sandbox), as this host decided it.
-        self.metadata["sandbox"] = {"setting": config.integrity.sandbox, "confined": confines_workers(config, device)}
+        self.metadata["sandbox"] = {"setting": config.integrity.sandbox, "confined": confines_workers(config)}
         self._write_metadata()
 
     @classmethod
@@ -269,7 +269,7 @@ def execute(
     paths = [job.solution.path for job in session.jobs if job.solution.path not in unusable]
     reserve = 2 * len(lanes) if on_gpu(device) else 0  # each lane's two workers keep a core each
     at_once = build_jobs or max(1, build_pool.default_jobs() - reserve)
-    confined = confines_workers(config, device)
+    confined = confines_workers(config)
     builds = build_pool.start_builds(paths, device, config.timeouts, at_once, on_build, confined)
     judged_early = _Settler(unusable, builds, device, config.trials)
     results: list[JobResult] = []

@@ -245,6 +245,6 @@ def test_the_run_says_whether_its_workers_are_confined(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(kbench.sandbox, "landlock_abi", lambda: 7)
     confined = KbenchConfig().model_copy(update={"integrity": IntegrityConfig(sandbox="auto")})
-    assert run_progress.confinement(confined, "cpu").startswith("workers confined with Landlock")
+    assert run_progress.confinement(confined).startswith("workers confined with Landlock")
     free = KbenchConfig().model_copy(update={"integrity": IntegrityConfig(sandbox="off")})
-    assert run_progress.confinement(free, "cpu").startswith("workers not confined (integrity.sandbox: off)")
+    assert run_progress.confinement(free).startswith("workers not confined (integrity.sandbox: off)")
