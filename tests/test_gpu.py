@@ -114,12 +114,15 @@ def test_gpu_faults_are_judged_and_the_gpu_stays_usable(short_run: Path):
 
 
 @pytest.mark.gpu_alone  # it compares the reference's times
-def test_a_gpu_kept_busy_by_another_process_buys_no_speedup():
+def test_a_gpu_kept_busy_by_another_process_buys_no_speedup(tmp_path: Path):
     # The solution computes what the reference computes, the same way: its honest speedup is 1. Its child process
     # keeps the GPU busy throughout. Either the reference is seen slowed beside it (`reference_slowed`, after a
     # second run: tests/test_timing.py covers that logic), or it is not slowed and the speedup stays honest.
     # On the H200 it was not slowed (0.171 ms beside the solution, 0.173 ms alone, the solution's own 0.171 ms).
-    code, (line,) = verify("-s", CUDA_FIXTURES / "holds_reference_back.py")
+    # Unconfined (integrity.sandbox: off): the timing's defence must hold where workers are not confined.
+    config = tmp_path / "unconfined.yaml"
+    config.write_text(yaml.safe_dump({"integrity": {"sandbox": "off"}}))
+    code, (line,) = verify("-s", CUDA_FIXTURES / "holds_reference_back.py", "--config", config)
     if line["verdict"] == "rejected":
         assert code == 1 and "reference_slowed" in line["flags"], summary(line)
         assert any(note.startswith("run 1 broke no rule but reference_slowed") for note in line["notes"])
