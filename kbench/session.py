@@ -302,31 +302,38 @@ def execute(
     progress = progress or scheduler.Progress(len(session.jobs))
     progress.builds_done, progress.builds_total = builds.done, builds.total()
     on_prepare()
-
-    def rates(report: build_pool.BuildReport) -> dict[str, Any]:
-        summary = throughput.summary(
-            results, time.monotonic() - began, report.summed_s(), report.wall_s, prepared[0] if prepared else None
-        )
-        summary["builds"] = {**report.counts(), "workers": report.workers, "steps_s": report.steps_s()}
-        summary["devices"] = [lane.label for lane in lanes]
-        return summary
-
     try:
         with _judging_threads(build_pool.default_jobs() - reserve, config.pipeline.judge_beside_on(device)):
             plan.run(session.jobs, progress)
     except KeyboardInterrupt:  # a stopped run (Ctrl-C, a time limit) still says how fast it went until then
         if recorder is not None:
-            recorder.interrupted(rates(builds.report_so_far()))
+            recorder.interrupted(_rates(results, began, builds.report_so_far(), prepared, lanes))
         builds.cancel()
         raise
     except BaseException:  # a result that cannot be written: no build goes on behind the run's back
         builds.cancel()
         raise
     references = _reference_checks(session.reference_only, config, lanes[0])
-    outcome = SessionOutcome(results, references, device_info, rates(builds.report()))
+    outcome = SessionOutcome(results, references, device_info, _rates(results, began, builds.report(), prepared, lanes))
     if recorder is not None:
         recorder.finish(outcome.device_info, references, outcome.throughput)
     return outcome
+
+
+def _rates(
+    results: list[JobResult],
+    began: float,
+    report: build_pool.BuildReport,
+    prepared: list[Prepared],
+    lanes: list[Device],
+) -> dict[str, Any]:
+    """The run's throughput from ``began`` until now (see kbench.throughput), with its builds and devices."""
+    summary = throughput.summary(
+        results, time.monotonic() - began, report.summed_s(), report.wall_s, prepared[0] if prepared else None
+    )
+    summary["builds"] = {**report.counts(), "workers": report.workers, "steps_s": report.steps_s()}
+    summary["devices"] = [lane.label for lane in lanes]
+    return summary
 
 
 @contextmanager
