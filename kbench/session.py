@@ -305,12 +305,10 @@ def execute(
     try:
         with _judging_threads(build_pool.default_jobs() - reserve, config.pipeline.judge_beside_on(device)):
             plan.run(session.jobs, progress)
-    except KeyboardInterrupt:  # a stopped run (Ctrl-C, a time limit) still says how fast it went until then
-        if recorder is not None:
+    except BaseException as stop:  # a result that cannot be written, Ctrl-C: no build goes on behind the run's back
+        if isinstance(stop, KeyboardInterrupt) and recorder is not None:
+            # a stopped run (Ctrl-C, a time limit) still says how fast it went until then
             recorder.interrupted(_rates(results, began, builds.report_so_far(), prepared, lanes))
-        builds.cancel()
-        raise
-    except BaseException:  # a result that cannot be written: no build goes on behind the run's back
         builds.cancel()
         raise
     references = _reference_checks(session.reference_only, config, lanes[0])
