@@ -5,7 +5,8 @@ before and after them, the reference timed alone (or a short check of its cached
 weight was perturbed; the solution worker repeats the same sequence (its timed calls are compared with each job's
 reference partner's instead: ``kbench.reference_partner``). Each kind of output is also evaluated in float64
 (``Float64Audit``). Then, when asked, torch.compile(Model) is timed, in a phase of its own.
-Usage (by the parent only): ``python -m kbench.reference_worker SPEC_JSON CHANNEL_FD``.
+Usage (by the parent only): ``python -m kbench.reference_worker SPEC_JSON CHANNEL_FD [GATE_FD]``: with a gate, it
+waits there after its CPU-only start (imports, the problem file, the seeded weights) until the GPU is its own.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kbench.channel import Channel
+from kbench.channel import Channel, wait_at_gate
 from kbench.spec import PERTURBED, TRIAL, WorkerSpec, float64_kind, output_path
 
 if TYPE_CHECKING:
@@ -143,6 +144,13 @@ def _compile_timing(model: Any, input_sets: list[Any], spec: WorkerSpec) -> dict
     }
 
 
+def _import_compiler() -> None:
+    """Import what torch.compile's first call would (Dynamo, Inductor, its Triton code generation): about 2 s of
+    CPU-only work, which a worker started early does before its gate rather than on its GPU's time."""
+    import torch._dynamo
+    import torch._inductor.compile_fx  # noqa: F401  (imported for its cost, not its names)
+
+
 def _matrix_flops(model: Any, inputs: list[Any]) -> int | None:
     """Operations of one call's matrix products (matmul, convolution, attention), as torch's FlopCounterMode
     counts them; elementwise work is left to the memory side of the roofline. None where it cannot count."""
@@ -161,7 +169,7 @@ def _fallback_notes(what: str, timed: TimedCalls) -> list[str]:
     return [f"{what} timed with {timed.mode}: {timed.fallback}"] if timed.fallback else []
 
 
-def main(spec_path: str, fd: str) -> None:
+def main(spec_path: str, fd: str, gate_fd: str | None = None) -> None:
     # Its files are announced with their digests, like a solution's: solution code may run while they are written
     # (a build worker imports a solution, another GPU's job runs one), and the parent loads only what was announced.
     channel = Channel(int(fd))  # the worker starts in the "load" phase
@@ -173,8 +181,15 @@ def main(spec_path: str, fd: str) -> None:
 
         spec = WorkerSpec.read(Path(spec_path))
         problem = execution.load_problem(spec)
+        # CPU-only work first (the seeded weights are made on the CPU wherever they go, as seeded_model does), so
+        # that a worker started early does it while another job has the GPU.
+        model = execution.seeded_model(problem, problem.Model, spec.weights_seed(), "cpu")
+        if spec.time_reference and spec.compile_mode is not None:
+            _import_compiler()
+        if gate_fd is not None:
+            wait_at_gate(gate_fd, channel)
         channel.phase("run")
-        model = execution.seeded_model(problem, problem.Model, spec.weights_seed(), spec.device)
+        model = model.to(spec.device)
         perturbed = weights.perturbed_values(model, spec.perturbation_seed(), spec.perturbation_trials > 0)
         # The tensors as built, which the solution worker matches, and the buffers' values before the trials: the
         # judge needs to know which ones the forward changes.
@@ -225,4 +240,4 @@ def main(spec_path: str, fd: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

@@ -26,9 +26,9 @@ from kbench.baselines import Baseline, baseline_key
 from kbench.catalog import Problem
 from kbench.config import KbenchConfig
 from kbench.devices import Device
-from kbench.isolation import WorkerCommand, WorkerRun, run_workers
+from kbench.isolation import StartedWorker, WorkerCommand, WorkerRun, run_workers, start_worker
 from kbench.reference import ReferenceRun, load_reference
-from kbench.solution_starts import worker_env
+from kbench.solution_starts import GATE_WAIT_S, worker_env
 from kbench.spec import WorkerSpec
 from kbench.store import JsonStore
 
@@ -56,6 +56,15 @@ class Prepared:
     count: int = 0
     wall_s: float = 0.0
     phase_s: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _EarlyReference:
+    """A reference worker started early, waiting at its gate (``References.start_early``)."""
+
+    key: str  # _reference_key of its problem and overrides
+    job: _ReferenceJob
+    worker: StartedWorker
 
 
 def _reference_key(problem: Problem, overrides: dict[str, Any]) -> str:
@@ -86,18 +95,66 @@ class References:
         self._placement = placement  # the GPU its workers see
         self._done: dict[str, ReferenceRun] = {}
         self._refused: dict[str, str] = {}  # baseline key -> why its cache entry is not used in this run
+        self._early: _EarlyReference | None = None  # a worker started for the reference that runs next
         self.device_info: dict[str, Any] = {}  # from the last reference that ran
 
-    def get(self, problem: Problem, overrides: dict[str, Any]) -> ReferenceRun:
+    def get(
+        self, problem: Problem, overrides: dict[str, Any], then: tuple[Problem, dict[str, Any]] | None = None
+    ) -> ReferenceRun:
+        """The reference, run now unless this run has it. ``then``: the reference expected next, whose worker
+        starts early (``start_early``) while this one runs."""
         key = _reference_key(problem, overrides)
         found: ReferenceRun | None = self._done.get(key)
         # Twice at most: once its check has refused a cached entry, _cached_baseline finds none, and the
         # reference times itself.
         while found is None:
-            job = self._job(problem, overrides, self._cached_baseline(problem, overrides))
-            found = self._finish(job, run_workers([job.command])[0])
+            cached = self._cached_baseline(problem, overrides)
+            early = self._take_early(key, cached)
+            job = early.job if early is not None else self._job(problem, overrides, cached)
+            worker = early.worker if early is not None else start_worker(job.command)
+            worker.open_gate()  # a no-op for a worker started now, without one
+            if then is not None and _reference_key(*then) != key:
+                self.start_early(*then)
+            found = self._finish(job, run_workers([], started=[worker], watch=self.waiting())[0])
         self._done[key] = found
         return found
+
+    def start_early(self, problem: Problem, overrides: dict[str, Any]) -> None:
+        """Start the worker of a reference that will run next, held at its gate after its CPU-only start (imports,
+        the problem file, the seeded weights), while the GPU is still another's; ``get`` lets it through. One at
+        a time: starting another drops it. A failure here only loses the head start."""
+        key = _reference_key(problem, overrides)
+        if key in self._done or (self._early is not None and self._early.key == key):
+            return
+        self._drop_early()
+        with contextlib.suppress(Exception):
+            job = self._job(problem, overrides, self._cached_baseline(problem, overrides), gated=True)
+            self._early = _EarlyReference(key, job, start_worker(job.command))
+
+    def waiting(self) -> list[StartedWorker]:
+        """The reference worker started early, if any: its channel is read while a job runs, for its phase clock."""
+        return [self._early.worker] if self._early is not None else []
+
+    def close(self) -> None:
+        self._drop_early()
+
+    def _take_early(self, key: str, cached: Baseline | None) -> _EarlyReference | None:
+        """The worker started early for this reference, if it was started for what it must do now (time itself, or
+        check these cached timings); one started for it to do anything else is dropped, one for another reference
+        is left waiting."""
+        early = self._early
+        if early is None or early.key != key:
+            return None
+        self._early = None
+        if early.job.cached == cached:
+            return early
+        early.worker.close()
+        return None
+
+    def _drop_early(self) -> None:
+        if self._early is not None:
+            self._early.worker.close()
+            self._early = None
 
     def ready(self, problem: Problem, overrides: dict[str, Any]) -> ReferenceRun | None:
         """The reference if it already ran without error; None otherwise (nothing is started)."""
@@ -176,9 +233,15 @@ class References:
         return entry if why is None else None
 
     def _job(
-        self, problem: Problem, overrides: dict[str, Any], cached: Baseline | None, keep: bool = True
+        self,
+        problem: Problem,
+        overrides: dict[str, Any],
+        cached: Baseline | None,
+        keep: bool = True,
+        gated: bool = False,
     ) -> _ReferenceJob:
-        """``keep=False``: only the eager timing is wanted (the outputs are the ones already held), uncached."""
+        """``keep=False``: only the eager timing is wanted (the outputs are the ones already held), uncached.
+        ``gated``: the worker waits at a gate after its CPU-only start (``start_early``)."""
         out_dir = Path(tempfile.mkdtemp(prefix="ref-", dir=self._scratch))
         spec_path = out_dir / "spec.json"
         spec = self._spec(problem, overrides, out_dir)
@@ -192,8 +255,9 @@ class References:
             "kbench.reference_worker",
             [str(spec_path)],
             out_dir / "worker.log",
-            {"load": timeout, "run": timeout, "compile": timeout},
+            {"load": timeout, **({"wait": GATE_WAIT_S} if gated else {}), "run": timeout, "compile": timeout},
             env=worker_env(self._cache_root, placement=self._placement),
+            gated=gated,
         )
         key = self.baseline_key(problem, overrides) if keep else None
         return _ReferenceJob(spec, out_dir, key, cached, command)

@@ -111,6 +111,7 @@ class Runner:
 
     def close(self) -> None:
         self._starter.close()
+        self.references.close()
         shutil.rmtree(self._scratch, ignore_errors=True)
 
     def __enter__(self) -> Runner:
@@ -174,14 +175,16 @@ class Runner:
             wall_s=time.monotonic() - started,
         )
 
-    def prepare_reference(self, job: Job) -> dict[str, float]:
+    def prepare_reference(self, job: Job, then: Job | None = None) -> dict[str, float]:
         """Run ``job``'s reference now, if this runner has not (a lane waiting for a build puts its time to use),
-        and return its worker's phases (none when it had run). A failure is kept for the job, which reports it.
+        and return its worker's phases (none when it had run). With prefetching on, the worker of ``then``'s
+        reference starts meanwhile, and waits at its gate. A failure is kept for the job, which reports it.
         Never raises: the job runs its reference itself if this could not."""
         if self.references.ready(job.problem, job.overrides) is not None:
             return {}
+        following = (then.problem, then.overrides) if then is not None and self._prefetch else None
         with contextlib.suppress(Exception):
-            return dict(self.references.get(job.problem, job.overrides).phase_s)
+            return dict(self.references.get(job.problem, job.overrides, then=following).phase_s)
         return {}
 
     def _reference_spec(self, problem: Problem, overrides: dict[str, Any], out_dir: Path) -> WorkerSpec:
@@ -193,11 +196,13 @@ class Runner:
         return spec
 
     def _start_early(self, job: Job) -> None:
-        """Start ``job``'s solution worker now if its reference is ready (running a reference now would
-        share the GPU with the job being timed)."""
+        """Start ``job``'s solution worker now if its reference is ready, else its reference's worker (either waits
+        at its gate: running anything on the GPU now would share it with the job being timed)."""
         reference = self.references.ready(job.problem, job.overrides)
         if reference is not None:
             self._starter.start_early(job, reference.output_numel)
+        else:
+            self.references.start_early(job.problem, job.overrides)
 
     def start_first(self, job: Job) -> None:
         """Start the first job's workers before the references run, when the baseline cache knows its reference's
@@ -220,7 +225,8 @@ class Runner:
             if next_job is not None and self._prefetch:
                 self._start_early(next_job)
             with driven(start.partner, start.worker, plan, self.config.timing.checked_calls) as turns:
-                worker, partner = run_workers([], started=start.workers(), watch=self._starter.waiting())
+                waiting = self._starter.waiting() + self.references.waiting()
+                worker, partner = run_workers([], started=start.workers(), watch=waiting)
         worker_done = time.monotonic()
         flags = file_flags(job.solution.path)  # the static scan: a second opinion, never a verdict alone
         seen = first_look(worker, reference, self.config, self.bandwidth_bytes_per_s, flags, Partner(partner, turns))
@@ -249,7 +255,8 @@ class Runner:
             "trials": self.config.trials,
         }
         ran_before = self.references.ready(job.problem, job.overrides) is not None
-        reference = self.references.get(job.problem, job.overrides)
+        following = (next_job.problem, next_job.overrides) if next_job is not None and self._prefetch else None
+        reference = self.references.get(job.problem, job.overrides, then=following)
         reference_done = time.monotonic()
         if reference.error is not None:
             failed = JobResult(

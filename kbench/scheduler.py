@@ -32,7 +32,7 @@ class LaneRunner(Protocol):
 
     def start(self, job: Job, next_job: Job | None = None) -> Finish: ...
 
-    def prepare_reference(self, job: Job) -> dict[str, float]: ...
+    def prepare_reference(self, job: Job, then: Job | None = None) -> dict[str, float]: ...
 
 
 @dataclass
@@ -180,10 +180,11 @@ class Scheduler:
             with self._lock:
                 coming += [queued for queued_chunk in self._queue for queued in queued_chunk]
         spent: dict[str, float] = {}
-        for upcoming in coming:
+        for index, upcoming in enumerate(coming):
             if self._ready(job) or self._failure is not None:
                 break
-            for phase, seconds in runner.prepare_reference(upcoming).items():
+            then = coming[index + 1] if index + 1 < len(coming) else None
+            for phase, seconds in runner.prepare_reference(upcoming, then).items():
                 spent[f"reference_{phase}"] = spent.get(f"reference_{phase}", 0.0) + seconds
         return {"references_ahead": round(time.monotonic() - began, 3), **spent}
 

@@ -5,6 +5,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -149,3 +150,18 @@ def unconfined(config: KbenchConfig) -> KbenchConfig:
     file outside their job's folder, which a confined worker cannot write (the sandbox has tests of its own:
     test_sandbox.py)."""
     return config.model_copy(update={"integrity": config.integrity.model_copy(update={"sandbox": "off"})})
+
+
+def count_reference_workers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Reference workers run, per batch of workers run together, however each was started."""
+    import kbench.references
+
+    batches: list[int] = []
+    real = kbench.references.run_workers
+
+    def counting(commands: list[Any], *args: Any, started: list[Any] | None = None, **kwargs: Any) -> Any:
+        batches.append(len(commands) + len(started or []))
+        return real(commands, *args, started=started, **kwargs)
+
+    monkeypatch.setattr(kbench.references, "run_workers", counting)
+    return batches

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROBLEMS, fast_config
+from conftest import PROBLEMS, count_reference_workers, fast_config
 
-import kbench.references
 from kbench import __version__
 from kbench.baselines import CHECK_ALLOWANCE, Baseline, check_refusal, refusal
 from kbench.catalog import Problem, Solution, read_problem, read_solution
@@ -91,19 +90,6 @@ def _honest(entry: dict[str, Any]) -> dict[str, Any]:
     return {**entry, "eager_ms": [SLEEP_S * 1e3] * len(entry["eager_ms"])}
 
 
-def _count_reference_workers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Reference workers started, per batch."""
-    batches: list[int] = []
-    real = kbench.references.run_workers
-
-    def counting(commands: list[Any], *args: Any, **kwargs: Any) -> Any:
-        batches.append(len(commands))
-        return real(commands, *args, **kwargs)
-
-    monkeypatch.setattr(kbench.references, "run_workers", counting)
-    return batches
-
-
 def test_a_fresh_entry_records_how_it_was_measured(measured):
     _, entry = measured
     record, samples = entry["measured"], entry["eager_ms"]
@@ -125,7 +111,7 @@ def test_a_cached_time_alone_50x_too_slow_is_caught_by_its_check_timed_again_alo
     store = JsonStore(tmp_path / "baselines.json")
     honest_ms = statistics.median(entry["eager_ms"])
     key = _put(store, problem, entry, eager_ms=[50 * sample for sample in entry["eager_ms"]])
-    batches = _count_reference_workers(monkeypatch)
+    batches = count_reference_workers(monkeypatch)
     with Runner(_config(), "cpu", baseline_cache=store) as warm:
         result = warm.run(Job(problem, _solution(tmp_path)))
     assert result.verdict == Verdict.CORRECT, result.reason
@@ -150,7 +136,7 @@ def test_references_checked_side_by_side_leave_only_the_outlier_to_be_timed_agai
     store = JsonStore(tmp_path / "baselines.json")
     honest_key = _put(store, honest, entry)
     outlier_key = _put(store, outlier, entry, eager_ms=[50 * sample for sample in entry["eager_ms"]])
-    batches = _count_reference_workers(monkeypatch)
+    batches = count_reference_workers(monkeypatch)
     with Runner(_config(), "cpu", baseline_cache=store) as warm:
         assert warm.references.prepare([(honest, {}), (outlier, {})]).count == 2
         assert batches == [2], "both checked side by side"
@@ -188,7 +174,7 @@ def test_an_entry_measured_badly_or_not_known_to_be_measured_well_is_not_used(
         store.path.write_text(json.dumps({key: old}), encoding="utf-8")
     else:
         key = _put(store, problem, entry, **changes)
-    batches = _count_reference_workers(monkeypatch)
+    batches = count_reference_workers(monkeypatch)
     with Runner(_config(), "cpu", baseline_cache=store) as warm:
         assert warm.references.prepare([(problem, {})]).count == 0, "a refused entry is not even checked"
         reference = warm.references.get(problem, {})
@@ -206,7 +192,7 @@ def test_an_honest_entry_is_used_after_its_check_without_timing_the_reference_ag
     store = JsonStore(tmp_path / "baselines.json")
     key = _put(store, problem, entry)
     stored = store.entries()[key]
-    batches = _count_reference_workers(monkeypatch)
+    batches = count_reference_workers(monkeypatch)
     with Runner(_config(), "cpu", baseline_cache=store) as warm:
         result = warm.run(Job(problem, _solution(tmp_path)))
     assert result.verdict == Verdict.CORRECT, result.reason

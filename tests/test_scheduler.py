@@ -53,12 +53,14 @@ class FakeRunner:
         self.judges_beside, self.judge_s, self.judged = judge_s > 0, judge_s, judged if judged is not None else []
         self.guesses: list[tuple[Job, Job | None]] = []  # (job, the next job it was told of, for an early start)
         self.prepared: list[str] = []  # the problems whose references it ran ahead of their jobs, in order
+        self.told_next: list[str | None] = []  # ... and for each, the problem it was told would come next
 
-    def prepare_reference(self, job: Job) -> dict[str, float]:
+    def prepare_reference(self, job: Job, then: Job | None = None) -> dict[str, float]:
         if job.problem.name in self.prepared:
             return {}
         time.sleep(0.01)
         self.prepared.append(job.problem.name)
+        self.told_next.append(then.problem.name if then is not None else None)
         return {"load": 0.004, "run": 0.006}
 
     def start(self, job: Job, next_job: Job | None = None) -> Finish:
@@ -155,6 +157,7 @@ def test_a_lane_waiting_for_a_build_runs_the_references_of_its_coming_jobs_meanw
     # Waiting for the first job's build, the lane ran that job's reference, then the next queued job's, and
     # stopped as the build ended; the jobs then ran in their order, the others' references left to them.
     assert runner.prepared == ["problem_0", "problem_1"]
+    assert runner.told_next == ["problem_1", "problem_2"]  # whose reference worker may start early meanwhile
     assert [job for job, _ in runner.guesses] == jobs
     stages = {result.problem: result.stage_s for result in results}
     assert stages["problem_0"]["references_ahead"] >= 0.02

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROBLEMS, SOLUTIONS, as_if_timed_on_a_quiet_host, fast_config, trust_every_check, unconfined
+from conftest import (
+    PROBLEMS,
+    SOLUTIONS,
+    as_if_timed_on_a_quiet_host,
+    count_reference_workers,
+    fast_config,
+    trust_every_check,
+    unconfined,
+)
 
 from kbench.baselines import Baseline
 from kbench.catalog import read_problem
@@ -156,16 +164,7 @@ def test_cached_references_run_together_and_one_that_fails_there_runs_again_alon
     trust_every_check(monkeypatch)
 
     (tmp_path / "fail-next-load").touch()
-    import kbench.references
-
-    batches: list[int] = []
-    real = kbench.references.run_workers
-
-    def counting(commands, at_once=None):
-        batches.append(len(commands))
-        return real(commands, at_once)
-
-    monkeypatch.setattr(kbench.references, "run_workers", counting)
+    batches = count_reference_workers(monkeypatch)
     with Runner(fast_config(), "cpu", baseline_cache=store) as warm:
         assert warm.references.prepare([(problem, {}) for problem in problems]).count == 2
         assert batches == [2]
@@ -290,6 +289,37 @@ def test_a_worker_started_early_for_a_job_that_does_not_come_is_stopped(tmp_path
     assert not Path(f"/proc/{early.pid}").exists(), "closing the runner leaves no worker waiting"
     assert not Path(f"/proc/{partner.pid}").exists(), "... nor a reference partner"
     assert not (tmp_path / "imports").exists(), "no solution got past its gate"
+
+
+@pytest.mark.slow
+def test_the_next_problems_reference_worker_starts_early_and_computes_only_past_its_gate():
+    from kbench.catalog import read_solution
+    from kbench.results import Verdict
+    from kbench.runner import Job
+
+    def job(problem: str, solution: str) -> Job:
+        return Job(read_problem(PROBLEMS / f"{problem}.py"), read_solution(SOLUTIONS / problem / f"{solution}.py"))
+
+    first, second = job("affine_relu", "correct_torch"), job("scaled_copy", "honest")
+    third = job("wide_linear", "honest")
+    config = fast_config().model_copy(update={"pipeline": PipelineConfig(prefetch="on")})
+    with Runner(config, "cpu") as runner:
+        one = runner.run(first, next_job=second)
+        (early,) = runner.references.waiting()  # second's reference: no solution worker can start before it ran
+        assert early.phase == "wait" and set(early.run.phase_s) == {"load"}, "it computed nothing before its gate"
+        assert not runner._starter.waiting()
+        two = runner.run(second, next_job=third)
+        assert not Path(f"/proc/{early.pid}").exists()
+        reference = runner.references.get(second.problem, {})
+        (left,) = runner.references.waiting()  # third's, for a job that never comes
+    assert not Path(f"/proc/{left.pid}").exists(), "closing the runner leaves no reference worker waiting"
+    assert one.verdict == Verdict.CORRECT and two.verdict == Verdict.CORRECT, (one.reason, two.reason)
+    assert set(reference.phase_s) == {"load", "wait", "run"} and two.stage_s["reference_wait"] > 0
+    with Runner(fast_config(), "cpu") as alone:  # the same reference, run by a worker that never waited
+        expected = alone.references.get(second.problem, {})
+    assert "wait" not in expected.phase_s and len(reference.trials) == len(expected.trials) > 0
+    for got, want in zip(reference.trials, expected.trials, strict=True):
+        assert all(map(torch.equal, got["tensors"], want["tensors"]))
 
 
 @pytest.mark.slow
