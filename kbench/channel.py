@@ -74,7 +74,8 @@ class Channel:
         self.send(phase=name)
 
     def step(self, name: str) -> None:
-        """Mark the end of a step of the run phase (``kbench.isolation.RUN_STEPS``), for the throughput report."""
+        """Mark the end of a step of the phase (``kbench.isolation.RUN_STEPS``, ``REFERENCE_STEPS``), for the
+        throughput report."""
         self.send(step=name)
 
     def write_announced(self, path: Path, pieces: Sequence[bytes | memoryview]) -> None:

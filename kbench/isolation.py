@@ -47,6 +47,13 @@ RUN_STEPS = ("weights", "trials", "turns", "perturbed", "census")
 # of calls, so a hang there (a kernel that never ends) costs the step limit, not the whole run phase. The turns are
 # not: their length follows the calls' and the timing plan's, and the run phase's limit bounds them.
 BOUNDED_STEPS = frozenset(RUN_STEPS) - {"turns"}
+# The reference worker's steps, by phase (kbench.reference_worker marks each end): its weights on the device; the
+# trials and buffers saved; its timing alone; the perturbed-weight trials. Then torch.compile's first call (the
+# compiling) and its timing.
+REFERENCE_STEPS: dict[str, tuple[str, ...]] = {
+    "run": ("weights", "trials", "timing", "perturbed"),
+    "compile": ("compile_call", "compile_timing"),
+}
 
 
 @dataclass
@@ -222,6 +229,8 @@ class WorkerCommand:
     gated: bool = False
     turns: bool = False
     step_timeout: float | None = None  # seconds for each of the run phase's BOUNDED_STEPS, as the worker marks them
+    # The steps the worker may mark, by phase, each once (a solution worker's: the run phase's RUN_STEPS)
+    steps: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: {"run": RUN_STEPS})
     niceness: int = 0  # added to the worker's nice value: a build yields the cores to a GPU lane's workers
 
 
@@ -275,15 +284,14 @@ class StartedWorker:
         self.step_began = started
         self.limit = self.timeouts[self.phase]
         self.step_limit = command.step_timeout
+        self.steps = command.steps
         self.deadline = started + self.limit
         self.final_deadline = started + sum(self.timeouts.values())
         self.buffer = b""
 
     def _step(self) -> str | None:
-        """The run step under way: the first one not marked yet (None outside the run phase)."""
-        if self.phase != "run":
-            return None
-        return next((step for step in RUN_STEPS if step not in self.run.step_s), None)
+        """The step under way: the phase's first one not marked yet (None in a phase without steps)."""
+        return next((step for step in self.steps.get(self.phase, ()) if step not in self.run.step_s), None)
 
     def _step_deadline(self) -> float:
         if self.step_limit is None or self._step() not in BOUNDED_STEPS:
@@ -332,9 +340,9 @@ class StartedWorker:
         return True
 
     def _mark_step(self, name: Any) -> None:
-        """A step of the run phase ended now; each once, in the run phase only (anything else came from the
+        """A step of the phase ended now; each once, in its own phase only (anything else came from the
         solution)."""
-        if self.phase != "run" or name not in RUN_STEPS or name in self.run.step_s:
+        if name not in self.steps.get(self.phase, ()) or name in self.run.step_s:
             self.run.violations.append(f"step {name!r}")
             return
         now = time.monotonic()

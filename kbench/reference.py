@@ -45,6 +45,11 @@ class ReferenceRun:
     error: str | None = None
     detail: str = ""
     phase_s: dict[str, float] = field(default_factory=dict)  # its worker's phases (load, run, compile), by the clock
+    step_s: dict[str, float] = field(default_factory=dict)  # ... and their steps (kbench.isolation.REFERENCE_STEPS)
+
+    def clock_s(self) -> dict[str, float]:
+        """Where its worker's time went: each phase, and each step as ``step_NAME``."""
+        return {**self.phase_s, **{f"step_{name}": seconds for name, seconds in self.step_s.items()}}
 
     @property
     def output_numel(self) -> int:

@@ -26,7 +26,7 @@ from kbench.baselines import Baseline, baseline_key
 from kbench.catalog import Problem
 from kbench.config import KbenchConfig
 from kbench.devices import Device
-from kbench.isolation import StartedWorker, WorkerCommand, WorkerRun, run_workers, start_worker
+from kbench.isolation import REFERENCE_STEPS, StartedWorker, WorkerCommand, WorkerRun, run_workers, start_worker
 from kbench.reference import ReferenceRun, load_reference
 from kbench.solution_starts import GATE_WAIT_S, worker_env
 from kbench.spec import WorkerSpec
@@ -258,6 +258,7 @@ class References:
             {"load": timeout, **({"wait": GATE_WAIT_S} if gated else {}), "run": timeout, "compile": timeout},
             env=worker_env(self._cache_root, placement=self._placement),
             gated=gated,
+            steps=REFERENCE_STEPS,
         )
         key = self.baseline_key(problem, overrides) if keep else None
         return _ReferenceJob(spec, out_dir, key, cached, command)
@@ -278,7 +279,7 @@ class References:
             compiled = _compile_baseline(worker)
             found.update(compiled, timing_notes=found.get("timing_notes", []) + compiled.get("timing_notes", []))
         reference = load_reference(job.out_dir, job.spec, found, worker.outputs)
-        reference.phase_s = dict(worker.phase_s)
+        reference.phase_s, reference.step_s = dict(worker.phase_s), dict(worker.step_s)
         shutil.rmtree(job.out_dir, ignore_errors=True)  # now held in memory, where no worker can reach it
         if reference.error is None:
             self.device_info = reference.device_info

@@ -177,14 +177,14 @@ class Runner:
 
     def prepare_reference(self, job: Job, then: Job | None = None) -> dict[str, float]:
         """Run ``job``'s reference now, if this runner has not (a lane waiting for a build puts its time to use),
-        and return its worker's phases (none when it had run). With prefetching on, the worker of ``then``'s
-        reference starts meanwhile, and waits at its gate. A failure is kept for the job, which reports it.
-        Never raises: the job runs its reference itself if this could not."""
+        and return where its worker's time went (``ReferenceRun.clock_s``; nothing when it had run). With
+        prefetching on, the worker of ``then``'s reference starts meanwhile, and waits at its gate. A failure is
+        kept for the job, which reports it. Never raises: the job runs its reference itself if this could not."""
         if self.references.ready(job.problem, job.overrides) is not None:
             return {}
         following = (then.problem, then.overrides) if then is not None and self._prefetch else None
         with contextlib.suppress(Exception):
-            return dict(self.references.get(job.problem, job.overrides, then=following).phase_s)
+            return self.references.get(job.problem, job.overrides, then=following).clock_s()
         return {}
 
     def _reference_spec(self, problem: Problem, overrides: dict[str, Any], out_dir: Path) -> WorkerSpec:
@@ -285,7 +285,7 @@ class Runner:
         stages = {
             "reference": reference_done - started,  # 0 when this run already has the problem's reference
             # ... and where it went when this job ran it: its worker's start, its calls and timing, torch.compile's
-            **({f"reference_{phase}": s for phase, s in reference.phase_s.items()} if not ran_before else {}),
+            **({f"reference_{part}": s for part, s in reference.clock_s().items()} if not ran_before else {}),
             **({"earlier_runs": attempt.began - reference_done} if reruns else {}),
         }
         context = _Context(base, reference, yardstick, ref_ms, reruns, stages, started)

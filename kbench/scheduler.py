@@ -171,7 +171,8 @@ class Scheduler:
         """While ``job``'s build runs the lane would idle: it runs the references of its coming jobs instead, the
         job's own first, each timed alone on the lane's device as it would be when its job came. With one lane
         every queued job is its own; with several, only those of its chunk. The seconds it spent, as the job's
-        ``references_ahead`` stage, and the phases of the references it ran (none when the build had ended)."""
+        ``references_ahead`` stage, and the phases and steps of the references it ran (none when the build had
+        ended)."""
         if self._ready(job):
             return {}
         began = time.monotonic()
@@ -184,8 +185,8 @@ class Scheduler:
             if self._ready(job) or self._failure is not None:
                 break
             then = coming[index + 1] if index + 1 < len(coming) else None
-            for phase, seconds in runner.prepare_reference(upcoming, then).items():
-                spent[f"reference_{phase}"] = spent.get(f"reference_{phase}", 0.0) + seconds
+            for part, seconds in runner.prepare_reference(upcoming, then).items():
+                spent[f"reference_{part}"] = spent.get(f"reference_{part}", 0.0) + seconds
         return {"references_ahead": round(time.monotonic() - began, 3), **spent}
 
     def _next_chunk(self) -> list[Job] | None:

@@ -75,13 +75,18 @@ def summary(
             summed[stage] += seconds
     summed["build"] = build_summed_s  # the pool's work, not the lanes' waiting for it
     run_steps: dict[str, float] = {}
-    # the references the jobs ran, and those run before them, phase by phase (load, run, compile)
+    # the references the jobs ran, and those run before them, phase by phase (load, wait, run, compile), and the
+    # steps of those the jobs ran (kbench.isolation.REFERENCE_STEPS)
     reference_phases: dict[str, float] = dict(prepared.phase_s) if prepared else {}
+    reference_steps: dict[str, float] = {}
     for result in results:
         for step, seconds in result.run_steps_s.items():
             run_steps[step] = run_steps.get(step, 0.0) + seconds
         for key, seconds in result.stage_s.items():
-            if key.startswith("reference_"):
+            if key.startswith("reference_step_"):
+                step = key.removeprefix("reference_step_")
+                reference_steps[step] = reference_steps.get(step, 0.0) + seconds
+            elif key.startswith("reference_"):
                 phase = key.removeprefix("reference_")
                 reference_phases[phase] = reference_phases.get(phase, 0.0) + seconds
     lanes: dict[str, list[JobResult]] = {}
@@ -101,6 +106,7 @@ def summary(
         "summed_s": {k: round(v, 3) for k, v in summed.items()},
         "run_steps_summed_s": {k: round(v, 3) for k, v in run_steps.items()},
         "reference_phases_summed_s": {k: round(v, 3) for k, v in reference_phases.items()},
+        "reference_steps_summed_s": {k: round(v, 3) for k, v in reference_steps.items()},
         "critical_s": {k: round(v, 3) for k, v in critical.items()},
         "references_prepared": {"count": prepared.count, "wall_s": round(prepared.wall_s, 3)} if prepared else None,
         "dominant": max(critical, key=lambda k: critical[k]) if any(critical.values()) else None,
@@ -111,14 +117,15 @@ def line(throughput: dict[str, Any]) -> str:
     """One line for the end of a run."""
     rate = throughput["jobs_per_hour"]
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in throughput["critical_s"].items())
-    steps = {
-        "reference": throughput.get("reference_phases_summed_s") or {},
-        "run": throughput.get("run_steps_summed_s") or {},
-        "build": (throughput.get("builds") or {}).get("steps_s") or {},
+    parts = {
+        "reference phases": throughput.get("reference_phases_summed_s") or {},
+        "reference steps": throughput.get("reference_steps_summed_s") or {},
+        "run steps": throughput.get("run_steps_summed_s") or {},
+        "build steps": (throughput.get("builds") or {}).get("steps_s") or {},
     }
     summed = "".join(
-        f"; {name} steps summed: {', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())}"
-        for name, seconds in steps.items()
+        f"; {name} summed: {', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())}"
+        for name, seconds in parts.items()
         if seconds
     )
     return (

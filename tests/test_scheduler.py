@@ -395,8 +395,13 @@ def test_real_jobs_judged_beside_the_next_keep_their_verdicts(tmp_path: Path, ma
     # where that time went: its worker's phases, within the job's reference stage.
     ran_reference = [result["stage_s"] for result in run["results"] if "reference_run" in result["stage_s"]]
     assert len(ran_reference) <= 1
+    reference_steps = {"weights", "trials", "timing", "perturbed"}  # its run phase's, step by step
     for stages in ran_reference:
         assert 0 < stages["reference_load"] + stages["reference_run"] <= stages["reference"], stages
+        assert {key.removeprefix("reference_step_") for key in stages if "_step_" in key} == reference_steps
+        assert sum(stages[f"reference_step_{step}"] for step in reference_steps) <= stages["reference_run"]
+    summed_steps = set(run["throughput"]["reference_steps_summed_s"])
+    assert summed_steps == (reference_steps if ran_reference else set()), summed_steps
     # Else it ran before them, checked side by side, and the run's throughput counts it there.
     phases, prepared = run["throughput"]["reference_phases_summed_s"], run["throughput"]["references_prepared"]
     assert set(phases) == {"load", "run"}, phases

@@ -299,6 +299,10 @@ def test_compile_baseline_is_measured_once_then_taken_from_the_cache(tmp_path, m
         measured = run_fixture(first, problem, "correct_torch")
     assert measured.compile_ms is not None and measured.compile_ms > 0, measured.notes
     assert measured.speedup_vs_compile == pytest.approx(measured.compile_ms / measured.new_ms)
+    # Its compile phase, step by step: the first call (the compiling), then the timing.
+    stages = measured.stage_s
+    compiling, timing = stages["reference_step_compile_call"], stages["reference_step_compile_timing"]
+    assert 0 < compiling and 0 < timing and compiling + timing <= stages["reference_compile"], stages
     as_if_timed_on_a_quiet_host(cache)
     trust_every_check(monkeypatch)
     with Runner(config, "cpu", baseline_cache=cache, device_name="test-cpu") as second:

@@ -101,6 +101,33 @@ def test_the_parent_times_the_run_steps_a_worker_marks_and_refuses_any_other_mar
     assert run.violations == ["step 'weights'", "step 'speedup'"]
 
 
+# A stand-in worker with steps in two phases: each marked in its own phase, then one marked in the wrong one.
+PHASED_MARKS = """
+import json, os, sys, time
+fd = int(sys.argv[-1])
+def send(**message):
+    os.write(fd, (json.dumps(message) + "\\n").encode())
+send(step="timing")
+send(phase="compile")
+time.sleep(0.3)
+send(step="compile_call")
+send(step="trials")
+send(result={})
+"""
+
+
+def test_each_phase_has_its_own_steps_timed_from_the_phase_start(tmp_path: Path):
+    (tmp_path / "phased_worker.py").write_text(PHASED_MARKS)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    steps = {"run": ("trials", "timing"), "compile": ("compile_call",)}
+    phases = {"run": 30.0, "compile": 30.0}
+    command = WorkerCommand("phased_worker", [], tmp_path / "phased.log", phases, env, steps=steps)
+    (run,) = run_workers([command])
+    assert run.last("result") is not None, run.log_tail
+    assert set(run.step_s) == {"timing", "compile_call"} and run.step_s["compile_call"] >= 0.3
+    assert run.violations == ["step 'trials'"], "a run step marked in the compile phase is not the worker's to mark"
+
+
 STEPS = """
 import json, os, sys, time
 fd = int(sys.argv[-1])
