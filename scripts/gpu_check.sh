@@ -5,13 +5,8 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/kbench-gpu-check}
 mkdir -p "$OUT"
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} PYTHONUNBUFFERED=1 COLUMNS=200
-if [ -d .whl ] && ! python3 -c "import pydantic, psutil, filelock, platformdirs, plotly" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
-{ nvidia-smi; nvidia-smi -q -d CLOCK; } >"$OUT/nvidia-smi.txt" 2>&1
+# shellcheck source=scripts/device_setup.sh
+source "$(dirname "$0")/device_setup.sh"
 
 # Phases, so that each fits in one device call: `tests` runs the gpu-marked tests, four at a time (their CUDA
 # builds then overlap); on the H200 machine they took longer than one call, so `tests-shared` runs those that may

@@ -302,7 +302,7 @@ def test_compile_baseline_is_measured_once_then_taken_from_the_cache(tmp_path, m
     # Its compile phase, step by step: the first call (the compiling), then the timing.
     stages = measured.stage_s
     compiling, timing = stages["reference_step_compile_call"], stages["reference_step_compile_timing"]
-    assert 0 < compiling and 0 < timing and compiling + timing <= stages["reference_compile"], stages
+    assert compiling > 0 and timing > 0 and compiling + timing <= stages["reference_compile"], stages
     as_if_timed_on_a_quiet_host(cache)
     trust_every_check(monkeypatch)
     with Runner(config, "cpu", baseline_cache=cache, device_name="test-cpu") as second:

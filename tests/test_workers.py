@@ -72,12 +72,23 @@ def test_each_worker_has_its_own_clock(sleepy):
     assert quick.timed_out_phase is None and quick.last("result") is not None
 
 
-# A stand-in worker that marks steps of its run phase: two honest marks, then one repeated and one unknown.
-MARKS = """
+# The start of each stand-in worker below: it sends its messages over the channel the parent passed it last.
+SENDS = """
 import json, os, sys, time
 fd = int(sys.argv[-1])
 def send(**message):
     os.write(fd, (json.dumps(message) + "\\n").encode())
+"""
+
+
+def stand_in(tmp_path: Path, name: str, body: str) -> dict[str, str]:
+    """Write the stand-in worker module ``name`` (``SENDS``, then ``body``); return the environment that finds it."""
+    (tmp_path / f"{name}.py").write_text(SENDS + body)
+    return {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+
+# A stand-in worker that marks steps of its run phase: two honest marks, then one repeated and one unknown.
+MARKS = """
 time.sleep(0.3)
 send(step="weights")
 time.sleep(0.6)
@@ -89,8 +100,7 @@ send(result={})
 
 
 def test_the_parent_times_the_run_steps_a_worker_marks_and_refuses_any_other_mark(tmp_path: Path):
-    (tmp_path / "marks_worker.py").write_text(MARKS)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env = stand_in(tmp_path, "marks_worker", MARKS)
     (run,) = run_workers([WorkerCommand("marks_worker", [], tmp_path / "marks.log", {"run": 30.0}, env=env)])
     assert run.last("result") is not None, run.log_tail
     assert set(run.step_s) == {"weights", "trials"}
@@ -103,10 +113,6 @@ def test_the_parent_times_the_run_steps_a_worker_marks_and_refuses_any_other_mar
 
 # A stand-in worker with steps in two phases: each marked in its own phase, then one marked in the wrong one.
 PHASED_MARKS = """
-import json, os, sys, time
-fd = int(sys.argv[-1])
-def send(**message):
-    os.write(fd, (json.dumps(message) + "\\n").encode())
 send(step="timing")
 send(phase="compile")
 time.sleep(0.3)
@@ -117,8 +123,7 @@ send(result={})
 
 
 def test_each_phase_has_its_own_steps_timed_from_the_phase_start(tmp_path: Path):
-    (tmp_path / "phased_worker.py").write_text(PHASED_MARKS)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env = stand_in(tmp_path, "phased_worker", PHASED_MARKS)
     steps = {"run": ("trials", "timing"), "compile": ("compile_call",)}
     phases = {"run": 30.0, "compile": 30.0}
     command = WorkerCommand("phased_worker", [], tmp_path / "phased.log", phases, env, steps=steps)
@@ -129,10 +134,6 @@ def test_each_phase_has_its_own_steps_timed_from_the_phase_start(tmp_path: Path)
 
 
 STEPS = """
-import json, os, sys, time
-fd = int(sys.argv[-1])
-def send(**message):
-    os.write(fd, (json.dumps(message) + "\\n").encode())
 send(step="weights")
 send(step="trials")
 time.sleep(float(sys.argv[1]))  # the timing turns: not held to the step limit
@@ -144,8 +145,7 @@ send(result={})
 
 
 def test_a_step_that_outlives_the_step_limit_ends_the_run_but_long_timing_turns_do_not(tmp_path: Path):
-    (tmp_path / "steps_worker.py").write_text(STEPS)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env = stand_in(tmp_path, "steps_worker", STEPS)
 
     def command(turns_s: str, perturbed_s: str) -> WorkerCommand:
         log = tmp_path / f"steps-{turns_s}-{perturbed_s}.log"
