@@ -7,7 +7,6 @@ group is killed on a timeout and once the worker has exited.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import math
 import os
@@ -23,20 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from kbench.channel import STACKS_SIGNAL
+from kbench.process_tree import LIVE, SPAWNING, become_subreaper, child_setup, children, kill_group, kill_orphans
 from kbench.scheduling import Scheduling
 
 LOG_TAIL_CHARS = 20_000
 # A worker's messages are small; beyond these a solution is flooding the pipe, and the rest is dropped.
 MAX_LINE_BYTES = 64 * 1024 * 1024
 MAX_MESSAGES = 10_000
-# prctl(2) through ctypes, not a library: psutil has no call for either setting, and the prctl wrappers on PyPI
-# are unmaintained (python-prctl's last release 2020, a C extension that needs libcap headers to build;
-# prctl 2010) or are themselves ctypes (pyprctl, 2021). Two integer constants do not justify a dependency.
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-PR_SET_CHILD_SUBREAPER = 36
 STACKS_WAIT_S = 0.5  # for a worker out of time to write its stacks to its log before it is killed
 
 
@@ -141,78 +134,6 @@ def read_log_tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
         return ""
 
 
-def _child_setup(niceness: int) -> Callable[[], None]:
-    """What the child runs before exec: get SIGKILL when the parent dies, so a killed kbench leaves no worker;
-    and lower its CPU priority by ``niceness`` (its own children, compilers say, inherit it)."""
-
-    def setup() -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if niceness:
-            with contextlib.suppress(OSError):
-                os.nice(niceness)
-
-    return setup
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-def become_subreaper() -> None:
-    """Make this process inherit its descendants that are left without a parent (Linux): a double fork with a new
-    session leaves a process that is no longer in its starter's process group, but is still found here."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
-
-
-def _children() -> set[int]:
-    """Processes whose parent is this one (orphans are reparented here once we are a subreaper): the direct
-    children only, as psutil lists them."""
-    with contextlib.suppress(psutil.Error):
-        return {child.pid for child in psutil.Process().children(recursive=False)}
-    return set()
-
-
-# Workers started and not yet closed: never taken for another worker's orphans (a worker started early, to
-# wait at its gate while the current one runs, is one).
-_LIVE: set[int] = set()
-# Held while a worker is started and entered in _LIVE, and while orphans are looked for: with jobs on several
-# devices, one thread's search must never find another's worker between its start and its entry in _LIVE.
-_SPAWNING = threading.Lock()
-
-
-def strays(before: set[int]) -> list[psutil.Process]:
-    """Descendants that escaped a worker's process group (a double fork with setsid, say): as a subreaper, this
-    process inherits them, and every child that was not here ``before`` the worker, and is no live worker, is
-    one. With jobs on several devices, one job's strays are found by every job under way beside it."""
-    found = []
-    with _SPAWNING:
-        for pid in _children() - before - _LIVE:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                found.append(psutil.Process(pid))
-    return found
-
-
-def _kill_orphans(before: set[int]) -> int:
-    """Kill the ``strays`` left when the workers have exited."""
-    killed = 0
-    for _ in range(10):  # a killed orphan's own children are reparented here in turn
-        strays_left = strays(before)
-        if not strays_left:
-            break
-        for stray in strays_left:
-            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                stray.kill()  # psutil checks the pid still names the same process (no kill of a reused pid)
-        # Our children: waiting reaps them, so none is left a zombie that the next pass would count again.
-        psutil.wait_procs(strays_left, timeout=5)
-        killed += len(strays_left)
-    return killed
-
-
 @dataclass(frozen=True)
 class WorkerCommand:
     """``python -m module ARGS... FD [GATE_FD] [TURN_COMMAND_FD TURN_REPLY_FD]``, with its log file and its phases'
@@ -254,9 +175,9 @@ class StartedWorker:
         self.protocol = _Protocol(phases[1:], self.run)
         extra_args = [str(fd) for fd in child_fds[1:]]
         # This process's children before the worker: any that come later and are no worker are its strays.
-        self.children_before = _children() if sys.platform.startswith("linux") else set()
+        self.children_before = children() if sys.platform.startswith("linux") else set()
         try:
-            with _SPAWNING, command.log_path.open("wb") as log:
+            with SPAWNING, command.log_path.open("wb") as log:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", command.module, *command.args, str(write_fd), *extra_args],
                     stdin=subprocess.DEVNULL,
@@ -264,10 +185,10 @@ class StartedWorker:
                     stderr=subprocess.STDOUT,
                     pass_fds=tuple(child_fds),
                     start_new_session=True,  # its own process group, killed as one
-                    preexec_fn=_child_setup(command.niceness) if sys.platform.startswith("linux") else None,
+                    preexec_fn=child_setup(command.niceness) if sys.platform.startswith("linux") else None,
                     env=dict(command.env) if command.env is not None else None,
                 )
-                _LIVE.add(self.proc.pid)
+                LIVE.add(self.proc.pid)
         except BaseException:  # no worker (a full disk for its log, say): leave no pipe behind
             os.close(self.read_fd)
             self._close_gate()
@@ -395,11 +316,11 @@ class StartedWorker:
     def close(self) -> None:
         _end_phase(self.run, self.phase, self.phase_began)
         self._close_gate()
-        _kill_group(self.proc.pid)
+        kill_group(self.proc.pid)
         os.close(self.read_fd)
         self._close_turns()
         self.run.returncode = self.proc.wait()
-        _LIVE.discard(self.proc.pid)
+        LIVE.discard(self.proc.pid)
         self.run.log_tail = read_log_tail(self.log_path)
 
 
@@ -426,7 +347,7 @@ def run_workers(
     each run reports how many there were, for all the workers together.
     """
     become_subreaper()
-    children_before = _children() if sys.platform.startswith("linux") else set()
+    children_before = children() if sys.platform.startswith("linux") else set()
     followers: list[StartedWorker] = list(started or [])
     active: list[StartedWorker] = list(followers)
     watched: list[StartedWorker] = list(watch or [])
@@ -464,7 +385,7 @@ def run_workers(
     finally:
         for follower in active:
             follower.close()
-        orphans = _kill_orphans(children_before) if sys.platform.startswith("linux") else 0
+        orphans = kill_orphans(children_before) if sys.platform.startswith("linux") else 0
     for follower in followers:
         follower.run.orphans_killed = orphans
     return [follower.run for follower in followers]

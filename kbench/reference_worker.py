@@ -11,6 +11,7 @@ waits there after its CPU-only start (imports, the problem file, the seeded weig
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import traceback
@@ -149,11 +150,28 @@ def _compile_timing(model: Any, input_sets: list[Any], spec: WorkerSpec, channel
     }
 
 
+def _started(spec: WorkerSpec, channel: Channel, gate_fd: str | None) -> tuple[Any, Any]:
+    """The problem module and its seeded ``Model``, on the CPU (where seeded_model makes the weights wherever they
+    go), after the worker's CPU-only start; then the gate, when it has one: a worker started early does all this
+    while another job has the GPU."""
+    from kbench import execution
+
+    problem = execution.load_problem(spec)
+    model = execution.seeded_model(problem, problem.Model, spec.weights_seed(), "cpu")
+    if spec.time_reference and spec.compile_mode is not None:
+        _import_compiler()
+    if gate_fd is not None:
+        wait_at_gate(gate_fd, channel)
+    return problem, model
+
+
 def _import_compiler() -> None:
-    """Import what torch.compile's first call would (Dynamo, Inductor, its Triton code generation): about 2 s of
-    CPU-only work, which a worker started early does before its gate rather than on its GPU's time."""
-    import torch._dynamo
-    import torch._inductor.compile_fx  # noqa: F401  (imported for its cost, not its names)
+    """Import what torch.compile's first call would (Dynamo, Inductor): about 2 s of CPU-only work, which a worker
+    started early does before its gate rather than on its GPU's time. One that fails leaves its error to the
+    compile phase, which costs the baseline only, never the reference."""
+    with contextlib.suppress(Exception):
+        import torch._dynamo
+        import torch._inductor.compile_fx  # noqa: F401  (imported for its cost, not its names)
 
 
 def _matrix_flops(model: Any, inputs: list[Any]) -> int | None:
@@ -185,14 +203,7 @@ def main(spec_path: str, fd: str, gate_fd: str | None = None) -> None:
         from kbench.audit import worst_relative_error
 
         spec = WorkerSpec.read(Path(spec_path))
-        problem = execution.load_problem(spec)
-        # CPU-only work first (the seeded weights are made on the CPU wherever they go, as seeded_model does), so
-        # that a worker started early does it while another job has the GPU.
-        model = execution.seeded_model(problem, problem.Model, spec.weights_seed(), "cpu")
-        if spec.time_reference and spec.compile_mode is not None:
-            _import_compiler()
-        if gate_fd is not None:
-            wait_at_gate(gate_fd, channel)
+        problem, model = _started(spec, channel, gate_fd)
         channel.phase("run")
         model = model.to(spec.device)
         perturbed = weights.perturbed_values(model, spec.perturbation_seed(), spec.perturbation_trials > 0)

@@ -20,10 +20,11 @@ from kbench.catalog import Problem
 from kbench.config import KbenchConfig, check_timing_mode, confines_workers
 from kbench.device_kind import on_gpu
 from kbench.devices import Device
+from kbench.job_results import judged_without_worker
 from kbench.reference import ReferenceRun
 from kbench.references import Prepared
 from kbench.results import JobResult
-from kbench.runner import Job, Runner, effective_overrides, judged_without_worker
+from kbench.runner import Job, Runner, effective_overrides
 from kbench.runs import RunDir
 from kbench.stats import median_ms
 from kbench.store import JsonStore

@@ -29,7 +29,8 @@ from typing import Any
 
 import psutil
 
-from kbench.isolation import StartedWorker, strays
+from kbench.isolation import StartedWorker
+from kbench.process_tree import strays
 from kbench.scheduling import Scheduling, openmp_binds_threads
 from kbench.timing import TimingPlan, collect, warm_up
 
@@ -56,7 +57,7 @@ class WorkerTurns:
     alive: Callable[[], bool]  # whether the worker process still runs
     end: Callable[[], None]  # close the command pipe: a worker waiting for a command leaves
     scheduling: Scheduling | None = None  # its main thread's, as it started (kbench.scheduling)
-    strays: Callable[[], list[psutil.Process]] = list  # processes that escaped its process tree (isolation.strays)
+    strays: Callable[[], list[psutil.Process]] = list  # processes that escaped its process tree (process_tree.strays)
     _buffer: bytes = b""
     _processes: list[psutil.Process] = field(default_factory=list)
 

@@ -16,7 +16,7 @@ import platformdirs
 import psutil
 import pytest
 
-from kbench import caches, isolation
+from kbench import caches, process_tree
 from kbench.isolation import WorkerCommand, run_workers
 from kbench.runs import RunDir
 from kbench.store import JsonStore, atomic_write_text
@@ -111,7 +111,7 @@ def test_children_are_the_direct_children_only():
         assert child.stdout.readline().strip() == "up"
         grandchildren = {p.pid for p in psutil.Process(child.pid).children()}
         assert grandchildren
-        found = isolation._children()
+        found = process_tree.children()
         assert child.pid in found and not (grandchildren & found)
     finally:
         for proc in psutil.Process(child.pid).children(recursive=True):
@@ -151,7 +151,7 @@ def test_a_double_forked_setsid_sleep_is_killed(tmp_path: Path):
     sleeper = run.last("result")["result"]["pid"]
     assert run.orphans_killed >= 1
     assert not psutil.pid_exists(sleeper) or psutil.Process(sleeper).status() == psutil.STATUS_ZOMBIE
-    assert sleeper not in isolation._children()  # killed and reaped, not left a zombie
+    assert sleeper not in process_tree.children()  # killed and reaped, not left a zombie
 
 
 def test_a_store_entry_survives_a_reader_during_writes(tmp_path: Path):

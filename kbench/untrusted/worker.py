@@ -18,7 +18,7 @@ from typing import Any
 
 from kbench.channel import Channel, wait_at_gate
 from kbench.device_kind import on_gpu
-from kbench.isolation import become_subreaper
+from kbench.process_tree import become_subreaper
 from kbench.spec import PERTURBED, TIMED, TRIAL, WorkerSpec, output_path
 
 
