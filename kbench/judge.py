@@ -307,6 +307,11 @@ def first_look(
         )
     flags |= partner.flags()
     notes.extend(partner.notes())
+    if partner.turns.skipped:
+        notes.append(
+            "not timed: the reference partner found the trials' answers wrong before the timing turns, so neither "
+            "the turns nor the perturbed trials and the kernel census ran"
+        )
     on_cuda = on_gpu(str(reference.device_info.get("device", "")))
     # A reference alone timed in another mode (one of them fell back to events) is no yardstick for the
     # reference beside the solution: its drift is then not judged.
@@ -341,6 +346,11 @@ def judge_outputs(seen: Sighted, out_dir: Path, reference: ReferenceRun, config:
     if trials.not_tensor:
         flags.add("output_not_tensor")
     verdict, reason = _verdict(trials, checks, flags, len(reference.trials))
+    if seen.partner.turns.skipped and verdict == Verdict.INCORRECT:
+        # No timing broke: none was taken, the answers being wrong (turns.Interleaved.skipped). Judged otherwise
+        # (the parent found the trial files right, or changed since the partner read them), the missing timing
+        # stays refused, and such a job is never correct.
+        flags.discard("bad_timing")
     correct = verdict == Verdict.CORRECT
     return Judgement(
         verdict,

@@ -113,6 +113,7 @@ def main(spec_path: str, fd: str, gate_fd: str, command_fd: str, reply_fd: str) 
     channel = Channel(int(fd))  # the worker starts in the "load" phase
     try:
         from kbench import execution
+        from kbench.trial_comparison import wrong_answers
         from kbench.turn_taker import TurnPipe, serve
 
         spec = WorkerSpec.read(Path(spec_path))
@@ -126,14 +127,25 @@ def main(spec_path: str, fd: str, gate_fd: str, command_fd: str, reply_fd: str) 
         own: dict[int, Any] = {}  # kept round -> its output, on the device
         adopted: dict[int, Any] = {}  # ... -> the solution's output of it, copied out of its process
 
+        compared: list[tuple[dict[str, Any] | None, str | None]] = []  # the trials' comparison, once made
+
+        def check() -> bool | None:
+            """Asked before the turns, when both workers' trials are done: a solution whose answers are wrong
+            already is not timed (its verdict is ``incorrect`` whatever the rest shows)."""
+            compared.append(_trials_judged_here(spec, trials))
+            judged = compared[0][0]
+            return None if judged is None else wrong_answers(judged)
+
         pipe = TurnPipe(int(command_fd), int(reply_fd))
-        served = serve(model, problem, spec, pipe, own.__setitem__, watched=False, keep_adopted=adopted.__setitem__)
+        served = serve(
+            model, problem, spec, pipe, own.__setitem__, watched=False, keep_adopted=adopted.__setitem__, check=check
+        )
         exact, audit_error = _float64_rounds(model, problem, spec, served, own)
         timed, timed_error = _judged_here(served, own, adopted, exact, spec)
         if timed is None:
             _save_rounds(spec, served, own, adopted, exact, channel)
         del own, adopted, exact  # the device memory the trials' comparison needs
-        judged, trials_error = _trials_judged_here(spec, trials)
+        judged, trials_error = compared[0] if compared else _trials_judged_here(spec, trials)
         channel.send(
             result={
                 "rounds": served.rounds,

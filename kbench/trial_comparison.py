@@ -3,12 +3,15 @@
 The parent read, hashed and compared every trial file on the CPU, in float64: seconds per job where outputs are tens
 of millions of elements, more than the next job's run. The partner makes the reference's trials itself before the
 timing turns, as the reference worker makes them (the float64 evaluation on a copy of the model as it is, then the
-fp32 calls, which move the buffers as the solution's trials moved its own). After the turns it reads the solution
-worker's trial files, hashes the bytes it read, and compares them on the device with the parent's own code
-(``output_checks.compare_loaded``). The parent uses that comparison only where every file's digest and size are the
-ones the solution's worker announced when it wrote it, and the file is still the one the partner read (its inode and
-ctime): the partner then compared the bytes the parent would have read. Otherwise (a file rewritten, unreadable, the
-partner's float64 evaluation failed) the parent compares the files itself, as before, and finds what changed.
+fp32 calls, which move the buffers as the solution's trials moved its own). Before the turns, once both workers'
+trials are done, the parent asks it to read the solution worker's trial files, hash the bytes it read, and compare
+them on the device with the parent's own code (``output_checks.compare_loaded``); where the answers are wrong
+already (``wrong_answers``) the parent ends the turns there, since no timing or later check can change the verdict.
+The parent uses that comparison only where every file's digest and size are the ones the solution's worker
+announced when it wrote it, and the file is still the one the partner read (its inode and ctime): the partner then
+compared the bytes the parent would have read. Otherwise (a file rewritten, unreadable, the partner's float64
+evaluation failed) the parent compares the files itself, as before, and finds what changed; a job whose turns were
+skipped then has no timing, which the parent refuses (``bad_timing``), so it can never be judged correct.
 """
 
 from __future__ import annotations
@@ -82,6 +85,14 @@ def judge_trial_files(spec: WorkerSpec, references: Records, exact: Records | No
     comparison, new = compare_loaded(TRIAL, references, loaded, config.tolerance_for, exact, notes, config.accuracy)
     new_error = worst_relative_error(new, exact) if exact else None
     return {"files": files, **outcome_message(comparison, notes), "new_error_fp64": new_error}
+
+
+def wrong_answers(message: dict[str, Any]) -> bool:
+    """Whether the partner's comparison (``judge_trial_files``) found wrong answers in the trials: what the parent
+    judges ``incorrect`` before any other check, whatever the timing and the later outputs show (a result that is
+    no tensor is another verdict, and is not this)."""
+    comparison, _ = read_outcome(message)
+    return not comparison.ok and not comparison.not_tensor
 
 
 def read_trial_judgement(

@@ -127,6 +127,9 @@ class Served:
     rounds: int = 0
     kept: list[int] = field(default_factory=list)  # the rounds whose outputs the parent compares, as it said last
     inputs_on: str = ""  # where the timed rounds' inputs were made (see execution.seeded_inputs)
+    # The parent ended the turns before any round, the trials' answers being wrong already: the worker's steps
+    # after the turns (perturbed trials, kernel census) cannot change its verdict, and are skipped.
+    skipped: bool = False
 
 
 @dataclass
@@ -324,8 +327,10 @@ def serve(
     watched: bool,
     discard: Callable[[int], None] = lambda index: None,
     keep_adopted: Callable[[int, Any], None] = lambda index, output: None,
+    check: Callable[[], bool | None] | None = None,
 ) -> Served:
-    """Take turns as the parent commands until it says finish (returns) or closes the pipe (TurnsEnded)."""
+    """Take turns as the parent commands until it says finish (returns) or closes the pipe (TurnsEnded). ``check``
+    (the partner's): asked before the turns whether the solution's trials are wrong already (None: not known)."""
     cuda = on_gpu(spec.device)
     folder = Path(spec.out_dir)
     handoff = Staging(spec.device, folder) if watched else Adopter(spec.device, folder)
@@ -356,7 +361,10 @@ def serve(
                 # outside graph capture"): both workers make the rest of their inputs on the CPU, alike.
                 rounds._static_inputs, rounds.inputs_on = None, "cpu"
                 pipe.reply(setup=None)
+            elif "check" in command and check is not None:
+                pipe.reply(checked=check())
             elif "finish" in command:
+                rounds.served.skipped = bool(command.get("skip"))
                 rounds.served.kept = [int(k) for k in command["finish"]]
                 rounds.save_kept(rounds.served.kept)
                 rounds.served.inputs_on = rounds.inputs_on

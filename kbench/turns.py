@@ -157,6 +157,9 @@ class Interleaved:
     reference_rescheduled: list[str] = field(default_factory=list)  # how the partner's scheduling changed, first seen
     rounds: int = 0  # rounds run, warm-up included
     wall_s: float = 0.0
+    # Ended before any round: the partner found the solution's trials wrong (``trial_comparison.wrong_answers``),
+    # so its verdict is ``incorrect`` whatever a timing would show, and none was taken.
+    skipped: bool = False
 
 
 class _Driver:
@@ -255,6 +258,13 @@ class _Driver:
     def adopted_rounds(self) -> list[int]:
         return sorted(self.result.kept[slot] for slot, adopted in self._adopted.items() if adopted)
 
+    def trials_wrong(self) -> bool:
+        """Ask the partner, before any round, to compare the solution's trials (both workers' are done once both
+        said ready): whether their answers are wrong already."""
+        reference, _ = self.sides
+        reference.send(check=True)
+        return reference.expect("checked", self.stop) is True
+
     def set_up(self, mode: str, index: int) -> None:
         """Graph capture or the profiler's probe, each side alone; both fall back to events if either cannot."""
         for side in self.sides:
@@ -289,8 +299,9 @@ def interleave(
     reference: WorkerTurns, solution: WorkerTurns, plan: TimingPlan, checked: int, stop: threading.Event
 ) -> Interleaved:
     """Warm up, set up the plan's mode, then time rounds until the plan's stopping rule holds; tell both to finish.
-    Never raises: a side that breaks the turns ends them, and ``error``/``failed`` say how. Both command pipes are
-    closed on return, so a worker still waiting for a command ends."""
+    First, the partner compares the solution's trials: where they are wrong already, both finish at once, untimed
+    (``skipped``). Never raises: a side that breaks the turns ends them, and ``error``/``failed`` say how. Both
+    command pipes are closed on return, so a worker still waiting for a command ends."""
     driver = _Driver(reference, solution, checked, stop)
     result = driver.result
     started = time.perf_counter()
@@ -298,6 +309,11 @@ def interleave(
         for side in driver.sides:
             if side.expect("ready", stop) is not True:
                 raise TurnsBroken(side.label, "it was not ready")
+        if driver.trials_wrong():
+            result.skipped = True
+            for side in driver.sides:
+                side.send(finish=[], skip=True)
+            return result
         index = warm_up(lambda first, count: driver.batch(first, count, timed=False), plan)
         if plan.mode != "events":
             driver.set_up(plan.mode, index)

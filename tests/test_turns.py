@@ -37,8 +37,11 @@ class ScriptedWorker:
         sample: Callable[[int], Any] = lambda k: 1.0 + k % 7 / 10,
         handoff: str | None = None,
         call_s: float = 0.0,
+        trials_wrong: bool | None = None,
     ) -> None:
         command_read, self.command_write = os.pipe()
+        self.trials_wrong = trials_wrong  # the partner's answer when asked before the turns (None: not known)
+        self.skipped: bool | None = None  # whether its finish said to skip the rest
         self.reply_read, reply_write = os.pipe()
         self.label, self.sample, self.call_s = label, sample, call_s  # call_s: how long each call takes
         # "stage" (a solution that stages each kept output), "refuse" (a partner that refuses the odd rounds')
@@ -103,8 +106,10 @@ class ScriptedWorker:
                     reply(samples=[self.sample(k) for k in range(first, first + count)])
                 elif "keep" in command or "save" in command:
                     reply(**self._keep(command))
+                elif "check" in command:
+                    reply(checked=self.trials_wrong)
                 elif "finish" in command:
-                    self.finished = command["finish"]
+                    self.finished, self.skipped = command["finish"], bool(command.get("skip"))
                     return
         finally:
             os.close(reply_write)
@@ -128,6 +133,20 @@ def test_the_driver_alternates_rounds_keeps_a_random_sample_and_tells_both_which
     # Each kept round went into one of four slots, replacing the one before: the slots hold the final sample.
     assert sorted(reference.slots.values()) == sorted(solution.slots.values()) == result.kept
     assert set(solution.slots) == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("wrong", [True, False, None])
+def test_turns_end_before_any_round_where_the_partner_finds_the_trials_wrong_already(wrong: bool | None):
+    reference, solution = ScriptedWorker("reference", trials_wrong=wrong), ScriptedWorker("solution")
+    result = drive(reference, solution)
+    reference.join(), solution.join()
+    assert result.error is None, result.error
+    if wrong:  # an incorrect verdict whatever a timing would show: none is taken, and both skip the rest
+        assert result.skipped and result.rounds == 0 and reference.rounds == solution.rounds == []
+        assert reference.finished == solution.finished == [] and reference.skipped and solution.skipped
+    else:  # right, or not known (the partner could not compare them): timed as ever
+        assert not result.skipped and result.rounds == 22 and len(result.kept) == 4
+        assert reference.skipped is solution.skipped is False
 
 
 def test_a_solution_that_reports_less_than_its_calls_took_stands_out_in_its_turns_overhead():

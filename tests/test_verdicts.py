@@ -48,6 +48,25 @@ def test_failing_solutions_get_their_verdict(runner: Runner, fixture: str, verdi
     assert result.speedup is None  # only a correct solution has a speedup
 
 
+def test_a_solution_whose_trials_are_wrong_is_incorrect_and_not_timed(runner: Runner):
+    result = run(runner, "wrong_values")
+    assert result.verdict == Verdict.INCORRECT and "outside atol" in result.reason, result.reason
+    # The partner found the answers wrong before the turns: no round ran, and no timing is missed or refused.
+    assert result.turn_rounds == 0 and result.new_ms is None and "bad_timing" not in result.flags, result.flags
+    assert any(note.startswith("not timed: the reference partner found") for note in result.notes), result.notes
+
+
+def test_a_job_whose_turns_were_skipped_is_never_correct(runner: Runner, monkeypatch: pytest.MonkeyPatch):
+    """Skipping rests on the partner's word that the trials are wrong. Where the parent's own judgement of the
+    trials finds them right (here the parent skips the turns of a correct solution), the missing timing is refused."""
+    import kbench.turns
+
+    monkeypatch.setattr(kbench.turns._Driver, "trials_wrong", lambda self: True)
+    result = run(runner, "correct_torch")
+    assert result.verdict == Verdict.REJECTED and "bad_timing" in result.flags, (result.reason, result.flags)
+    assert result.turn_rounds == 0 and result.speedup is None
+
+
 @pytest.mark.slow
 def test_a_solution_that_hangs_in_its_trials_costs_the_step_limit_not_the_run_phase():
     with Runner(fast_config(run_s=120.0, step_s=3.0), "cpu") as runner:

@@ -164,13 +164,16 @@ def _run(
             watch.flags.add("side_stream" if on_gpu(spec.device) else "thread")
         if served.inputs_mutated:
             watch.flags.add("input_mutated")
-        if state.targets:  # the perturbed weights reach ModelNew only through its matched tensors
+        # Turns the parent skipped (the trials' answers were wrong already) leave nothing here that could change
+        # the verdict: neither the perturbed trials nor the census run. The perturbed weights reach ModelNew only
+        # through its matched tensors.
+        if state.targets and not served.skipped:
             state.copy_in(perturbed)
             seeds = spec.perturbed_trial_seeds()
             execution.run_calls(checked, problem, spec, seeds, "new", PERTURBED, channel, execution.PERTURBED_INPUTS_ON)
         channel.step("perturbed")
         kernels = []
-        if spec.kernel_census and on_gpu(spec.device):
+        if spec.kernel_census and on_gpu(spec.device) and not served.skipped:
             source = Path(spec.solution_path or "").read_text(encoding="utf-8")
             inputs = execution.seeded_inputs(problem, spec.trial_seeds()[0], spec.device, served.inputs_on)
             kernels = census.kernel_census(candidate, inputs, source)
