@@ -333,6 +333,10 @@ def test_the_next_problems_reference_worker_starts_early_and_computes_only_past_
     with Runner(config, "cpu") as runner:
         one = runner.run(first, next_job=second)
         (early,) = runner.references.waiting()  # second's reference: no solution worker can start before it ran
+        deadline = time.monotonic() + 60  # its start may outlast the first job on a loaded host
+        while early.phase != "wait" and time.monotonic() < deadline:
+            early.drain()
+            time.sleep(0.05)
         assert early.phase == "wait" and set(early.run.phase_s) == {"load"}, "it computed nothing before its gate"
         assert not runner._starter.waiting()
         two = runner.run(second, next_job=third)
